@@ -1,0 +1,431 @@
+"""Agent configuration: ``/etc/edgefleet/agent.toml`` loaded once into frozen dataclasses.
+
+Every problem becomes one :class:`ConfigError` naming the file, the key and what is
+wrong; the CLI turns it into exit code 2 before anything is applied. Unknown keys are
+errors too: a typo must not silently fall back to a default on a remote device.
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
+
+from agent.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/agent.toml")
+
+NonFastForward = Literal["never", "known-good", "always"]
+DriftMode = Literal["correct", "report"]
+MqttProtocol = Literal["auto", "5", "3.1.1"]
+
+_GIT_SCHEMES = ("file", "git", "http", "https", "ssh")
+_MQTT_SCHEMES = ("mqtt", "mqtts", "tcp", "ssl")
+
+
+@dataclass(frozen=True)
+class GitConfig:
+    url: str
+    """Where the fleet repository lives: file://, git://, http(s)://, ssh:// or user@host:path."""
+    branch: str = "stable"
+    """The stage branch this node applies."""
+    paths: tuple[str, ...] = ()
+    """Ordered paths inside the branch; a later path overrides an earlier one file by file."""
+    interval: float = 60.0
+    """Seconds between cheap ls-remote polls (jittered by +-10%); ref notifications wake sooner."""
+    timeout: float = 30.0
+    """Seconds one Git network operation may take before it counts as failed."""
+    ssh_key: Path | None = None
+    known_hosts: Path | None = None
+    """known_hosts file for ssh:// URLs; host keys are always checked."""
+    token_file: Path | None = None
+    """File holding an HTTP(S) bearer/basic token (read at each fetch, so it can rotate)."""
+    ca_file: Path | None = None
+    """PEM bundle to verify an https:// Git server with a private CA."""
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    allowed_signers: Path | None = None
+    """ssh-keygen style allowed_signers file (principal, key) checked in the ``git`` namespace."""
+    require_signed: bool = True
+    """Refuse any head commit without a valid signature from allowed_signers."""
+    non_fast_forward: NonFastForward = "known-good"
+    """never: refuse any move that is not a fast-forward; known-good: allow a move back to a
+    commit this node applied successfully before (hub rollbacks); always: accept any move."""
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    url: str | None = None
+    """mqtt://host:port or mqtts://host:port; unset = no reporting (local-only agent)."""
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    protocol: MqttProtocol = "auto"
+    """auto tries MQTT 5 and falls back to 3.1.1 when the broker refuses it."""
+    heartbeat: float = 30.0
+    """Seconds between status re-publications; the hub calls a node stale after 3 of them."""
+    keepalive: int = 60
+    outbox_max: int = 10_000
+    """Events kept on disk while the broker is unreachable; the oldest are dropped beyond."""
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url or "").hostname or "localhost"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url or "")
+        return parts.port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url or "").scheme in ("mqtts", "ssl") or self.ca_file is not None
+
+
+@dataclass(frozen=True)
+class SystemdConfig:
+    enabled: bool = False
+    unit_dir: Path = Path("/etc/systemd/system")
+    systemctl: tuple[str, ...] = ("systemctl",)
+    """Command used to talk to systemd; a prefix such as
+    ["nsenter", "-t", "PID", "-a", "systemctl"] drives another systemd instance."""
+
+
+@dataclass(frozen=True)
+class FilesConfig:
+    enabled: bool = True
+    allowed_roots: tuple[Path, ...] = ()
+    """Absolute directories files may be written under; empty = no file may be placed."""
+
+
+@dataclass(frozen=True)
+class K3sConfig:
+    enabled: bool = False
+    kubeconfig: Path | None = Path("/etc/rancher/k3s/k3s.yaml")
+    namespaces: tuple[str, ...] = ()
+    """Namespaces the agent may write to; empty = any."""
+    allow_cluster_scoped: bool = False
+
+
+@dataclass(frozen=True)
+class TargetsConfig:
+    files: FilesConfig = field(default_factory=FilesConfig)
+    systemd: SystemdConfig = field(default_factory=SystemdConfig)
+    k3s: K3sConfig = field(default_factory=K3sConfig)
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    mode: DriftMode = "correct"
+    interval: float = 300.0
+    """Seconds between drift checks of the live state against the last applied state."""
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    timeout: float = 60.0
+    """Seconds an applied change has to become healthy before it is rolled back."""
+    settle: float = 5.0
+    """Seconds a unit must stay active with no new restarts to count as healthy."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    path: Path
+    node: str
+    git: GitConfig
+    labels: Mapping[str, str] = field(default_factory=dict)
+    state_dir: Path = Path("/var/lib/edgefleet")
+    trust: TrustConfig = field(default_factory=TrustConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+
+
+T = TypeVar("T")
+
+
+class _Section:
+    """Typed reads from one TOML table; every read removes the key so leftovers are typos."""
+
+    def __init__(self, path: Path, prefix: str, data: Mapping[str, Any]) -> None:
+        self.path = path
+        self.prefix = prefix
+        self.data = dict(data)
+
+    def err(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(str(self.path), self.prefix + key, problem)
+
+    def _take(self, key: str, kind: type[T] | tuple[type, ...], what: str) -> T | None:
+        if key not in self.data:
+            return None
+        value = self.data.pop(key)
+        # bool is an int in Python; never accept true where a number is meant.
+        if isinstance(value, bool) and kind is not bool and bool not in _as_tuple(kind):
+            raise self.err(key, f"must be {what}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.err(key, f"must be {what}, got {type(value).__name__} {value!r}")
+        return cast(T, value)
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        value = self._take(key, str, "a string")
+        if value is not None and not value.strip():
+            raise self.err(key, "must not be empty")
+        return default if value is None else value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._take(key, bool, "true or false")
+        return default if value is None else value
+
+    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
+        value = self._take(key, (int, float), "a number")
+        if value is None:
+            return default
+        if value < minimum:
+            raise self.err(key, f"must be at least {minimum:g}, got {value}")
+        return float(value)
+
+    def integer(self, key: str, default: int, minimum: int = 0) -> int:
+        value = self._take(key, int, "an integer")
+        if value is None:
+            return default
+        if value < minimum:
+            raise self.err(key, f"must be at least {minimum}, got {value}")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(key)
+        if value is None:
+            return default
+        if value not in choices:
+            raise self.err(key, f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def file(self, key: str, must_exist: bool = True) -> Path | None:
+        value = self.text(key)
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_absolute():
+            raise self.err(key, f"must be an absolute path, got {value!r}")
+        if must_exist and not path.is_file():
+            raise self.err(key, f"file {value} does not exist or is not a regular file")
+        return path
+
+    def dir(self, key: str, default: Path) -> Path:
+        value = self.text(key)
+        if value is None:
+            return default
+        path = Path(value)
+        if not path.is_absolute():
+            raise self.err(key, f"must be an absolute path, got {value!r}")
+        return path
+
+    def str_list(self, key: str) -> tuple[str, ...] | None:
+        value = self._take(key, list, "a list of strings")
+        if value is None:
+            return None
+        if not all(isinstance(v, str) and v for v in value):
+            raise self.err(key, "must be a list of non-empty strings")
+        return tuple(value)
+
+    def table(self, key: str) -> _Section:
+        value = self._take(key, dict, "a table")
+        return _Section(self.path, f"{self.prefix}{key}.", value or {})
+
+    def done(self) -> None:
+        if self.data:
+            key = sorted(self.data)[0]
+            raise self.err(key, "unknown key (check the spelling; see docs/design.md)")
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _check_repo_path(sec: _Section, key: str, value: str) -> str:
+    parts = value.strip("/").split("/")
+    if value.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise sec.err(key, f"path {value!r} must be relative inside the repository, without '..'")
+    return "/".join(parts)
+
+
+def _git(root: _Section) -> GitConfig:
+    sec = root.table("git")
+    url = sec.text("url")
+    if url is None:
+        raise sec.err("url", "is required (where the fleet repository lives)")
+    scheme = urlsplit(url).scheme
+    is_scp = scheme == "" and ":" in url and "@" in url.split(":", 1)[0]
+    if scheme not in _GIT_SCHEMES and not is_scp:
+        raise sec.err("url", f"unsupported scheme {scheme or url!r}; use {', '.join(_GIT_SCHEMES)}")
+    branch = sec.text("branch", "stable") or "stable"
+    if branch.startswith("refs/") or ".." in branch or " " in branch:
+        raise sec.err("branch", f"{branch!r} is not a plain branch name")
+    paths = sec.str_list("paths") or ()
+    cfg = GitConfig(
+        url=url,
+        branch=branch,
+        paths=tuple(_check_repo_path(sec, "paths", p) for p in paths),
+        interval=sec.number("interval", 60.0, minimum=1.0),
+        timeout=sec.number("timeout", 30.0, minimum=1.0),
+        ssh_key=sec.file("ssh_key"),
+        known_hosts=sec.file("known_hosts"),
+        token_file=sec.file("token_file"),
+        ca_file=sec.file("ca_file"),
+    )
+    if not cfg.paths:
+        raise sec.err("paths", "is required: at least one path inside the branch, e.g. ['common']")
+    sec.done()
+    return cfg
+
+
+def _trust(root: _Section) -> TrustConfig:
+    sec = root.table("trust")
+    cfg = TrustConfig(
+        allowed_signers=sec.file("allowed_signers"),
+        require_signed=sec.flag("require_signed", True),
+        non_fast_forward=cast(
+            NonFastForward,
+            sec.choice("non_fast_forward", "known-good", ("never", "known-good", "always")),
+        ),
+    )
+    if cfg.require_signed and cfg.allowed_signers is None:
+        raise sec.err(
+            "allowed_signers",
+            "is required while require_signed = true (or set require_signed = false)",
+        )
+    sec.done()
+    return cfg
+
+
+def _mqtt(root: _Section) -> MqttConfig:
+    sec = root.table("mqtt")
+    url = sec.text("url")
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in _MQTT_SCHEMES or not parts.hostname:
+            raise sec.err("url", f"{url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+        try:
+            _ = parts.port
+        except ValueError as err:
+            raise sec.err("url", f"bad port in {url!r}") from err
+    cfg = MqttConfig(
+        url=url,
+        username=sec.text("username"),
+        password_file=sec.file("password_file"),
+        ca_file=sec.file("ca_file"),
+        client_cert=sec.file("client_cert"),
+        client_key=sec.file("client_key"),
+        protocol=cast(MqttProtocol, sec.choice("protocol", "auto", ("auto", "5", "3.1.1"))),
+        heartbeat=sec.number("heartbeat", 30.0, minimum=1.0),
+        keepalive=sec.integer("keepalive", 60, minimum=5),
+        outbox_max=sec.integer("outbox_max", 10_000, minimum=10),
+    )
+    if (cfg.client_cert is None) != (cfg.client_key is None):
+        raise sec.err("client_key", "client_cert and client_key must be set together")
+    sec.done()
+    return cfg
+
+
+def _targets(root: _Section) -> TargetsConfig:
+    sec = root.table("targets")
+    fsec = sec.table("files")
+    roots = []
+    for raw in fsec.str_list("allowed_roots") or ():
+        p = Path(raw)
+        if not p.is_absolute() or ".." in p.parts:
+            raise fsec.err("allowed_roots", f"{raw!r} must be an absolute path without '..'")
+        if p == Path("/"):
+            raise fsec.err("allowed_roots", "'/' is not allowed; name the directories to manage")
+        roots.append(p)
+    files = FilesConfig(enabled=fsec.flag("enabled", True), allowed_roots=tuple(roots))
+    fsec.done()
+
+    ssec = sec.table("systemd")
+    systemd = SystemdConfig(
+        enabled=ssec.flag("enabled", False),
+        unit_dir=ssec.dir("unit_dir", Path("/etc/systemd/system")),
+        systemctl=ssec.str_list("systemctl") or ("systemctl",),
+    )
+    ssec.done()
+
+    ksec = sec.table("k3s")
+    kubeconfig = ksec.text("kubeconfig")
+    k3s = K3sConfig(
+        enabled=ksec.flag("enabled", False),
+        kubeconfig=Path(kubeconfig) if kubeconfig else Path("/etc/rancher/k3s/k3s.yaml"),
+        namespaces=ksec.str_list("namespaces") or (),
+        allow_cluster_scoped=ksec.flag("allow_cluster_scoped", False),
+    )
+    ksec.done()
+    sec.done()
+    return TargetsConfig(files=files, systemd=systemd, k3s=k3s)
+
+
+def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
+    """Validate an already-parsed TOML document (exposed for tests of pure logic)."""
+    root = _Section(path, "", data)
+    node = root.text("node") or socket.gethostname()
+    if "/" in node or "+" in node or "#" in node or not node.isprintable():
+        raise root.err("node", f"{node!r} may not contain '/', '+', '#' (it names MQTT topics)")
+    labels_sec = root.table("labels")
+    labels: dict[str, str] = {}
+    for key in list(labels_sec.data):
+        labels[key] = labels_sec.text(key) or ""
+    state_dir = root.dir("state_dir", Path("/var/lib/edgefleet"))
+    git = _git(root)
+    trust = _trust(root)
+    mqtt = _mqtt(root)
+    targets = _targets(root)
+    dsec = root.table("drift")
+    drift = DriftConfig(
+        mode=cast(DriftMode, dsec.choice("mode", "correct", ("correct", "report"))),
+        interval=dsec.number("interval", 300.0, minimum=1.0),
+    )
+    dsec.done()
+    hsec = root.table("health")
+    health = HealthConfig(
+        timeout=hsec.number("timeout", 60.0, minimum=0.0),
+        settle=hsec.number("settle", 5.0, minimum=0.0),
+    )
+    hsec.done()
+    root.done()
+    return AgentConfig(
+        path=path,
+        node=node,
+        labels=labels,
+        state_dir=state_dir,
+        git=git,
+        trust=trust,
+        mqtt=mqtt,
+        targets=targets,
+        drift=drift,
+        health=health,
+    )
+
+
+def load_config(path: Path = DEFAULT_CONFIG_PATH) -> AgentConfig:
+    """Read and validate the agent's config file; raises ConfigError on any problem."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as err:
+        raise ConfigError(str(path), "(file)", "does not exist") from err
+    except OSError as err:
+        raise ConfigError(str(path), "(file)", f"cannot be read: {err.strerror}") from err
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), "(file)", "is not UTF-8 text") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(str(path), "(syntax)", f"invalid TOML: {err}") from err
+    return parse_config(data, path)

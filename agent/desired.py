@@ -1,0 +1,173 @@
+"""Desired state of a node: the ordered overlay of its repository paths at one commit.
+
+Built by agent.source straight from Git trees (no checkout). A later path overrides an
+earlier one file by file. Each path may carry an ``edgefleet.toml`` with options; they
+are merged in path order (later wins per unit, health checks accumulate).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.errors import SourceError
+
+OPTIONS_FILE = "edgefleet.toml"
+GIT_MODE_SYMLINK = 0o120000
+GIT_MODE_EXEC = 0o100755
+GIT_MODE_SUBMODULE = 0o160000
+
+
+@dataclass(frozen=True)
+class DesiredFile:
+    path: str
+    """Path relative to the repository path, e.g. ``files/etc/app/app.conf``."""
+    data: bytes
+    git_mode: int
+    origin: str
+    """The repository path this file came from (for messages)."""
+
+    @property
+    def mode(self) -> int:
+        """Permission bits to give the placed file."""
+        return 0o755 if self.git_mode == GIT_MODE_EXEC else 0o644
+
+
+@dataclass(frozen=True)
+class UnitOptions:
+    state: str = "started"
+    """started | stopped."""
+    enable: bool | None = None
+    """None = enable when the unit has an [Install] section."""
+    restart_on: tuple[str, ...] = ()
+    """Host path globs; a change to a matching managed file restarts the unit."""
+    reload_on: tuple[str, ...] = ()
+    """Host path globs; a change to a matching managed file reloads the unit."""
+
+
+@dataclass(frozen=True)
+class HttpCheck:
+    url: str
+    status: int = 200
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class Options:
+    units: Mapping[str, UnitOptions] = field(default_factory=dict)
+    http_checks: tuple[HttpCheck, ...] = ()
+    health_timeout: float | None = None
+    """Overrides [health] timeout of the agent config for this commit."""
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    commit: str
+    paths: tuple[str, ...]
+    files: Mapping[str, DesiredFile]
+    options: Options = field(default_factory=Options)
+
+    def under(self, prefix: str) -> dict[str, DesiredFile]:
+        """Files below a top-level directory (``files/``, ``systemd/``, ``manifests/``)."""
+        prefix = prefix.rstrip("/") + "/"
+        return {p[len(prefix) :]: f for p, f in self.files.items() if p.startswith(prefix)}
+
+
+def _err(origin: str, key: str, problem: str) -> SourceError:
+    return SourceError(f"{origin}/{OPTIONS_FILE}: {key}: {problem}")
+
+
+def _str_list(origin: str, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _err(origin, key, "must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _unit(origin: str, name: str, raw: Any) -> UnitOptions:
+    key = f"units.{name!r}"
+    if not isinstance(raw, dict):
+        raise _err(origin, key, "must be a table")
+    raw = dict(raw)
+    state = raw.pop("state", "started")
+    if state not in ("started", "stopped"):
+        raise _err(origin, f"{key}.state", f"must be 'started' or 'stopped', got {state!r}")
+    enable = raw.pop("enable", None)
+    if enable is not None and not isinstance(enable, bool):
+        raise _err(origin, f"{key}.enable", "must be true or false")
+    opts = UnitOptions(
+        state=state,
+        enable=enable,
+        restart_on=_str_list(origin, f"{key}.restart_on", raw.pop("restart_on", [])),
+        reload_on=_str_list(origin, f"{key}.reload_on", raw.pop("reload_on", [])),
+    )
+    if raw:
+        raise _err(origin, f"{key}.{sorted(raw)[0]}", "unknown key")
+    return opts
+
+
+def _http(origin: str, index: int, raw: Any) -> HttpCheck:
+    key = f"health.http[{index}]"
+    if not isinstance(raw, dict):
+        raise _err(origin, key, "must be a table")
+    raw = dict(raw)
+    url = raw.pop("url", None)
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise _err(origin, f"{key}.url", "must be an http:// or https:// URL")
+    status = raw.pop("status", 200)
+    timeout = raw.pop("timeout", 5.0)
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        raise _err(origin, f"{key}.status", "must be an HTTP status code")
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+        raise _err(origin, f"{key}.timeout", "must be a positive number of seconds")
+    if raw:
+        raise _err(origin, f"{key}.{sorted(raw)[0]}", "unknown key")
+    return HttpCheck(url=url, status=status, timeout=float(timeout))
+
+
+def parse_options(origin: str, raw: bytes) -> Options:
+    """Parse one path's edgefleet.toml; SourceError names path, key and problem."""
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise _err(origin, "(syntax)", f"invalid TOML: {err}") from err
+    units_raw = data.pop("units", {})
+    if not isinstance(units_raw, dict):
+        raise _err(origin, "units", "must be a table of unit names")
+    units = {name: _unit(origin, name, value) for name, value in units_raw.items()}
+    health = data.pop("health", {})
+    if not isinstance(health, dict):
+        raise _err(origin, "health", "must be a table")
+    health = dict(health)
+    http_raw = health.pop("http", [])
+    if not isinstance(http_raw, list):
+        raise _err(origin, "health.http", "must be an array of tables ([[health.http]])")
+    checks = tuple(_http(origin, i, c) for i, c in enumerate(http_raw))
+    timeout = health.pop("timeout", None)
+    if timeout is not None and (
+        not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0
+    ):
+        raise _err(origin, "health.timeout", "must be a number of seconds")
+    if health:
+        raise _err(origin, f"health.{sorted(health)[0]}", "unknown key")
+    if data:
+        raise _err(origin, sorted(data)[0], "unknown key")
+    return Options(
+        units=units,
+        http_checks=checks,
+        health_timeout=None if timeout is None else float(timeout),
+    )
+
+
+def merge_options(layers: list[Options]) -> Options:
+    """Overlay options in path order: later wins per unit and for timeouts; checks add up."""
+    units: dict[str, UnitOptions] = {}
+    checks: list[HttpCheck] = []
+    timeout: float | None = None
+    for layer in layers:
+        units.update(layer.units)
+        checks.extend(layer.http_checks)
+        if layer.health_timeout is not None:
+            timeout = layer.health_timeout
+    return Options(units=units, http_checks=tuple(checks), health_timeout=timeout)

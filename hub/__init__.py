@@ -1,0 +1,1 @@
+"""edgefleet hub: fleet-wide status, drift and staged rollouts."""
