@@ -16,7 +16,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """
     directory = path.parent
     fd = -1
-    tmp = directory / f"{TMP_PREFIX}{path.name}.{os.getpid()}"
+    # A fixed name: a temp file left by a killed writer is simply overwritten next time.
+    tmp = directory / f"{TMP_PREFIX}{path.name}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
         os.fchmod(fd, mode)  # umask must not weaken or widen the mode from Git

@@ -1,0 +1,181 @@
+"""``edgefleet-agent``: run the agent, sync once, show local status, verify setup.
+
+Exit codes: 0 success (node synced), 1 the node did not end synced or a check failed,
+2 the configuration is unusable (nothing was applied).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
+from agent.errors import ConfigError, EdgefleetError
+from agent.state import StateStore, iter_owned
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgefleet-agent",
+        description="Pull this node's branch/paths from Git and reconcile files, "
+        "systemd units and k3s manifests; report over MQTT.",
+    )
+    p.add_argument("--version", action="version", version=f"edgefleet-agent {__version__}")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        help=f"agent config file (default: {DEFAULT_CONFIG_PATH})",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser(
+        "run", help="run as a daemon: poll Git, reconcile, correct drift, report (until SIGTERM)"
+    )
+    s = sub.add_parser(
+        "sync",
+        help="one full reconcile, then one drift check; exit 0 when the node ends synced",
+    )
+    s.add_argument("--once", action="store_true", help="run once and exit (the default)")
+    s.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the ChangeSet of the remote head, apply nothing",
+    )
+    st = sub.add_parser("status", help="show this node's local state (no network)")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("verify", help="check config, Git access and the signature of the current head")
+    return p
+
+
+def _setup_logging(verbose: bool) -> None:
+    # Under systemd the journal adds timestamps itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt)
+    for noisy in ("dulwich", "urllib3", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _print_changes(outcome: Any) -> None:
+    for plan in outcome.changes.values():
+        for line in plan.lines():
+            print(f"  {line}")
+        print(f"  = {plan.summary()}")
+
+
+async def _sync(cfg: AgentConfig, dry_run: bool) -> int:
+    from agent.service import Agent  # noqa: PLC0415 - keeps `status` fast and light
+
+    agent = Agent(cfg, with_reporter=not dry_run)
+    try:
+        await agent.start_reporting()
+        outcome = await agent.sync_once(dry_run=dry_run)
+        print(f"{outcome.state}: {outcome.message}" if outcome.message else outcome.state)
+        _print_changes(outcome)
+        for item in agent.reconciler.drift:
+            print(f"  drift {item['kind']:<9} {item['target']}:{item['subject']} {item['detail']}")
+        if dry_run:
+            return EXIT_OK
+        return EXIT_OK if outcome.state == "synced" else EXIT_FAILED
+    finally:
+        await agent.close()
+
+
+def _status(cfg: AgentConfig, as_json: bool) -> int:
+    state = StateStore(cfg.state_dir).load()
+    doc = {
+        "node": cfg.node,
+        "branch": cfg.git.branch,
+        "paths": list(cfg.git.paths),
+        "applied": state.applied,
+        "last_good": state.last_good,
+        "last_attempted": state.last_attempted,
+        "interrupted_apply": state.applying,
+        "bad_commits": state.bad,
+        "resources": state.counts(),
+        "inventory": [
+            {"target": t, "subject": s, "digest": o.digest, "commit": o.commit}
+            for t, s, o in iter_owned(state)
+        ],
+    }
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    print(f"node       {cfg.node}")
+    print(f"branch     {cfg.git.branch}  paths {', '.join(cfg.git.paths)}")
+    print(f"applied    {state.applied or '-'}")
+    print(f"last good  {state.last_good or '-'}")
+    if state.applying:
+        print(f"interrupted apply of {state.applying} (resumes on next sync)")
+    if state.bad:
+        print(f"bad        {', '.join(c[:12] for c in state.bad)}")
+    for target, count in state.counts().items():
+        print(f"{target:<10} {count} object(s)")
+    return EXIT_OK
+
+
+async def _verify(cfg: AgentConfig) -> int:
+    from agent.source import GitSource  # noqa: PLC0415
+    from agent.trust import Verifier  # noqa: PLC0415
+
+    print(f"config     {cfg.path}: ok (node {cfg.node}, branch {cfg.git.branch})")
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    source = GitSource(cfg.git, cfg.state_dir)
+    try:
+        head = await source.remote_head()
+        print(f"git        {cfg.git.url}: {cfg.git.branch} is at {head}")
+        await source.fetch(head)
+        desired = await asyncio.to_thread(source.read_desired, head)
+        print(f"paths      {len(desired.files)} file(s) in {', '.join(cfg.git.paths)}")
+        payload, signature = await asyncio.to_thread(source.signed_payload, head)
+        signer = Verifier(cfg.trust).verify(head, payload, signature)
+        print(
+            f"signature  {'signed by ' + signer if signer else 'unsigned (accepted: require_signed = false)'}"
+        )
+    except EdgefleetError as err:
+        print(f"FAILED     {err}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        source.close()
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        print(f"edgefleet-agent: config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if args.command == "run":
+            from agent.service import run_forever  # noqa: PLC0415
+
+            asyncio.run(run_forever(cfg))
+            return EXIT_OK
+        if args.command == "sync":
+            return asyncio.run(_sync(cfg, args.dry_run))
+        if args.command == "status":
+            return _status(cfg, args.json)
+        return asyncio.run(_verify(cfg))
+    except EdgefleetError as err:
+        print(f"edgefleet-agent: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""The reconcile pipeline: poll -> fetch -> trust -> desired -> plan -> apply -> health.
+
+One straight pipeline with a guaranteed report (try/finally), as in Flux's
+kustomize-controller. A no-op reconcile (head unchanged) reads one ref and writes
+nothing. Failures roll back to the last good commit and mark the bad one so it is not
+retried until the branch moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agent import __version__
+from agent.changeset import ChangeSet
+from agent.config import AgentConfig
+from agent.desired import DesiredState
+from agent.errors import (
+    ApplyError,
+    EdgefleetError,
+    FetchError,
+    PlanError,
+    SourceError,
+    StateError,
+    TrustError,
+)
+from agent.state import NodeState, Owned, StateStore
+from agent.targets.base import ApplyContext, HealthProblem, Target
+from agent.trust import Verifier, check_move
+from agent.wire import DriftItem, State, StatusDoc
+
+log = logging.getLogger(__name__)
+HEALTH_POLL = 0.25
+MAX_DRIFT_REPORTED = 200
+
+
+class Source(Protocol):
+    """What the pipeline needs from agent.source.GitSource."""
+
+    async def remote_head(self) -> str: ...
+    async def fetch(self, want: str | None = None) -> str: ...
+    def has_commit(self, sha: str) -> bool: ...
+    def tree_ids(self, commit: str) -> dict[str, str | None]: ...
+    def read_desired(self, commit: str) -> DesiredState: ...
+    def signed_payload(self, commit: str) -> tuple[bytes, bytes | None]: ...
+    async def is_ancestor(self, ancestor: str, descendant: str) -> bool: ...
+
+
+class Reporting(Protocol):
+    """What the pipeline needs from agent.report.Reporter."""
+
+    def publish_status(self, doc: StatusDoc) -> None: ...
+    def emit_event(self, type: str, commit: str | None, details: dict[str, Any]) -> int: ...
+
+
+@dataclass
+class Outcome:
+    """What one reconcile ended in; ``state`` is the node's status afterwards."""
+
+    state: State
+    reason: str = ""
+    message: str = ""
+    commit: str | None = None
+    changes: dict[str, ChangeSet] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "synced"
+
+
+class Reconciler:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        source: Source,
+        verifier: Verifier,
+        targets: Sequence[Target],
+        store: StateStore,
+        report: Reporting | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.verifier = verifier
+        self.targets = list(targets)
+        self.store = store
+        self.report = report
+        self.state: NodeState = store.load()
+        self.desired_head: str | None = None
+        self.outcome = Outcome("progressing", "Starting", "no reconcile yet")
+        self.drift: list[DriftItem] = []
+        self.health: list[HealthProblem] = []
+        self._refused: str | None = None
+        self._fetch_failing = False
+        self._applied_desired: DesiredState | None = None
+        self.lock = asyncio.Lock()
+
+    # -- status -------------------------------------------------------------------
+
+    def status_doc(self) -> StatusDoc:
+        o = self.outcome
+        return StatusDoc(
+            schema=1,
+            node=self.cfg.node,
+            labels=dict(self.cfg.labels),
+            version=__version__,
+            branch=self.cfg.git.branch,
+            paths=list(self.cfg.git.paths),
+            desired=self.desired_head,
+            applied=self.state.applied,
+            last_good=self.state.last_good,
+            state=o.state,
+            reason=o.reason,
+            message=o.message,
+            drift=self.drift[:MAX_DRIFT_REPORTED],
+            resources=self.state.counts(),
+            health={
+                "ok": not self.health,
+                "problems": [
+                    {"target": p.target, "subject": p.subject, "reason": p.reason}
+                    for p in self.health
+                ],
+            },
+        )
+
+    def _publish(self) -> None:
+        if self.report is not None:
+            self.report.publish_status(self.status_doc())
+
+    def _event(self, type_: str, commit: str | None, **details: Any) -> None:
+        log.info("event %s %s %s", type_, (commit or "")[:12], details or "")
+        if self.report is not None:
+            self.report.emit_event(type_, commit, details)
+
+    def _save(self) -> None:
+        self.store.save(self.state)
+
+    def _record(self, target: str, subject: str, owned: Owned | None) -> None:
+        objs = self.state.owned(target)
+        if owned is None:
+            objs.pop(subject, None)
+        else:
+            objs[subject] = owned
+        self._save()
+
+    def _ctx(self, commit: str, changes: dict[str, ChangeSet]) -> ApplyContext:
+        return ApplyContext(commit=commit, record=self._record, changes=changes, log=log)
+
+    # -- the pipeline -------------------------------------------------------------
+
+    async def reconcile(self, head: str | None = None, dry_run: bool = False) -> Outcome:
+        """One full reconcile (steps 1-9 of docs/design.md). Always reports."""
+        async with self.lock:
+            before = self._fingerprint()
+            try:
+                self.outcome = await self._reconcile(head, dry_run)
+            except StateError as err:
+                self.outcome = Outcome("error", "StateError", str(err))
+            finally:
+                # A no-op reconcile publishes nothing: the reporter's heartbeat covers it.
+                if not dry_run and self._fingerprint() != before:
+                    log.info("reconcile: %s %s", self.outcome.state, self.outcome.message)
+                    self._publish()
+            return self.outcome
+
+    def _fingerprint(self) -> tuple[object, ...]:
+        o = self.outcome
+        return (o.state, o.reason, o.message, self.state.applied, self.desired_head)
+
+    async def _reconcile(self, hint: str | None, dry_run: bool) -> Outcome:
+        try:
+            head = await self.source.remote_head()
+            if hint is not None and hint != head:
+                log.debug("ref notification %s is not the remote head %s", hint[:12], head[:12])
+            if self._fetch_failing:
+                self._fetch_failing = False
+                log.warning("git: %s reachable again", self.cfg.git.url)
+                self._event("recovered", head, what="git")
+        except FetchError as err:
+            if not self._fetch_failing:
+                self._fetch_failing = True
+                log.warning("git unreachable, keeping the applied state: %s", err)
+                self._event("error", None, reason="GitUnreachable", message=str(err))
+            return Outcome("error", "GitUnreachable", str(err), self.state.applied)
+        except SourceError as err:
+            return Outcome("error", "SourceError", str(err), self.state.applied)
+        self.desired_head = head
+
+        resuming = self.state.applying is not None
+        if head == self.state.applied and not resuming and not dry_run:
+            return self._steady(head)
+        if head in self.state.bad and not dry_run:
+            return Outcome(
+                "failed",
+                "KnownBadCommit",
+                f"{head[:12]} failed on this node before; waiting for a new commit",
+                head,
+            )
+        if head == self._refused and not dry_run:
+            return self.outcome
+
+        try:
+            await self.source.fetch(head)
+            await self._check_trust(head)
+            desired = await asyncio.to_thread(self.source.read_desired, head)
+        except FetchError as err:
+            return Outcome("error", "GitUnreachable", str(err), head)
+        except TrustError as err:
+            return self._refuse(head, "Untrusted", str(err))
+        except SourceError as err:
+            return self._refuse(head, "InvalidCommit", str(err))
+
+        if not resuming and not dry_run and self._paths_unchanged(head):
+            # The branch moved but not this node's paths: nothing to apply, just advance.
+            self.state.applied = head
+            self.state.mark_good(head)
+            self._save()
+            return Outcome("synced", "Applied", f"{head[:12]}: no changes for this node", head)
+
+        try:
+            plans = {t.name: await t.plan(desired, self.state.owned(t.name)) for t in self.targets}
+        except PlanError as err:
+            return self._refuse(head, "InvalidCommit", str(err))
+        except ApplyError as err:
+            return Outcome("error", "PlanFailed", str(err), head)
+        if dry_run:
+            return Outcome("progressing", "DryRun", f"would apply {head[:12]}", head, plans)
+        return await self._apply(head, desired, plans)
+
+    def _steady(self, head: str) -> Outcome:
+        state: State = "drifted" if self.drift else "synced"
+        if self.outcome.state == state and self.outcome.commit == head:
+            return self.outcome
+        reason = "Drifted" if self.drift else "Applied"
+        return Outcome(state, reason, f"{head[:12]} applied", head)
+
+    def _refuse(self, head: str, reason: str, message: str) -> Outcome:
+        self._refused = head
+        log.error("refusing %s: %s", head[:12], message)
+        self._event("refused", head, reason=reason, message=message)
+        return Outcome("refused", reason, message, head)
+
+    async def _check_trust(self, head: str) -> None:
+        payload, signature = await asyncio.to_thread(self.source.signed_payload, head)
+        self.verifier.verify(head, payload, signature)
+        current = self.state.applied
+        policy = self.cfg.trust.non_fast_forward
+        fast_forward = True
+        if current is not None and current != head and policy != "always":
+            fast_forward = await self.source.is_ancestor(current, head)
+        check_move(policy, current, head, fast_forward, self.state.good)
+
+    def _paths_unchanged(self, head: str) -> bool:
+        applied = self.state.applied
+        if applied is None or not self.source.has_commit(applied):
+            return False
+        return self.source.tree_ids(applied) == self.source.tree_ids(head)
+
+    async def _apply(
+        self, head: str, desired: DesiredState, plans: dict[str, ChangeSet]
+    ) -> Outcome:
+        self.state.applying = head
+        self.state.last_attempted = head
+        self._save()
+        self.outcome = Outcome("progressing", "Applying", f"applying {head[:12]}", head, plans)
+        self._publish()
+        try:
+            await self._apply_plans(desired, plans)
+            problems = await self._wait_healthy(desired, plans)
+        except ApplyError as err:
+            return await self._rollback(head, "ApplyFailed", str(err), plans)
+        if problems:
+            text = "; ".join(f"{p.target}:{p.subject}: {p.reason}" for p in problems)
+            return await self._rollback(head, "HealthCheckFailed", text, plans)
+        self.state.applied = head
+        self.state.applying = None
+        self.state.mark_good(head)
+        self._save()
+        self._applied_desired = desired
+        self.health = []
+        summary = "; ".join(p.summary() for p in plans.values())
+        self._event("applied", head, changes={n: p.counts() for n, p in plans.items()})
+        return Outcome("synced", "Applied", f"{head[:12]} applied ({summary})", head, plans)
+
+    async def _apply_plans(self, desired: DesiredState, plans: dict[str, ChangeSet]) -> None:
+        ctx = self._ctx(desired.commit, plans)
+        for target in self.targets:
+            await target.apply(plans[target.name], desired, ctx)
+        for target in reversed(self.targets):
+            await target.prune(plans[target.name], ctx)
+
+    async def _wait_healthy(
+        self, desired: DesiredState, plans: dict[str, ChangeSet]
+    ) -> list[HealthProblem]:
+        """Health must hold for ``settle`` seconds in a row within the timeout."""
+        ctx = self._ctx(desired.commit, plans)
+        only_files = all(p.empty for n, p in plans.items() if n != "files")
+        settle = 0.0 if only_files and not desired.options.http_checks else self.cfg.health.settle
+        timeout = desired.options.health_timeout
+        deadline = time.monotonic() + (self.cfg.health.timeout if timeout is None else timeout)
+        healthy_since: float | None = None
+        while True:
+            problems = [p for t in self.targets for p in await t.health(desired, ctx)]
+            now = time.monotonic()
+            healthy_since = None if problems else (healthy_since or now)
+            if healthy_since is not None and now - healthy_since >= settle:
+                return []
+            if now >= deadline:
+                self.health = problems
+                return problems or [HealthProblem("agent", "settle", "not stable long enough")]
+            await asyncio.sleep(HEALTH_POLL)
+
+    async def _rollback(
+        self, bad: str, reason: str, message: str, plans: dict[str, ChangeSet]
+    ) -> Outcome:
+        self.state.mark_bad(bad)
+        good = self.state.last_good
+        log.error("%s on %s: %s", reason, bad[:12], message)
+        if good is None or good == bad:
+            self.state.applying = None
+            self._save()
+            self._event("failed", bad, reason=reason, message=message, rolled_back=False)
+            return Outcome("failed", reason, f"{message} (no good commit to roll back to)", bad)
+        try:
+            desired = await asyncio.to_thread(self.source.read_desired, good)
+            back = {t.name: await t.plan(desired, self.state.owned(t.name)) for t in self.targets}
+            await self._apply_plans(desired, back)
+            problems = await self._wait_healthy(desired, back)
+        except EdgefleetError as err:
+            self.state.applying = None
+            self._save()
+            self._event(
+                "failed",
+                bad,
+                reason=reason,
+                message=message,
+                rolled_back=False,
+                rollback_error=str(err),
+            )
+            return Outcome(
+                "failed", reason, f"{message}; rollback to {good[:12]} failed: {err}", bad
+            )
+        self.state.applied = good
+        self.state.applying = None
+        self._save()
+        self._applied_desired = desired
+        self._event("rollback", bad, reason=reason, message=message, to=good, healthy=not problems)
+        return Outcome("failed", reason, f"{message}; rolled back to {good[:12]}", bad, plans)
+
+    # -- drift --------------------------------------------------------------------
+
+    async def applied_desired(self) -> DesiredState | None:
+        applied = self.state.applied
+        if applied is None:
+            return None
+        if self._applied_desired is None or self._applied_desired.commit != applied:
+            if not self.source.has_commit(applied):
+                await self.source.fetch(applied)
+            self._applied_desired = await asyncio.to_thread(self.source.read_desired, applied)
+        return self._applied_desired
+
+    async def check_drift(self, correct: bool | None = None) -> list[DriftItem]:
+        """Compare live state with the applied commit; correct it per drift.mode."""
+        if correct is None:
+            correct = self.cfg.drift.mode == "correct"
+        async with self.lock:
+            try:
+                desired = await self.applied_desired()
+            except EdgefleetError as err:
+                log.warning("drift check skipped: %s", err)
+                return self.drift
+            if desired is None:
+                return []
+            found = await self._find_drift(desired)
+            if found and correct:
+                ctx = self._ctx(desired.commit, {})
+                try:
+                    for target in self.targets:
+                        mine = [d for d in found if d["target"] == target.name]
+                        if mine:
+                            await target.correct(mine, desired, ctx)
+                except EdgefleetError as err:
+                    log.error("drift correction failed: %s", err)
+                remaining = await self._find_drift(desired)
+                self._event(
+                    "drift_corrected", desired.commit, drift=list(found), remaining=len(remaining)
+                )
+                found = remaining
+            elif found and found != self.drift:
+                self._event("drift_detected", desired.commit, drift=list(found))
+            changed = found != self.drift
+            self.drift = found
+            if self.outcome.state in ("synced", "drifted"):
+                state: State = "drifted" if found else "synced"
+                self.outcome = Outcome(
+                    state,
+                    "Drifted" if found else "Applied",
+                    f"{len(found)} drifted object(s)" if found else self.outcome.message,
+                    self.outcome.commit,
+                )
+            if changed:
+                self._publish()
+            return found
+
+    async def _find_drift(self, desired: DesiredState) -> list[DriftItem]:
+        found: list[DriftItem] = []
+        for target in self.targets:
+            found.extend(await target.drift(desired, self.state.owned(target.name)))
+        return found

@@ -1,0 +1,204 @@
+"""Wiring and supervision: build the agent from its config and run it.
+
+``Agent`` owns the components (source, verifier, targets, reporter, reconciler). ``run``
+supervises named tasks in a TaskGroup: the poll loop (cheap ls-remote with jitter, or
+at once on a ref notification / ``sync`` command), the drift loop and the systemd
+watchdog. SIGTERM sets a stop event; tasks get a bounded grace, then are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent import sdnotify
+from agent.config import AgentConfig
+from agent.errors import StateError
+from agent.reconcile import Outcome, Reconciler
+from agent.report import Reporter
+from agent.source import GitSource
+from agent.state import StateStore
+from agent.targets.base import Target
+from agent.targets.files import FilesTarget
+from agent.trust import Verifier
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF = 300.0
+STOP_GRACE = 5.0
+
+
+def jittered(seconds: float, spread: float = 0.1) -> float:
+    """Spread polls of a whole fleet so they do not hit the Git server in step."""
+    return seconds * random.uniform(1 - spread, 1 + spread)  # noqa: S311 - not crypto
+
+
+def build_targets(cfg: AgentConfig) -> list[Target]:
+    """Targets in apply order; heavy clients are imported only when enabled."""
+    targets: list[Target] = []
+    if cfg.targets.files.enabled:
+        targets.append(FilesTarget(cfg.targets.files))
+    if cfg.targets.systemd.enabled:
+        from agent.targets.systemd import SystemdTarget  # noqa: PLC0415
+
+        targets.append(SystemdTarget(cfg.targets.systemd, cfg.health))
+    if cfg.targets.k3s.enabled:
+        # kubernetes_asyncio costs ~48 MB of RSS: only nodes running k3s pay for it.
+        from agent.targets.k3s import K3sTarget  # noqa: PLC0415
+
+        targets.append(K3sTarget(cfg.targets.k3s, cfg.state_dir))
+    return targets
+
+
+class StateLock:
+    """An flock on state_dir/lock: one agent process (daemon or ``sync``) at a time."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "lock"
+        self.file: TextIO | None = None
+
+    def acquire(self) -> None:
+        self.file = self.path.open("a")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            self.file.close()
+            self.file = None
+            raise StateError(f"another edgefleet-agent holds {self.path}; stop it first") from err
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, with_reporter: bool = True) -> None:
+        self.cfg = cfg
+        self.store = StateStore(cfg.state_dir)
+        self.store.ensure_dir()
+        self.lock = StateLock(cfg.state_dir)
+        self.lock.acquire()
+        self.wake = asyncio.Event()
+        self.hint: str | None = None
+        self.source = GitSource(cfg.git, cfg.state_dir)
+        self.targets = build_targets(cfg)
+        self.reporter: Reporter | None = None
+        if with_reporter and cfg.mqtt.url:
+            self.reporter = Reporter(
+                cfg.mqtt, cfg.node, cfg.git.branch, cfg.state_dir, self._on_ref, self._on_cmd
+            )
+        self.reconciler = Reconciler(
+            cfg, self.source, Verifier(cfg.trust), self.targets, self.store, self.reporter
+        )
+        for target in self.targets:
+            if isinstance(target, FilesTarget):
+                target.cleanup(self.reconciler.state.owned(target.name))
+
+    def _on_ref(self, commit: str) -> None:
+        if commit != self.reconciler.state.applied:
+            log.info("ref notification: %s is at %s", self.cfg.git.branch, commit[:12])
+            self.hint = commit
+            self.wake.set()
+
+    def _on_cmd(self, cmd: dict[str, Any]) -> None:
+        op = cmd.get("op")
+        if op == "sync":
+            log.info("sync requested by the hub")
+            self.wake.set()
+        else:
+            log.warning("ignoring unknown command %r", op)
+
+    async def start_reporting(self) -> None:
+        if self.reporter is not None:
+            await self.reporter.start()
+
+    async def sync_once(self, dry_run: bool = False) -> Outcome:
+        outcome = await self.reconciler.reconcile(dry_run=dry_run)
+        if not dry_run and outcome.state in ("synced", "drifted"):
+            await self.reconciler.check_drift()
+            outcome = self.reconciler.outcome
+        return outcome
+
+    async def close(self) -> None:
+        if self.reporter is not None:
+            await self.reporter.close()
+        for target in self.targets:
+            await target.close()
+        self.source.close()
+        self.lock.release()
+
+    # -- daemon -------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        failures = 0
+        while True:
+            hint, self.hint = self.hint, None
+            outcome = await self.reconciler.reconcile(head=hint)
+            sdnotify.notify(f"STATUS={outcome.state}: {outcome.message[:200]}")
+            if outcome.reason == "GitUnreachable":
+                # Retry soon after a blip, then back off to spare a flaky or metered link.
+                failures += 1
+                base = min(self.cfg.git.interval, 5.0)
+                delay = min(max(self.cfg.git.interval, MAX_BACKOFF), base * 2 ** min(failures, 10))
+            else:
+                failures = 0
+                delay = self.cfg.git.interval
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), jittered(delay, 0.2 if failures else 0.1))
+
+    async def _drift_loop(self) -> None:
+        while True:
+            await asyncio.sleep(jittered(self.cfg.drift.interval))
+            await self.reconciler.check_drift()
+
+    async def _watchdog_loop(self, interval: float) -> None:
+        while True:
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start_reporting()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self._poll_loop(), name="poll"),
+                    tg.create_task(self._drift_loop(), name="drift"),
+                ]
+                watchdog = sdnotify.watchdog_interval()
+                if watchdog is not None:
+                    tasks.append(tg.create_task(self._watchdog_loop(watchdog), name="watchdog"))
+                sdnotify.notify("READY=1")
+                log.info(
+                    "edgefleet-agent %s running: node %s, branch %s, paths %s",
+                    os.environ.get("EDGEFLEET_VERSION", ""),
+                    self.cfg.node,
+                    self.cfg.git.branch,
+                    ",".join(self.cfg.git.paths),
+                )
+                await stop.wait()
+                sdnotify.notify("STOPPING=1")
+                # Let an apply in flight finish (bounded); a cut-off apply resumes next start.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.reconciler.lock.acquire(), STOP_GRACE)
+                for task in tasks:
+                    task.cancel()
+        finally:
+            await asyncio.shield(self.close())
+
+
+async def run_forever(cfg: AgentConfig) -> None:
+    """The ``run`` command: until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    agent = Agent(cfg)
+    await agent.run(stop)

@@ -1,0 +1,137 @@
+"""Agent config: defaults, validation messages, and the CLI's exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config
+from agent.errors import ConfigError
+
+MINIMAL = """
+node = "pi-01"
+[git]
+url = "file:///srv/fleet.git"
+paths = ["common", "nodes/pi-01"]
+[trust]
+require_signed = false
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert cfg.node == "pi-01"
+    assert cfg.git.branch == "stable"
+    assert cfg.git.paths == ("common", "nodes/pi-01")
+    assert cfg.trust.non_fast_forward == "known-good"
+    assert cfg.drift.mode == "correct"
+    assert cfg.targets.files.allowed_roots == ()
+    assert not cfg.targets.systemd.enabled
+    assert cfg.mqtt.url is None
+
+
+def test_full_config(tmp_path: Path) -> None:
+    signers = tmp_path / "allowed_signers"
+    signers.write_text("")
+    pw = tmp_path / "pw"
+    pw.write_text("x")
+    cfg = load_config(
+        write(
+            tmp_path,
+            f"""
+node = "shop-7"
+state_dir = "{tmp_path}/state"
+[labels]
+site = "berlin"
+[git]
+url = "ssh://git@example.org/fleet.git"
+branch = "canary"
+paths = ["common"]
+interval = 15
+[trust]
+allowed_signers = "{signers}"
+non_fast_forward = "never"
+[mqtt]
+url = "mqtts://broker:8883"
+username = "shop-7"
+password_file = "{pw}"
+protocol = "3.1.1"
+[targets.files]
+allowed_roots = ["/etc/app", "/srv"]
+[targets.systemd]
+enabled = true
+systemctl = ["nsenter", "-t", "1", "-a", "systemctl"]
+[drift]
+mode = "report"
+interval = 60
+[health]
+timeout = 30
+settle = 2
+""",
+        )
+    )
+    assert cfg.labels == {"site": "berlin"}
+    assert cfg.mqtt.tls and cfg.mqtt.port == 8883 and cfg.mqtt.host == "broker"
+    assert cfg.targets.systemd.systemctl[0] == "nsenter"
+    assert cfg.targets.files.allowed_roots == (Path("/etc/app"), Path("/srv"))
+    assert cfg.git.interval == 15.0 and cfg.health.settle == 2.0
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ("node = 'x'\n", "git.", "is required"),
+        (MINIMAL + "bogus = 1\n", "bogus", "unknown key"),
+        (MINIMAL.replace("paths = [", "paths = ['../etc', "), "git.paths", "relative"),
+        (MINIMAL.replace("file:///", "ftp://"), "git.url", "unsupported scheme"),
+        (MINIMAL + "[drift]\nmode = 'fix'\n", "drift.mode", "must be one of"),
+        (MINIMAL + "[drift]\ninterval = true\n", "drift.interval", "boolean"),
+        (MINIMAL + "[health]\ntimeout = -1\n", "health.timeout", "at least"),
+        (MINIMAL.replace("require_signed = false", ""), "trust.allowed_signers", "required"),
+        (MINIMAL + "[mqtt]\nurl = 'http://x'\n", "mqtt.url", "mqtt://"),
+        (MINIMAL + "[targets.files]\nallowed_roots = ['/']\n", "targets.files.allowed_roots", "/"),
+        (MINIMAL + "[targets.files]\nallowed_roots = ['etc']\n", "allowed_roots", "absolute"),
+        (MINIMAL + "[git2]\n", "git2", "unknown key"),
+        (MINIMAL.replace('"pi-01"', '"a/b"', 1), "node", "may not contain"),
+        ("node = [\n", "(syntax)", "invalid TOML"),
+    ],
+)
+def test_bad_config_names_key_and_problem(
+    tmp_path: Path, text: str, key: str, problem: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert key in info.value.key or key in message
+    assert problem in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_cli_exit_code_2_and_nothing_applied(tmp_path: Path) -> None:
+    target = tmp_path / "root"
+    path = write(tmp_path, MINIMAL + f"[targets.files]\nallowed_roots = ['{target}']\nx = 1\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "--config", str(path), "sync", "--once"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "targets.files.x: unknown key" in done.stderr
+    assert done.stderr.count("\n") == 1, "one clear error line"
+    assert not target.exists()
