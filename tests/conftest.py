@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+# Testbed modules import each other; have pytest rewrite their asserts before any import.
+pytest.register_assert_rewrite("tests.testbed")
+
 pytest_plugins = sorted(
     f"tests.testbed.{p.stem}"
     for p in (Path(__file__).parent / "testbed").glob("*.py")

@@ -66,6 +66,7 @@ class FleetRepo:
         self.root = root
         self.bare = root / f"{name}.git"
         self.work = root / f"{name}-work"
+        root.mkdir(parents=True, exist_ok=True)
         git(root, "init", "-q", "--bare", "-b", "main", str(self.bare))
         git(root, "init", "-q", "-b", "main", str(self.work))
         git(self.work, "remote", "add", "origin", str(self.bare))
