@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent import __version__
+from agent import __version__, httpcheck
 from agent.changeset import ChangeSet
 from agent.config import AgentConfig
 from agent.desired import DesiredState
@@ -304,6 +304,7 @@ class Reconciler:
         healthy_since: float | None = None
         while True:
             problems = [p for t in self.targets for p in await t.health(desired, ctx)]
+            problems += await self._http_health(desired)
             now = time.monotonic()
             healthy_since = None if problems else (healthy_since or now)
             if healthy_since is not None and now - healthy_since >= settle:
@@ -312,6 +313,17 @@ class Reconciler:
                 self.health = problems
                 return problems or [HealthProblem("agent", "settle", "not stable long enough")]
             await asyncio.sleep(HEALTH_POLL)
+
+    @staticmethod
+    async def _http_health(desired: DesiredState) -> list[HealthProblem]:
+        """``[[health.http]]`` checks: node-level, so they apply whatever the targets."""
+        checks = desired.options.http_checks
+        results = await asyncio.gather(*(httpcheck.check(c) for c in checks))
+        return [
+            HealthProblem("http", check.url, failure)
+            for check, failure in zip(checks, results, strict=True)
+            if failure is not None
+        ]
 
     async def _rollback(
         self, bad: str, reason: str, message: str, plans: dict[str, ChangeSet]

@@ -1,0 +1,322 @@
+"""A real systemd, booted as PID 1 of its own container (systemd-nspawn), per TESTBED.md.
+
+The container's root is an overlay of the host's / with a tmpfs upper layer, so nothing
+it (or a test) writes reaches the host. ``NspawnContainer.root`` is the merged directory
+(the host path of the container's /); ``systemctl_prefix`` drives its systemd from the
+host through nsenter. Teardown powers the container off and asserts that no mount,
+cgroup or process is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
+CGROUP_PARENT = "edgefleet-test"
+BOOT_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+# Host units that must not start inside the test container (they are enabled on the host
+# and would bind its ports or do maintenance work); a minimal default target keeps most
+# of them away, masks catch what basic.target and sysinit.target still pull in.
+MASKED = (
+    "ssh.service",
+    "ssh.socket",
+    "sshd.service",
+    "mosquitto.service",
+    "postgresql.service",
+    "cron.service",
+    "getty@tty1.service",
+    "console-getty.service",
+    "container-getty@.service",
+    "systemd-timesyncd.service",
+    "systemd-pstore.service",
+    "e2scrub_reap.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "fstrim.timer",
+    "man-db.timer",
+    "systemd-tmpfiles-clean.timer",
+    "systemd-networkd.service",
+    "systemd-resolved.service",
+)
+
+DEFAULT_TARGET = """\
+[Unit]
+Description=edgefleet test container
+Requires=basic.target
+Wants=dbus.socket
+After=basic.target
+AllowIsolate=yes
+"""
+
+JOURNALD_CONF = """\
+[Journal]
+Storage=volatile
+RuntimeMaxUse=8M
+"""
+
+
+@dataclass
+class NspawnContainer:
+    name: str
+    base: Path
+    """tmpfs holding the overlay's upper, work and merged directories."""
+    leader: int
+    """Host PID of the container's PID 1 (systemd)."""
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def root(self) -> Path:
+        """Host path of the container's / (the overlay's merged directory)."""
+        return self.base / "merged"
+
+    @property
+    def unit_dir(self) -> Path:
+        return self.root / "etc/systemd/system"
+
+    @property
+    def nsenter(self) -> list[str]:
+        return ["nsenter", "-t", str(self.leader), "-a"]
+
+    @property
+    def systemctl_prefix(self) -> list[str]:
+        return [*self.nsenter, "systemctl"]
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 30.0) -> str:
+        """Run a command inside the container's namespaces; returns stdout."""
+        done = subprocess.run(
+            [*self.nsenter, *cmd], capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(cmd)} in {self.name} exited {done.returncode}: {done.stderr.strip()}"
+            )
+        return done.stdout
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        out = self.run("systemctl", "show", "-p", ",".join(props), "--", unit)
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _prepare_root(root: Path) -> None:
+    machine_id = subprocess.run(
+        ["systemd-id128", "new"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    (root / "etc/machine-id").write_text(machine_id + "\n")
+    units = root / "etc/systemd/system"
+    (units / "edgefleet-test.target").write_text(DEFAULT_TARGET)
+    default = units / "default.target"
+    default.unlink(missing_ok=True)
+    default.symlink_to("edgefleet-test.target")
+    for unit in MASKED:
+        link = units / unit
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to("/dev/null")
+    journald = root / "etc/systemd/journald.conf.d"
+    journald.mkdir(parents=True, exist_ok=True)
+    (journald / "edgefleet-test.conf").write_text(JOURNALD_CONF)
+
+
+def _cgroup_dirs(name: str) -> list[Path]:
+    return [r / CGROUP_PARENT / name for r in CGROUP_ROOTS]
+
+
+def _remove_cgroup(path: Path) -> None:
+    """rmdir a cgroup tree bottom-up (cgroupfs only lets empty leaves go)."""
+    if not path.is_dir():
+        return
+    for child in path.iterdir():
+        if child.is_dir():
+            _remove_cgroup(child)
+    path.rmdir()
+
+
+def _cgroup_pids(path: Path) -> list[int]:
+    pids: list[int] = []
+    if not path.is_dir():
+        return pids
+    for procs in path.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError):
+            pids.extend(int(p) for p in procs.read_text().split())
+    return pids
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path)
+    with open("/proc/self/mountinfo") as f:
+        return [
+            line.split()[4]
+            for line in f
+            if line.split()[4] == prefix or line.split()[4].startswith(prefix + "/")
+        ]
+
+
+def boot(base: Path, name: str | None = None) -> NspawnContainer:
+    """Boot systemd in a fresh overlay container under ``base``; call :func:`shutdown`."""
+    name = name or f"ef-{secrets.token_hex(4)}"
+    base.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(base)], check=True)
+    proc: subprocess.Popen[bytes] | None = None
+    cgroups = _cgroup_dirs(name)
+    log = base.parent / f"{name}.console.log"
+    try:
+        for d in ("upper", "work", "merged"):
+            (base / d).mkdir()
+        subprocess.run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir=/,upperdir={base}/upper,workdir={base}/work",
+                str(base / "merged"),
+            ],
+            check=True,
+        )
+        _prepare_root(base / "merged")
+        for cg in cgroups:
+            cg.mkdir(parents=True, exist_ok=True)
+        # Join the cgroups in the shell that execs nspawn: two containers at the cgroup
+        # root collide, and preexec_fn is not safe with threads.
+        join = "; ".join(f"echo $$ > {cg}/cgroup.procs" for cg in cgroups)
+        nspawn = [
+            "systemd-nspawn",
+            "--quiet",
+            "--register=no",
+            "--keep-unit",
+            "--console=read-only",
+            "--private-network",
+            "-D",
+            str(base / "merged"),
+            "-M",
+            name,
+            "-b",
+        ]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                ["sh", "-c", f'{join}; exec "$@"', "sh", *nspawn],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        leader = _wait_leader(proc, log)
+        container = NspawnContainer(name=name, base=base, leader=leader, proc=proc, log=log)
+        state = subprocess.run(
+            [*container.systemctl_prefix, "is-system-running", "--wait"],
+            capture_output=True,
+            text=True,
+            timeout=BOOT_TIMEOUT,
+            check=False,
+        ).stdout.strip()
+        if state not in ("running", "degraded"):
+            raise RuntimeError(f"container {name} is {state!r}: {log.read_text()[-2000:]}")
+        return container
+    except BaseException:
+        _cleanup(name, base, proc)
+        raise
+
+
+def _wait_leader(proc: subprocess.Popen[bytes], log: Path) -> int:
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"systemd-nspawn exited {proc.returncode}: {log.read_text()}")
+        for child in _children(proc.pid):
+            if Path(f"/proc/{child}/root/run/systemd/private").exists():
+                return child
+        time.sleep(0.01)
+    raise TimeoutError(f"container did not boot in {BOOT_TIMEOUT}s: {log.read_text()}")
+
+
+def _cleanup(name: str, base: Path, proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        # nspawn turns SIGTERM into an orderly poweroff of the container's systemd.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    for cg in _cgroup_dirs(name):
+        for pid in _cgroup_pids(cg):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for cg in _cgroup_dirs(name):
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                _remove_cgroup(cg)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    for mount in sorted(_mounts_under(base), key=len, reverse=True):
+        subprocess.run(["umount", mount], check=True)
+    with contextlib.suppress(OSError):
+        base.rmdir()
+
+
+def shutdown(container: NspawnContainer) -> None:
+    """Power the container off and assert that it left nothing behind on the host."""
+    _cleanup(container.name, container.base, container.proc)
+    assert container.proc.returncode is not None
+    assert not _mounts_under(container.base), _mounts_under(container.base)
+    assert not any(cg.exists() for cg in _cgroup_dirs(container.name))
+    assert not Path(f"/proc/{container.leader}").exists()
+    for parent in (r / CGROUP_PARENT for r in CGROUP_ROOTS):
+        # Left for concurrent containers; removed when it is the last one.
+        with contextlib.suppress(OSError):
+            parent.rmdir()
+
+
+@contextlib.contextmanager
+def container_at(base: Path) -> Iterator[NspawnContainer]:
+    container = boot(base)
+    try:
+        yield container
+    finally:
+        shutdown(container)
+
+
+@pytest.fixture(scope="module")
+def systemd_container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NspawnContainer]:
+    """One booted container per test module; tests use unique unit names in it."""
+    if os.geteuid() != 0 or shutil.which("systemd-nspawn") is None:
+        pytest.skip("needs root and systemd-nspawn (apt-get install systemd-container)")
+    with container_at(tmp_path_factory.mktemp("nspawn") / "ct") as container:
+        yield container
+
+
+@pytest.fixture
+def fresh_systemd_container(tmp_path: Path) -> Iterator[NspawnContainer]:
+    """A container of its own for one test (boot ~0.3 s, poweroff ~2 s)."""
+    if os.geteuid() != 0 or shutil.which("systemd-nspawn") is None:
+        pytest.skip("needs root and systemd-nspawn (apt-get install systemd-container)")
+    with container_at(tmp_path / "ct") as container:
+        yield container
