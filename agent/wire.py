@@ -83,6 +83,8 @@ class StatusDoc(TypedDict, total=False):
     reason: str
     message: str
     drift: list[DriftItem]
+    drift_omitted: int
+    """Drift items cut from ``drift`` to keep the payload under MAX_PAYLOAD."""
     resources: dict[str, int]
     health: dict[str, Any]
     heartbeat: float

@@ -28,6 +28,7 @@ from agent.desired import (
     UnitOptions,
 )
 from agent.errors import ApplyError, PlanError
+from agent.reconcile import Reconciler
 from agent.state import Owned
 from agent.systemctl import Systemctl
 from agent.targets.base import ApplyContext, Target
@@ -487,7 +488,8 @@ async def test_oneshot_health_and_failing_start(
     assert f"boom-{tag}" in problems[0].reason  # the journal lines are in the reason
 
 
-async def test_http_checks(target: SystemdTarget, tag: str) -> None:
+async def test_http_checks() -> None:
+    """[[health.http]] checks run in the reconcile health loop for every kind of node."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = await reader.readline()
         while (await reader.readline()) not in (b"\r\n", b""):
@@ -510,7 +512,7 @@ async def test_http_checks(target: SystemdTarget, tag: str) -> None:
             HttpCheck(f"http://127.0.0.1:{port}/down"),
             HttpCheck(f"http://127.0.0.1:{dead}/", timeout=2.0),
         )
-        problems = await target.health(desired_state({}, http=checks), Inventory().ctx("c1"))
+        problems = await Reconciler._http_health(desired_state({}, http=checks))
     finally:
         server.close()
         await server.wait_closed()
