@@ -52,7 +52,7 @@ def build_targets(cfg: AgentConfig) -> list[Target]:
         # kubernetes_asyncio costs ~48 MB of RSS: only nodes running k3s pay for it.
         from agent.targets.k3s import K3sTarget  # noqa: PLC0415
 
-        targets.append(K3sTarget(cfg.targets.k3s, cfg.state_dir))
+        targets.append(K3sTarget(cfg.targets.k3s, cfg.state_dir, node=cfg.node))
     return targets
 
 

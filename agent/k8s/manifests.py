@@ -1,0 +1,207 @@
+"""Kubernetes manifests from the fleet repository: parsing, identity, ownership, diffs.
+
+Pure logic, no API calls. An object is keyed ``group/kind/namespace/name`` with the
+core group spelled ``core`` and an empty namespace for cluster-scoped objects.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from agent.desired import DesiredFile
+from agent.errors import PlanError
+from agent.state import digest
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "edgefleet"
+SOURCE_ANNOTATION = "edgefleet.io/source"
+"""``<node>@<commit>`` of the apply that last changed the object."""
+SUFFIXES = (".yaml", ".yml")
+CRD_GROUP = "apiextensions.k8s.io"
+
+# Fields the API server owns: never part of a comparison between desired and live.
+_VOLATILE_METADATA = (
+    "managedFields",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "uid",
+    "selfLink",
+)
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One document of one manifest file, as the operator wrote it."""
+
+    body: Obj
+    origin: str
+    """``manifests/<file>#<index>`` (0-based document index), for messages."""
+
+    @property
+    def api_version(self) -> str:
+        return str(self.body["apiVersion"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.body["kind"])
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.body["metadata"].get("namespace") or "")
+
+
+def subject(group: str, kind: str, namespace: str, name: str) -> str:
+    return f"{group or 'core'}/{kind}/{namespace}/{name}"
+
+
+def split_subject(key: str) -> tuple[str, str, str, str]:
+    """Inverse of :func:`subject`: (group, kind, namespace, name); core group is ''."""
+    group, kind, namespace, name = key.split("/", 3)
+    return ("" if group == "core" else group), kind, namespace, name
+
+
+def rank(group: str, kind: str) -> int:
+    """Apply order: Namespaces, then CRDs, then everything else (prune reverses it)."""
+    if group == "" and kind == "Namespace":
+        return 0
+    if group == CRD_GROUP and kind == "CustomResourceDefinition":
+        return 1
+    return 2
+
+
+def parse(files: Mapping[str, DesiredFile]) -> list[Manifest]:
+    """Every object of every manifest file, in file order; PlanError on anything odd."""
+    out: list[Manifest] = []
+    for path in sorted(files):
+        where = f"manifests/{path}"
+        if not path.endswith(SUFFIXES):
+            raise PlanError(f"{where}: only *.yaml and *.yml files may be under manifests/")
+        out.extend(_documents(where, files[path].data))
+    return out
+
+
+def _documents(where: str, data: bytes) -> Iterator[Manifest]:
+    index = 0
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PlanError(f"{where}: not UTF-8 text") from err
+    docs = yaml.safe_load_all(text)
+    while True:
+        try:
+            doc = next(docs)
+        except StopIteration:
+            return
+        except yaml.YAMLError as err:
+            raise PlanError(f"{where}: document {index}: invalid YAML: {err}") from err
+        if doc is not None:
+            yield _check(f"{where}#{index}", doc)
+        index += 1
+
+
+def _check(origin: str, doc: Any) -> Manifest:
+    def bad(problem: str) -> PlanError:
+        return PlanError(f"{origin.replace('#', ': document ')}: {problem}")
+
+    if not isinstance(doc, dict):
+        raise bad(f"must be a mapping (a Kubernetes object), got {type(doc).__name__}")
+    for key in ("apiVersion", "kind"):
+        if not isinstance(doc.get(key), str) or not doc[key]:
+            raise bad(f"{key} is required")
+    if doc["kind"].endswith("List"):
+        raise bad(f"{doc['kind']} is not supported; write one document per object")
+    meta = doc.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
+        raise bad("metadata.name is required (generateName is not supported)")
+    if "namespace" in meta and not isinstance(meta["namespace"], str):
+        raise bad("metadata.namespace must be a string")
+    return Manifest(body=doc, origin=origin)
+
+
+def desired_body(manifest: Manifest, namespace: str, node: str, commit: str) -> Obj:
+    """The object edgefleet applies: namespace made explicit, ownership label and source."""
+    body = copy.deepcopy(manifest.body)
+    meta = body["metadata"]
+    if namespace:
+        meta["namespace"] = namespace
+    else:
+        meta.pop("namespace", None)
+    meta["labels"] = {**(meta.get("labels") or {}), MANAGED_BY_LABEL: MANAGED_BY}
+    meta["annotations"] = {**(meta.get("annotations") or {}), SOURCE_ANNOTATION: f"{node}@{commit}"}
+    return body
+
+
+def body_digest(body: Obj) -> str:
+    """Digest of what the operator asked for; the per-commit source annotation is left out."""
+    return digest(json.dumps(_without_source(body), sort_keys=True).encode())
+
+
+def owner_of(live: Obj) -> tuple[str | None, str | None]:
+    """(managed-by label, node of the source annotation) of a live object."""
+    meta = live.get("metadata") or {}
+    label = (meta.get("labels") or {}).get(MANAGED_BY_LABEL)
+    source = (meta.get("annotations") or {}).get(SOURCE_ANNOTATION)
+    node = source.rpartition("@")[0] if isinstance(source, str) and "@" in source else None
+    return label, node
+
+
+def normalize(obj: Obj) -> Obj:
+    """A live or dry-run object without the fields the server rewrites on every write."""
+    out = _without_source(obj)
+    out.pop("status", None)
+    meta = out.get("metadata") or {}
+    for key in _VOLATILE_METADATA:
+        meta.pop(key, None)
+    return out
+
+
+def _without_source(obj: Obj) -> Obj:
+    out = copy.deepcopy(obj)
+    annotations = (out.get("metadata") or {}).get("annotations")
+    if isinstance(annotations, dict):
+        annotations.pop(SOURCE_ANNOTATION, None)
+        if not annotations:
+            del out["metadata"]["annotations"]
+    return out
+
+
+def diff(want: Any, have: Any, path: str = "", limit: int = 5) -> list[str]:
+    """Paths (``.spec.replicas``) where two normalized objects differ, at most ``limit``."""
+    found: list[str] = []
+    _diff(want, have, path, found, limit)
+    return found
+
+
+def _diff(want: Any, have: Any, path: str, found: list[str], limit: int) -> None:
+    if len(found) >= limit or want == have:
+        return
+    # An emptied map disappears from the object: compare it as {} to name the key.
+    if isinstance(want, dict) and have is None:
+        have = {}
+    elif isinstance(have, dict) and want is None:
+        want = {}
+    if isinstance(want, dict) and isinstance(have, dict):
+        for key in sorted(set(want) | set(have)):
+            _diff(want.get(key), have.get(key), f"{path}.{key}", found, limit)
+    elif isinstance(want, list) and isinstance(have, list) and len(want) == len(have):
+        for i, (w, h) in enumerate(zip(want, have, strict=True)):
+            _diff(w, h, f"{path}[{i}]", found, limit)
+    else:
+        found.append(path or ".")
