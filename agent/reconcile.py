@@ -133,7 +133,11 @@ class Reconciler:
     def _event(self, type_: str, commit: str | None, **details: Any) -> None:
         log.info("event %s %s %s", type_, (commit or "")[:12], details or "")
         if self.report is not None:
-            self.report.emit_event(type_, commit, details)
+            try:
+                self.report.emit_event(type_, commit, details)
+            except StateError as err:
+                # A full disk must not stop the reconcile; the status still carries the news.
+                log.error("event %s not stored: %s", type_, err)
 
     def _save(self) -> None:
         self.store.save(self.state)

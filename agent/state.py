@@ -51,7 +51,6 @@ class NodeState:
     """Set before an apply starts, cleared when it ends: a crash leaves it set to resume."""
     last_attempted: str | None = None
     inventory: dict[str, dict[str, Owned]] = field(default_factory=dict)
-    event_seq: int = 0
 
     def owned(self, target: str) -> dict[str, Owned]:
         return self.inventory.setdefault(target, {})
@@ -94,7 +93,6 @@ class NodeState:
             applying=doc.get("applying"),
             last_attempted=doc.get("last_attempted"),
             inventory=inventory,
-            event_seq=int(doc.get("event_seq", 0)),
         )
 
 
