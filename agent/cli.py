@@ -140,9 +140,8 @@ async def _verify(cfg: AgentConfig) -> int:
         print(f"paths      {len(desired.files)} file(s) in {', '.join(cfg.git.paths)}")
         payload, signature = await asyncio.to_thread(source.signed_payload, head)
         signer = Verifier(cfg.trust).verify(head, payload, signature)
-        print(
-            f"signature  {'signed by ' + signer if signer else 'unsigned (accepted: require_signed = false)'}"
-        )
+        verdict = f"signed by {signer}" if signer else "accepted (require_signed = false)"
+        print(f"signature  {verdict}")
     except EdgefleetError as err:
         print(f"FAILED     {err}", file=sys.stderr)
         return EXIT_FAILED
