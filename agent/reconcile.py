@@ -243,7 +243,7 @@ class Reconciler:
 
     def _refuse(self, head: str, reason: str, message: str) -> Outcome:
         self._refused = head
-        log.error("refusing %s: %s", head[:12], message)
+        log.error("refusing %s: %s", head[:12], message.removeprefix(f"commit {head[:12]}: "))
         self._event("refused", head, reason=reason, message=message)
         return Outcome("refused", reason, message, head)
 
