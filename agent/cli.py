@@ -126,8 +126,8 @@ def _status(cfg: AgentConfig, as_json: bool) -> int:
 
 
 async def _verify(cfg: AgentConfig) -> int:
+    from agent.signcheck import SignatureChecker  # noqa: PLC0415
     from agent.source import GitSource  # noqa: PLC0415
-    from agent.trust import Verifier  # noqa: PLC0415
 
     print(f"config     {cfg.path}: ok (node {cfg.node}, branch {cfg.git.branch})")
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -139,7 +139,7 @@ async def _verify(cfg: AgentConfig) -> int:
         desired = await asyncio.to_thread(source.read_desired, head)
         print(f"paths      {len(desired.files)} file(s) in {', '.join(cfg.git.paths)}")
         payload, signature = await asyncio.to_thread(source.signed_payload, head)
-        signer = Verifier(cfg.trust).verify(head, payload, signature)
+        signer = await SignatureChecker(cfg.trust).verify(head, payload, signature)
         verdict = f"signed by {signer}" if signer else "accepted (require_signed = false)"
         print(f"signature  {verdict}")
     except EdgefleetError as err:
@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return _status(cfg, args.json)
         return asyncio.run(_verify(cfg))
+    except ConfigError as err:  # e.g. a malformed allowed_signers file
+        print(f"edgefleet-agent: config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     except EdgefleetError as err:
         print(f"edgefleet-agent: {err}", file=sys.stderr)
         return EXIT_FAILED

@@ -28,9 +28,10 @@ from agent.errors import (
     StateError,
     TrustError,
 )
+from agent.policy import check_move
+from agent.signcheck import SignatureChecker
 from agent.state import NodeState, Owned, StateStore
 from agent.targets.base import ApplyContext, HealthProblem, Target
-from agent.trust import Verifier, check_move
 from agent.wire import DriftItem, State, StatusDoc
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Reconciler:
         self,
         cfg: AgentConfig,
         source: Source,
-        verifier: Verifier,
+        verifier: SignatureChecker,
         targets: Sequence[Target],
         store: StateStore,
         report: Reporting | None = None,
@@ -249,7 +250,7 @@ class Reconciler:
 
     async def _check_trust(self, head: str) -> None:
         payload, signature = await asyncio.to_thread(self.source.signed_payload, head)
-        self.verifier.verify(head, payload, signature)
+        await self.verifier.verify(head, payload, signature)
         current = self.state.applied
         policy = self.cfg.trust.non_fast_forward
         fast_forward = True

@@ -23,11 +23,11 @@ from agent.config import AgentConfig
 from agent.errors import StateError
 from agent.reconcile import Outcome, Reconciler
 from agent.report import Reporter
+from agent.signcheck import SignatureChecker
 from agent.source import GitSource
 from agent.state import StateStore
 from agent.targets.base import Target
 from agent.targets.files import FilesTarget
-from agent.trust import Verifier
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0
@@ -94,8 +94,10 @@ class Agent:
             self.reporter = Reporter(
                 cfg.mqtt, cfg.node, cfg.git.branch, cfg.state_dir, self._on_ref, self._on_cmd
             )
+        checker = SignatureChecker(cfg.trust)
+        checker.check_config()
         self.reconciler = Reconciler(
-            cfg, self.source, Verifier(cfg.trust), self.targets, self.store, self.reporter
+            cfg, self.source, checker, self.targets, self.store, self.reporter
         )
         for target in self.targets:
             if isinstance(target, FilesTarget):

@@ -7,7 +7,8 @@ Two questions, answered before anything is read from the tree:
   ``ssh-keygen -Y verify -f allowed_signers -I <principal> -n git`` (the tests compare
   every case against it). The ``sshsig`` package is not enough: it knows no ECDSA,
   ignores allowed_signers options and asserts on malformed input.
-* **May history move there?** :func:`check_move` applies ``trust.non_fast_forward``.
+* **May history move there?** :func:`agent.policy.check_move` applies
+  ``trust.non_fast_forward``.
 
 Key validity windows are checked against the current time, not the commit time: the
 signer chooses the commit time, so a leaked key that has expired could backdate commits.
@@ -20,7 +21,6 @@ import binascii
 import hashlib
 import re
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_public_key,
 )
 
-from agent.config import NonFastForward, TrustConfig
+from agent.config import TrustConfig
 from agent.errors import ConfigError, TrustError
 
 NAMESPACE = "git"
@@ -414,29 +414,3 @@ class Verifier:
         if problems:
             raise TrustError(commit, f"{who}, but " + "; ".join(problems))
         raise TrustError(commit, f"{who}, which is not in allowed_signers {path}")
-
-
-def check_move(
-    policy: NonFastForward,
-    current: str | None,
-    new: str,
-    fast_forward: bool,
-    known_good: Sequence[str],
-) -> None:
-    """Refuse (TrustError) moving the applied commit ``current`` to ``new`` against policy.
-
-    A first apply, no move and fast-forwards are always fine. Otherwise ``never`` refuses,
-    ``known-good`` accepts only a commit this node applied successfully before (a hub
-    rollback) and ``always`` accepts anything.
-    """
-    if current is None or new == current or fast_forward or policy == "always":
-        return
-    move = f"branch moved from {current[:12]} to {new[:12]}, which is not a fast-forward"
-    if policy == "never":
-        raise TrustError(new, f"{move} (trust.non_fast_forward = never)")
-    if new not in known_good:
-        raise TrustError(
-            new,
-            f"{move} and not a commit this node applied successfully before "
-            "(trust.non_fast_forward = known-good)",
-        )

@@ -288,3 +288,15 @@ def test_full_disk_is_an_error_not_a_torn_file(
     finally:
         subprocess.run(["umount", str(small)], check=False)
         shutil.rmtree(small, ignore_errors=True)
+
+
+def test_malformed_allowed_signers_is_a_config_error(
+    agent: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey
+) -> None:
+    """Checked at start in the signature child process: exit 2 and nothing applied."""
+    fleet_repo.commit({conf(agent, "app.conf"): "v1\n"}, sign=signing_key)
+    signing_key.allowed_signers.write_text("ops@example.org ssh-ed25519 not-base64!\n")
+    done = agent.cli("sync", "--once")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert str(signing_key.allowed_signers) in done.stderr and "line 1" in done.stderr
+    assert not (agent.root / "app.conf").exists()

@@ -24,7 +24,8 @@ from dulwich.repo import Repo
 
 from agent.config import NonFastForward, TrustConfig
 from agent.errors import ConfigError, TrustError
-from agent.trust import Verifier, check_move
+from agent.policy import check_move
+from agent.trust import Verifier
 from tests.testbed.fleetrepo import FleetRepo, SigningKey
 
 PRINCIPAL = "ops@example.org"
