@@ -56,6 +56,14 @@ class ApplyError(TransientError):
     """Applying a change failed on this node; the reconcile rolls back."""
 
 
+class UnavailableError(ApplyError):
+    """A target's backend (e.g. the Kubernetes API server) cannot be reached.
+
+    The apply was cut off, not refused by the commit: it resumes on the next reconcile
+    and the commit is not marked bad (a rollback would fail the same way).
+    """
+
+
 class HealthError(EdgefleetError):
     """Applied state did not become healthy within the configured timeout."""
 

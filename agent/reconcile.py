@@ -26,7 +26,9 @@ from agent.errors import (
     PlanError,
     SourceError,
     StateError,
+    TransientError,
     TrustError,
+    UnavailableError,
 )
 from agent.policy import check_move
 from agent.signcheck import SignatureChecker
@@ -229,7 +231,7 @@ class Reconciler:
             plans = {t.name: await t.plan(desired, self.state.owned(t.name)) for t in self.targets}
         except PlanError as err:
             return self._refuse(head, "InvalidCommit", str(err))
-        except ApplyError as err:
+        except TransientError as err:  # e.g. the k3s API server is down: retry later
             return Outcome("error", "PlanFailed", str(err), head)
         if dry_run:
             return Outcome("progressing", "DryRun", f"would apply {head[:12]}", head, plans)
@@ -275,6 +277,10 @@ class Reconciler:
         try:
             await self._apply_plans(desired, plans)
             problems = await self._wait_healthy(desired, plans)
+        except UnavailableError as err:
+            # Cut off, not failed: `applying` stays set so the next reconcile resumes it.
+            log.error("apply of %s interrupted: %s", head[:12], err)
+            return Outcome("error", "TargetUnavailable", str(err), head, plans)
         except ApplyError as err:
             return await self._rollback(head, "ApplyFailed", str(err), plans)
         if problems:
@@ -391,7 +397,12 @@ class Reconciler:
                 return self.drift
             if desired is None:
                 return []
-            found = await self._find_drift(desired)
+            try:
+                found = await self._find_drift(desired)
+            except TransientError as err:
+                # e.g. k3s restarting: keep the last result rather than crash the drift loop.
+                log.warning("drift check failed: %s", err)
+                return self.drift
             if found and correct:
                 ctx = self._ctx(desired.commit, {})
                 try:
@@ -401,7 +412,11 @@ class Reconciler:
                             await target.correct(mine, desired, ctx)
                 except EdgefleetError as err:
                     log.error("drift correction failed: %s", err)
-                remaining = await self._find_drift(desired)
+                try:
+                    remaining = await self._find_drift(desired)
+                except TransientError as err:
+                    log.warning("drift check after correction failed: %s", err)
+                    remaining = found
                 self._event(
                     "drift_corrected", desired.commit, drift=list(found), remaining=len(remaining)
                 )
@@ -417,6 +432,7 @@ class Reconciler:
                     "Drifted" if found else "Applied",
                     f"{len(found)} drifted object(s)" if found else self.outcome.message,
                     self.outcome.commit,
+                    self.outcome.changes,
                 )
             if changed:
                 self._publish()

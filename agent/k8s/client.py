@@ -59,6 +59,11 @@ class KubeRequestError(EdgefleetError):
             return False
         return self.code in {0, 429} or self.code >= 500
 
+    @property
+    def unavailable(self) -> bool:
+        """The API server cannot serve anyone right now (down, starting, throttling)."""
+        return self.code in {0, 429, 503}
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -88,7 +93,9 @@ def _is_file(path: Path) -> bool:
 
 
 def _unreachable(err: BaseException) -> KubeRequestError:
-    return KubeRequestError(0, "Unreachable", f"API server unreachable: {err!r}", {})
+    # str() of aiohttp's errors names host and cause; timeouts have no text, only a type.
+    why = str(err) or type(err).__name__
+    return KubeRequestError(0, "Unreachable", f"API server unreachable: {why}", {})
 
 
 class KubeClient:

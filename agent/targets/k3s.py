@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from agent.changeset import Action, ChangeSet
 from agent.config import K3sConfig
 from agent.desired import DesiredState
-from agent.errors import ApplyError, PlanError, TransientError
+from agent.errors import ApplyError, PlanError, TransientError, UnavailableError
 from agent.k8s import health as k8s_health
 from agent.k8s import manifests as mf
 from agent.k8s.client import Kind, KubeClient, KubeRequestError
@@ -191,14 +191,14 @@ class K3sTarget:
         if not gone:
             return
         kube = await self._client(ApplyError)
-        failed: list[str] = []
+        failed: list[tuple[str, str | KubeRequestError]] = []
         # Reverse apply order: workloads first, then CRDs, namespaces last.
         for rank in (2, 1, 0):
             batch = [s for s in gone if mf.rank(*mf.split_subject(s)[:2]) == rank]
             results = await self._each(batch, lambda s: self._delete(kube, s, ctx))
-            failed += [f"{s}: {r}" for s, r in zip(batch, results, strict=True) if r]
+            failed += [(s, r) for s, r in zip(batch, results, strict=True) if r]
         if failed:
-            raise ApplyError(_listing("k3s: delete failed (kept in the inventory)", failed))
+            raise _failure("k3s: delete failed (kept in the inventory)", failed)
 
     async def health(self, desired: DesiredState, ctx: ApplyContext) -> list[HealthProblem]:
         try:
@@ -267,7 +267,7 @@ class K3sTarget:
             try:
                 self._kube = await KubeClient.connect(self._cfg.kubeconfig, self._state_dir)
             except KubeRequestError as err:
-                raise error(f"k3s: {err}") from err
+                raise (UnavailableError if err.unavailable else error)(f"k3s: {err}") from err
         return self._kube
 
     async def _each(
@@ -447,9 +447,9 @@ class K3sTarget:
             ctx.record(self.name, o.subject, o.owned(commit))
 
         results = await self._each(objs, one)
-        failed = [f"{o.subject}: {r}" for o, r in zip(objs, results, strict=True) if r]
+        failed = [(o.subject, r) for o, r in zip(objs, results, strict=True) if r]
         if failed:
-            raise ApplyError(_listing(f"k3s: apply of {commit[:12]} failed", failed))
+            raise _failure(f"k3s: apply of {commit[:12]} failed", failed)
 
     async def _established(self, kube: KubeClient, crds: list[_Object]) -> None:
         deadline = time.monotonic() + ESTABLISH_TIMEOUT
@@ -458,7 +458,7 @@ class K3sTarget:
                 try:
                     live = await kube.get(o.kind, "", o.manifest.name)
                 except KubeRequestError as err:
-                    raise ApplyError(f"k3s: waiting for {o.subject}: {err}") from err
+                    raise _error_for(err)(f"k3s: waiting for {o.subject}: {err}") from err
                 if live is not None and k8s_health.problem(live) is None:
                     break
                 if time.monotonic() > deadline:
@@ -472,7 +472,7 @@ class K3sTarget:
             try:
                 kind = await kube.kind(o.manifest.api_version, o.manifest.kind)
             except KubeRequestError as err:
-                raise ApplyError(f"k3s: discovery for {o.subject}: {err}") from err
+                raise _error_for(err)(f"k3s: discovery for {o.subject}: {err}") from err
             if kind is not None:
                 return kind
             if time.monotonic() > deadline:
@@ -499,3 +499,17 @@ class K3sTarget:
 
 def _listing(title: str, lines: list[str]) -> str:
     return f"{title}:\n  " + "\n  ".join(lines)
+
+
+def _error_for(err: KubeRequestError) -> type[ApplyError]:
+    """UnavailableError when the API server is down: resume later, do not roll back."""
+    return UnavailableError if err.unavailable else ApplyError
+
+
+def _failure(title: str, failed: list[tuple[str, Any]]) -> ApplyError:
+    """An ApplyError listing the failed objects; UnavailableError if the API server was down."""
+    down = [r for _s, r in failed if isinstance(r, KubeRequestError) and r.unavailable]
+    if down:
+        # One cause for every object: say it once, not once per object.
+        return UnavailableError(f"{title}: {down[0]} ({len(failed)} object(s) left to retry)")
+    return ApplyError(_listing(title, [f"{s}: {r}" for s, r in failed]))
