@@ -37,12 +37,23 @@ def _parser() -> argparse.ArgumentParser:
         help=f"agent config file (default: {DEFAULT_CONFIG_PATH})",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # --config is also accepted after the command (`sync --once --config x`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"agent config file (default: {DEFAULT_CONFIG_PATH})",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser(
-        "run", help="run as a daemon: poll Git, reconcile, correct drift, report (until SIGTERM)"
+        "run",
+        parents=[common],
+        help="run as a daemon: poll Git, reconcile, correct drift, report (until SIGTERM)",
     )
     s = sub.add_parser(
         "sync",
+        parents=[common],
         help="one full reconcile, then one drift check; exit 0 when the node ends synced",
     )
     s.add_argument("--once", action="store_true", help="run once and exit (the default)")
@@ -51,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the ChangeSet of the remote head, apply nothing",
     )
-    st = sub.add_parser("status", help="show this node's local state (no network)")
+    st = sub.add_parser(
+        "status", parents=[common], help="show this node's local state (no network)"
+    )
     st.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("verify", help="check config, Git access and the signature of the current head")
     return p

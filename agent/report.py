@@ -368,6 +368,13 @@ class Reporter:
 
     async def close(self) -> None:
         """Say offline, flush briefly, disconnect and stop; bounded; never eats cancellation."""
+        conn = self._conn
+        if conn is not None and self.connected:
+            # `sync --once` closes right after its reconcile, before the connection task
+            # ran again: hand over the last status and events now, goodbye waits for them.
+            if self._status_dirty:
+                self._send_status(conn)
+            self._pump(conn)
         self._closing = True
         try:
             if self._conn is not None and self.connected:

@@ -16,8 +16,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -175,8 +175,20 @@ def _mounts_under(path: Path) -> list[str]:
         ]
 
 
-def boot(base: Path, name: str | None = None) -> NspawnContainer:
-    """Boot systemd in a fresh overlay container under ``base``; call :func:`shutdown`."""
+def boot(
+    base: Path,
+    name: str | None = None,
+    *,
+    netns: str | None = None,
+    binds_ro: Sequence[Path] = (),
+) -> NspawnContainer:
+    """Boot systemd in a fresh overlay container under ``base``; call :func:`shutdown`.
+
+    ``netns`` names a network namespace (``ip netns add``) the container joins instead
+    of a private, unconnected one. ``binds_ro`` are host directories shown read-only at
+    the same path inside (the container's /tmp is its own tmpfs, and an overlay does not
+    reliably show files created in its lower layer after it was mounted).
+    """
     name = name or f"ef-{secrets.token_hex(4)}"
     base.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(base)], check=True)
@@ -210,7 +222,8 @@ def boot(base: Path, name: str | None = None) -> NspawnContainer:
             "--register=no",
             "--keep-unit",
             "--console=read-only",
-            "--private-network",
+            *([f"--network-namespace-path=/run/netns/{netns}"] if netns else ["--private-network"]),
+            *(f"--bind-ro={b}" for b in binds_ro),
             "-D",
             str(base / "merged"),
             "-M",
@@ -296,8 +309,13 @@ def shutdown(container: NspawnContainer) -> None:
 
 
 @contextlib.contextmanager
-def container_at(base: Path) -> Iterator[NspawnContainer]:
-    container = boot(base)
+def container_at(
+    base: Path,
+    *,
+    netns: str | None = None,
+    binds_ro: Sequence[Path] = (),
+) -> Iterator[NspawnContainer]:
+    container = boot(base, netns=netns, binds_ro=binds_ro)
     try:
         yield container
     finally:
@@ -320,3 +338,91 @@ def fresh_systemd_container(tmp_path: Path) -> Iterator[NspawnContainer]:
         pytest.skip("needs root and systemd-nspawn (apt-get install systemd-container)")
     with container_at(tmp_path / "ct") as container:
         yield container
+
+
+# -- several hosts: a bridge on the host, one network namespace per edge ------------------
+
+NET_PREFIX = "10.213"
+"""Private test range (TESTBED.md "Several hosts"); each network takes one random /24."""
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def _link_exists(name: str) -> bool:
+    return _ip("link", "show", "dev", name, check=False).returncode == 0
+
+
+@dataclass
+class EdgeNetwork:
+    """A host bridge at ``host_ip`` and network namespaces wired to it by veth pairs.
+
+    Services meant for the edges listen on ``host_ip``; a container joins an edge with
+    ``boot(..., netns=edge)``. Traffic stays between the bridge and the namespaces.
+    """
+
+    tag: str
+    subnet: str
+    """``10.213.N`` without the host byte."""
+    edges: dict[str, str] = field(default_factory=dict)
+    """netns name -> its address."""
+
+    @property
+    def bridge(self) -> str:
+        return f"efbr-{self.tag}"
+
+    @property
+    def host_ip(self) -> str:
+        return f"{self.subnet}.1"
+
+    def veth(self, index: int) -> str:
+        return f"efv-{self.tag}-{index}"
+
+    def add_edge(self) -> tuple[str, str]:
+        """A new namespace with ``eth0`` on the bridge; returns (netns name, its address)."""
+        index = len(self.edges)
+        netns, address = f"ef-{self.tag}-{index}", f"{self.subnet}.{index + 10}"
+        _ip("netns", "add", netns)
+        self.edges[netns] = address
+        _ip("link", "add", self.veth(index), "type", "veth", "peer", "name", "eth0", "netns", netns)
+        _ip("link", "set", self.veth(index), "master", self.bridge, "up")
+        _ip("-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
+        _ip("-n", netns, "link", "set", "lo", "up")
+        _ip("-n", netns, "link", "set", "eth0", "up")
+        return netns, address
+
+    def leftovers(self) -> list[str]:
+        names = [self.bridge, *(self.veth(i) for i in range(len(self.edges)))]
+        left = [n for n in names if _link_exists(n)]
+        left += [f"netns {n}" for n in self.edges if Path(f"/run/netns/{n}").exists()]
+        return left
+
+
+def _free_subnet() -> str:
+    used = _ip("-4", "-o", "addr", "show").stdout
+    for _ in range(50):
+        subnet = f"{NET_PREFIX}.{secrets.randbelow(250) + 1}"
+        if f" {subnet}." not in used:
+            return subnet
+    raise RuntimeError(f"no free /24 in {NET_PREFIX}.0.0/16")
+
+
+@contextlib.contextmanager
+def edge_network() -> Iterator[EdgeNetwork]:
+    """Bridge + namespaces; teardown removes them all and asserts nothing is left."""
+    net = EdgeNetwork(tag=secrets.token_hex(3), subnet=_free_subnet())
+    try:
+        _ip("link", "add", net.bridge, "type", "bridge")
+        _ip("addr", "add", f"{net.host_ip}/24", "dev", net.bridge)
+        _ip("link", "set", net.bridge, "up")
+        yield net
+    finally:
+        for netns in net.edges:
+            # Deleting the namespace destroys its veth end and with it the host end.
+            _ip("netns", "del", netns, check=False)
+        _ip("link", "del", net.bridge, check=False)
+    deadline = time.monotonic() + 5
+    while net.leftovers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not net.leftovers(), net.leftovers()
