@@ -1,0 +1,170 @@
+"""Hub ingest throughput: status messages/s committed to SQLite, against mosquitto_sub.
+
+A real mosquitto, a real hub process and ``mosquitto_sub -q 1`` subscribe to the same
+stream; one publisher process sends N QoS1 status messages for many nodes as fast as it
+can. Reported: time until the hub has committed all N (``/metrics``) and until
+mosquitto_sub has received all N, and their ratio. Run from the repository root:
+
+    .venv/bin/python bench/bench_ingest.py [--messages 100000] [--nodes 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.testbed.hubproc import HubProc
+from tests.testbed.mosquitto import Mosquitto
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PUBLISHER = r"""
+import sys, time, json, threading
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from agent import wire
+port, n, nodes, first = (int(a) for a in sys.argv[1:5])
+docs = []
+for i in range(first, first + n):
+    node = f"bench-{i % nodes:06d}"
+    docs.append((wire.status_topic(node), wire.encode({
+        "schema": 1, "node": node, "seq": i // nodes + 1, "state": "synced",
+        "branch": "stable", "labels": {"site": f"s{i % 17}"}, "paths": ["common"],
+        "desired": "a" * 40, "applied": "a" * 40, "last_good": "a" * 40,
+        "reason": "", "message": "", "drift": [], "resources": {"files": 3},
+        "health": {}, "version": "0.1.0", "observed_at": time.time(), "heartbeat": 30})))
+c = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+c.max_inflight_messages_set(1000)
+c.max_queued_messages_set(0)
+# paho's mids wrap at 65535: keep at most 20000 unacknowledged publishes queued.
+window = threading.Semaphore(20000)
+c.on_publish = lambda *a: window.release()
+c.connect("127.0.0.1", port)
+c.loop_start()
+print(time.time(), flush=True)
+info = None
+for topic, payload in docs:
+    window.acquire()
+    info = c.publish(topic, payload, qos=1)
+info.wait_for_publish(120)
+print(time.time(), flush=True)
+c.disconnect()
+c.loop_stop()
+"""
+
+
+def committed(hub: HubProc) -> int:
+    text = hub.try_get("/metrics")  # {} while the hub is starting
+    for line in text.splitlines() if isinstance(text, str) else []:
+        if line.startswith("edgefleet_hub_messages_committed_total "):
+            return int(float(line.split()[1]))
+    return 0
+
+
+def publish(port: int, n: int, nodes: int, publishers: int) -> tuple[float, float]:
+    """Run ``publishers`` processes sharing the N messages; returns (start, end) times."""
+    per = n // publishers
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PUBLISHER, str(port), str(per), str(nodes), str(k * per)],
+            stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        )
+        for k in range(publishers)
+    ]  # fmt: skip
+    starts, ends = [], []
+    for proc in procs:
+        assert proc.stdout is not None
+        starts.append(float(proc.stdout.readline()))
+    for proc in procs:
+        assert proc.stdout is not None
+        ends.append(float(proc.stdout.readline()))
+        proc.wait()
+    return min(starts), max(ends)
+
+
+def wait_both(hub: HubProc, sub: subprocess.Popen[bytes], n: int) -> tuple[float, float, float]:
+    """(mosquitto_sub done, hub first commit, hub all committed) wall times."""
+    sub_done = hub_first = hub_done = None
+    deadline = time.time() + 600
+    while sub_done is None or hub_done is None:
+        now = time.time()
+        if sub_done is None and sub.poll() is not None:
+            sub_done = now
+        if hub_done is None:
+            got = committed(hub)
+            if got and hub_first is None:
+                hub_first = now
+            if got >= n:
+                hub_done = now
+        if now > deadline:
+            raise SystemExit("timed out")
+        time.sleep(0.01)
+    assert hub_first is not None
+    return sub_done, hub_first, hub_done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--nodes", type=int, default=10_000)
+    parser.add_argument("--publishers", type=int, default=2, help="live mode publisher processes")
+    parser.add_argument(
+        "--mode", choices=("drain", "live"), default="drain",
+        help="drain: N messages queued in the broker while both consumers are away, then "
+        "both drain them (measures the consumers, not the publisher); live: consumers "
+        "connected while the publishers send",
+    )  # fmt: skip
+    args = parser.parse_args()
+    n = args.messages - args.messages % args.publishers
+    sub_cmd = ["mosquitto_sub", "-q", "1", "-c", "-i", "bench-sub", "-C", str(n),
+               "-t", "edgefleet/v1/node/+/status"]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        broker = Mosquitto(root / "mosquitto", extra="max_queued_messages 0\n")
+        broker.start()
+        sub_cmd[1:1] = ["-p", str(broker.port)]
+        hub = HubProc(root / "hub", broker, token=None)
+        try:
+            hub.start()  # creates the hub's persistent session and subscription
+            if args.mode == "drain":
+                subprocess.run(  # creates mosquitto_sub's persistent session, then exits
+                    [*sub_cmd[:-4], "-W", "1", *sub_cmd[-2:]], check=False,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                hub.stop()
+                pub_start, pub_end = publish(broker.port, n, args.nodes, args.publishers)
+                t0 = time.time()
+                sub = subprocess.Popen(sub_cmd, stdout=subprocess.DEVNULL)
+                hub.start(wait=False)
+                sub_done, hub_first, hub_done = wait_both(hub, sub, n)
+            else:
+                sub = subprocess.Popen(sub_cmd, stdout=subprocess.DEVNULL)
+                time.sleep(0.5)  # let mosquitto_sub subscribe (it has no readiness signal)
+                pub_start, pub_end = publish(broker.port, n, args.nodes, args.publishers)
+                t0 = hub_first = pub_start
+                sub_done, _, hub_done = wait_both(hub, sub, n)
+        finally:
+            hub.stop()
+            broker.stop()
+    sub_rate = n / (sub_done - t0)
+    hub_rate = n / (hub_done - hub_first)
+    print(f"### Hub ingest ({args.mode}): {n:,} QoS1 status messages, {args.nodes:,} nodes\n")
+    print("| who | seconds | messages/s |")
+    print("|---|---:|---:|")
+    print(f"| publishers ({args.publishers} paho processes) | {pub_end - pub_start:.2f} "
+          f"| {n / (pub_end - pub_start):,.0f} |")  # fmt: skip
+    print(f"| mosquitto_sub -q 1 (received) | {sub_done - t0:.2f} | {sub_rate:,.0f} |")
+    print(f"| edgefleet hub (committed to SQLite) | {hub_done - hub_first:.2f} | {hub_rate:,.0f} |")
+    print(f"\nhub / mosquitto_sub ratio: **{hub_rate / sub_rate:.2f}**")
+    if args.mode == "drain":
+        print("\n(hub time counted from its first commit: process start-up excluded)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""``edgefleet-hub``: run the hub (``serve``) or query a running one.
+
+Client commands find the API from ``--config`` ([hub] listen and token_file) or from
+``--url`` / ``--token-file``. Output is a readable table, or the API's JSON with
+``--json``. Exit codes: 0 ok, 1 the API is unreachable or answered with an error,
+2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hub.config import DEFAULT_CONFIG_PATH, HubConfig, load_config, read_secret
+from hub.errors import ApiClientError, ConfigError, HubError
+from hub.fleet import ALL_STATES
+from hub.service import serve
+
+log = logging.getLogger("hub")
+
+
+# -- API client --------------------------------------------------------------------
+
+
+class ApiClient:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise ApiClientError(f"hub API URL {url!r} must start with http:// or https://")
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, params: Sequence[tuple[str, str]] = ()) -> Any:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        # The scheme is checked in __init__ (http/https only).
+        req = urllib.request.Request(f"{self.url}{path}{query}", method=method)  # noqa: S310
+        req.add_header("Accept", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            try:
+                message = json.loads(err.read()).get("error", err.reason)
+            except (ValueError, AttributeError):
+                message = err.reason
+            raise ApiClientError(f"hub API {path}: HTTP {err.code}: {message}") from err
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise ApiClientError(f"cannot reach the hub API at {self.url}: {reason}") from err
+        except ValueError as err:
+            raise ApiClientError(f"hub API {path} did not answer with JSON") from err
+
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    url: str | None = args.url
+    token_file: Path | None = args.token_file
+    if url is None or token_file is None:
+        path = args.config or (DEFAULT_CONFIG_PATH if url is None else None)
+        if path is not None:
+            cfg = load_config(path)
+            url = url or cfg.hub.api_url
+            token_file = token_file or cfg.hub.token_file
+    assert url is not None
+    token = None
+    if token_file is not None:
+        try:
+            token = read_secret(token_file)
+        except OSError as err:
+            raise ApiClientError(f"cannot read token file {token_file}: {err.strerror}") from err
+    return ApiClient(url, token, args.timeout)
+
+
+# -- output ------------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers], *[["-" if v is None else str(v) for v in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    delta = max(time.time() - ts, 0.0)
+    if delta < 120:
+        return f"{delta:.0f}s ago"
+    if delta < 7200:
+        return f"{delta / 60:.0f}m ago"
+    return f"{delta / 3600:.1f}h ago"
+
+
+def _short(sha: str | None) -> str | None:
+    return sha[:10] if sha else None
+
+
+def show_status(data: Any) -> str:
+    states = data["states"]
+    head = f"nodes: {data['nodes']}   healthy (synced): {states.get('synced', 0)}"
+    stage_rows = [
+        [name, s["branch"], _short(s["head"]), s["nodes"], *(s["states"][k] for k in ALL_STATES)]
+        for name, s in data["stages"].items()
+    ]
+    if data.get("unstaged", {}).get("nodes"):
+        u = data["unstaged"]
+        stage_rows.append(["(none)", None, None, u["nodes"], *(u["states"][k] for k in ALL_STATES)])
+    totals = ["total", None, None, data["nodes"], *(states[k] for k in ALL_STATES)]
+    return (
+        head
+        + "\n\n"
+        + table(
+            ["STAGE", "BRANCH", "HEAD", "NODES", *(k.upper() for k in ALL_STATES)],
+            [*stage_rows, totals],
+        )
+    )
+
+
+def show_nodes(data: Any) -> str:
+    rows = [
+        [n["node"], n["stage"], n["state"], _short(n["applied"]), _short(n["desired"]),
+         n["drift_count"], _ago(n["last_heard"])]
+        for n in data["nodes"]
+    ]  # fmt: skip
+    shown = f"{len(rows)} of {data['total']} nodes"
+    if data["offset"]:
+        shown += f" (from offset {data['offset']})"
+    return table(["NODE", "STAGE", "STATE", "APPLIED", "DESIRED", "DRIFT", "LAST HEARD"], rows) + (
+        f"\n\n{shown}"
+    )
+
+
+def show_drift(data: Any) -> str:
+    if not data["drift"]:
+        return "no drift reported"
+    rows = [
+        [d["target"], d["subject"], d["kind"], d["nodes"],
+         ", ".join(f"{k or '(none)'}={v}" for k, v in sorted(d["by_stage"].items())),
+         ", ".join(d["examples"])]
+        for d in data["drift"]
+    ]  # fmt: skip
+    return table(["TARGET", "SUBJECT", "KIND", "NODES", "BY STAGE", "EXAMPLES"], rows)
+
+
+def show_events(data: Any) -> str:
+    if not data["events"]:
+        return "no events"
+    rows = [
+        [time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"] or e["received"])),
+         e["node"], e["seq"], e["type"], _short(e["commit"]),
+         json.dumps(e["details"], separators=(",", ":"))[:60]]
+        for e in data["events"]
+    ]  # fmt: skip
+    return table(["AT", "NODE", "SEQ", "TYPE", "COMMIT", "DETAILS"], rows)
+
+
+def show_stages(data: Any) -> str:
+    rows = [
+        [s["name"], s["branch"], _short(s["head"]), s["promote_from"], "yes" if s["auto"] else "no",
+         s["nodes"], s["states"]["synced"],
+         s["nodes"] - s["states"]["synced"]]
+        for s in data["stages"]
+    ]  # fmt: skip
+    return table(["STAGE", "BRANCH", "HEAD", "FROM", "AUTO", "NODES", "SYNCED", "NOT SYNCED"], rows)
+
+
+# -- commands ----------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg: HubConfig = load_config(args.config or DEFAULT_CONFIG_PATH)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(cfg, stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _query(
+    path: str, render: Callable[[Any], str], params: Callable[[argparse.Namespace], list[Any]]
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        data = _client(args).call("GET", path, params(args))
+        print(json.dumps(data, indent=2) if args.json else render(data))
+        return 0
+
+    return run
+
+
+def _opt(**pairs: Any) -> list[tuple[str, str]]:
+    return [(k, str(v)) for k, v in pairs.items() if v is not None]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgefleet-hub",
+        description="Fleet hub: ingest agent reports, serve the fleet API and dashboard.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the hub (MQTT ingest, API, dashboard)")
+    serve.add_argument("--config", type=Path, help=f"fleet.toml (default {DEFAULT_CONFIG_PATH})")
+    serve.set_defaults(func=cmd_serve)
+
+    client = argparse.ArgumentParser(add_help=False)
+    group = client.add_argument_group("hub API")
+    group.add_argument(
+        "--config", type=Path,
+        help=f"fleet.toml to take the API address and token from (default {DEFAULT_CONFIG_PATH})",
+    )  # fmt: skip
+    group.add_argument("--url", help="hub API base URL, e.g. http://127.0.0.1:8080")
+    group.add_argument("--token-file", type=Path, help="file holding the API bearer token")
+    group.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    group.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+    p = sub.add_parser("status", parents=[client], help="fleet summary by stage and state")
+    p.set_defaults(func=_query("/api/v1/summary", show_status, lambda a: []))
+
+    p = sub.add_parser("nodes", parents=[client], help="list nodes with filters")
+    p.add_argument("--stage", help="only nodes of this stage")
+    p.add_argument("--state", choices=ALL_STATES, help="only nodes in this effective state")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="only nodes with this label (repeatable)")  # fmt: skip
+    p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    p.add_argument("--offset", type=int, default=0, help="skip this many (paging)")
+    p.set_defaults(
+        func=_query(
+            "/api/v1/nodes",
+            show_nodes,
+            lambda a: [*_opt(stage=a.stage, state=a.state, limit=a.limit, offset=a.offset),
+                       *(("label", v) for v in a.label)],
+        )
+    )  # fmt: skip
+
+    p = sub.add_parser("drift", parents=[client], help="drift grouped by resource across nodes")
+    p.add_argument("--stage", help="only drift on nodes of this stage")
+    p.set_defaults(func=_query("/api/v1/drift", show_drift, lambda a: _opt(stage=a.stage)))
+
+    p = sub.add_parser("events", parents=[client], help="recent node events, newest first")
+    p.add_argument("--node", help="only events of this node")
+    p.add_argument("--type", help="only events of this type (e.g. applied, rollback)")
+    p.add_argument("--since", type=float, help="only events at or after this Unix time")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.set_defaults(
+        func=_query(
+            "/api/v1/events",
+            show_events,
+            lambda a: _opt(node=a.node, type=a.type, since=a.since, limit=a.limit),
+        )
+    )
+
+    p = sub.add_parser("stages", parents=[client], help="stages, their heads and gates")
+    p.set_defaults(func=_query("/api/v1/stages", show_stages, lambda a: []))
+
+    # Rollout commands (promote, rollback, resume, history), enroll and demo are added
+    # here by their own issues; they reuse ApiClient and the `client` parent parser.
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        print(f"edgefleet-hub: configuration error: {err}", file=sys.stderr)
+        return 2
+    except ApiClientError as err:
+        print(f"edgefleet-hub: {err}", file=sys.stderr)
+        return 1
+    except HubError as err:
+        print(f"edgefleet-hub: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"edgefleet-hub: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""Hub configuration: fleet.toml loaded once into frozen dataclasses.
+
+Every problem becomes one :class:`ConfigError` naming the file, the key and what is
+wrong (the CLI exits 2). Unknown keys are errors: a typo in a gate must not silently
+fall back to a default and promote a broken commit. Relative paths are resolved
+against the directory of fleet.toml, so an example fleet can live in one directory.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
+
+from hub.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/fleet.toml")
+
+MqttProtocol = Literal["auto", "5", "3.1.1"]
+
+_GIT_SCHEMES = ("file", "git", "http", "https", "ssh")
+_MQTT_SCHEMES = ("mqtt", "mqtts", "tcp", "ssl")
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_WINDOW_RE = re.compile(
+    r"^(?:(?P<d1>[a-z]{3})(?:-(?P<d2>[a-z]{3}))?\s+)?"
+    r"(?P<h1>\d\d):(?P<m1>\d\d)-(?P<h2>\d\d):(?P<m2>\d\d)$"
+)
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    listen: tuple[str, int] = ("127.0.0.1", 8080)
+    """Address of the HTTP API and dashboard ("host:port")."""
+    database: Path = Path("/var/lib/edgefleet-hub/hub.db")
+    token_file: Path | None = None
+    """Bearer token for mutating API calls; unset = mutating calls are refused (403)."""
+    heartbeat: float = 30.0
+    """Seconds between agent status re-publications (the status doc may say more)."""
+    stale_after: float = 90.0
+    """Seconds of silence after which a node is stale (default 3 x heartbeat); a node
+    whose own heartbeat is longer gets 3 x its heartbeat."""
+    events_max_age: float = 30 * 86400.0
+    """Seconds events are kept."""
+    events_max: int = 1_000_000
+    """Most events kept; the oldest are deleted beyond."""
+
+    @property
+    def api_url(self) -> str:
+        host, port = self.listen
+        host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    protocol: MqttProtocol = "auto"
+    """auto tries MQTT 5 and falls back to 3.1.1 when the broker refuses it."""
+    keepalive: int = 60
+    client_id: str = field(default_factory=lambda: f"edgefleet-hub-{socket.gethostname()}")
+    """Stable id: the broker keeps this hub's persistent session (queued QoS1) under it."""
+    shared: bool = True
+    """Subscribe as $share/edgefleet-hub/... so several hubs split the load. Brokers do
+    not send retained messages to shared subscriptions: nodes appear at their next
+    heartbeat after a hub starts with an empty database."""
+    session_expiry: int = 7 * 86400
+    """Seconds the broker keeps the hub's session (and queues messages) while it is down."""
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "localhost"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme in ("mqtts", "ssl") or self.ca_file is not None
+
+
+@dataclass(frozen=True)
+class GitSettings:
+    url: str | None = None
+    """Where the stage branches live; unset = no branch heads, no ref notifications."""
+    ssh_key: Path | None = None
+    token_file: Path | None = None
+    ca_file: Path | None = None
+    interval: float = 30.0
+    """Seconds between ls-remote polls of the stage branches."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    min_nodes: int = 1
+    """Source-stage nodes that must run the candidate healthily."""
+    min_ready_ratio: float = 1.0
+    """Share (0..1) of the source stage's nodes that must run the candidate healthily."""
+    max_failed: int = 0
+    """Source-stage nodes allowed to have failed on the candidate."""
+    soak: float = 600.0
+    """Seconds the gate must hold continuously before promotion."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """When automatic promotion may happen (UTC): days (0 = Monday) and minutes of day."""
+
+    days: tuple[int, ...]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    branch: str
+    promote_from: str | None = None
+    auto: bool = False
+    gate: Gate = field(default_factory=Gate)
+    window: Window | None = None
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    path: Path
+    hub: HubSettings = field(default_factory=HubSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    git: GitSettings = field(default_factory=GitSettings)
+    stages: tuple[Stage, ...] = ()
+
+    def stage_for_branch(self, branch: str | None) -> Stage | None:
+        return next((s for s in self.stages if s.branch == branch), None)
+
+    def stage(self, name: str) -> Stage | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+
+T = TypeVar("T")
+
+
+class _Section:
+    """Typed reads from one TOML table; every read removes the key so leftovers are typos."""
+
+    def __init__(self, path: Path, prefix: str, data: Mapping[str, Any]) -> None:
+        self.path = path
+        self.prefix = prefix
+        self.data = dict(data)
+
+    def err(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(str(self.path), self.prefix + key, problem)
+
+    def _take(self, key: str, kind: type[T] | tuple[type, ...], what: str) -> T | None:
+        if key not in self.data:
+            return None
+        value = self.data.pop(key)
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; never accept true where a number is meant.
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.err(key, f"must be {what}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.err(key, f"must be {what}, got {type(value).__name__} {value!r}")
+        return cast(T, value)
+
+    def text(self, key: str) -> str | None:
+        value = self._take(key, str, "a string")
+        if value is not None and not value.strip():
+            raise self.err(key, "must not be empty")
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._take(key, bool, "true or false")
+        return default if value is None else value
+
+    def number(
+        self, key: str, default: float, minimum: float, maximum: float | None = None
+    ) -> float:
+        value = self._take(key, (int, float), "a number")
+        if value is None:
+            return default
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = (
+                f"between {minimum:g} and {maximum:g}"
+                if maximum is not None
+                else (f"at least {minimum:g}")
+            )
+            raise self.err(key, f"must be {bound}, got {value}")
+        return float(value)
+
+    def integer(self, key: str, default: int, minimum: int) -> int:
+        value = self._take(key, int, "an integer")
+        if value is None:
+            return default
+        if value < minimum:
+            raise self.err(key, f"must be at least {minimum}, got {value}")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(key)
+        if value is None:
+            return default
+        if value not in choices:
+            raise self.err(key, f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def path_value(self, key: str) -> Path | None:
+        value = self.text(key)
+        if value is None:
+            return None
+        path = Path(value)
+        return path if path.is_absolute() else (self.path.parent / path).resolve()
+
+    def file(self, key: str) -> Path | None:
+        path = self.path_value(key)
+        if path is not None and not path.is_file():
+            raise self.err(key, f"file {path} does not exist or is not a regular file")
+        return path
+
+    def table(self, key: str) -> _Section:
+        value = self._take(key, dict, "a table")
+        return _Section(self.path, f"{self.prefix}{key}.", value or {})
+
+    def tables(self, key: str) -> list[_Section]:
+        value = self._take(key, list, "an array of tables ([[stages]])")
+        if value is None:
+            return []
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise self.err(f"{key}[{i}]", "must be a table")
+            out.append(_Section(self.path, f"{self.prefix}{key}[{i}].", item))
+        return out
+
+    def done(self) -> None:
+        if self.data:
+            key = sorted(self.data)[0]
+            raise self.err(key, "unknown key (check the spelling; see docs/design.md)")
+
+
+def _listen(sec: _Section) -> tuple[str, int]:
+    raw = sec.text("listen")
+    if raw is None:
+        return ("127.0.0.1", 8080)
+    host, sep, port = raw.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise sec.err("listen", f"{raw!r} must look like 127.0.0.1:8080")
+    return (host.strip("[]") or "0.0.0.0", int(port))
+
+
+def _hub(root: _Section) -> HubSettings:
+    sec = root.table("hub")
+    heartbeat = sec.number("heartbeat", 30.0, minimum=0.1)
+    cfg = HubSettings(
+        listen=_listen(sec),
+        database=sec.path_value("database") or HubSettings.database,
+        token_file=sec.file("token_file"),
+        heartbeat=heartbeat,
+        stale_after=sec.number("stale_after", 3 * heartbeat, minimum=0.1),
+        events_max_age=sec.number("events_max_age", 30 * 86400.0, minimum=60.0),
+        events_max=sec.integer("events_max", 1_000_000, minimum=100),
+    )
+    if cfg.stale_after < cfg.heartbeat:
+        raise sec.err("stale_after", f"must be at least heartbeat ({cfg.heartbeat:g} s)")
+    sec.done()
+    return cfg
+
+
+def _mqtt(root: _Section) -> MqttSettings:
+    sec = root.table("mqtt")
+    url = sec.text("url") or MqttSettings.url
+    parts = urlsplit(url)
+    if parts.scheme not in _MQTT_SCHEMES or not parts.hostname:
+        raise sec.err("url", f"{url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+    try:
+        _ = parts.port
+    except ValueError as err:
+        raise sec.err("url", f"bad port in {url!r}") from err
+    client_id = sec.text("client_id")
+    cfg = MqttSettings(
+        url=url,
+        username=sec.text("username"),
+        password_file=sec.file("password_file"),
+        ca_file=sec.file("ca_file"),
+        client_cert=sec.file("client_cert"),
+        client_key=sec.file("client_key"),
+        protocol=cast(MqttProtocol, sec.choice("protocol", "auto", ("auto", "5", "3.1.1"))),
+        keepalive=sec.integer("keepalive", 60, minimum=5),
+        shared=sec.flag("shared", True),
+        session_expiry=sec.integer("session_expiry", 7 * 86400, minimum=0),
+        **({"client_id": client_id} if client_id else {}),
+    )
+    if (cfg.client_cert is None) != (cfg.client_key is None):
+        raise sec.err("client_key", "client_cert and client_key must be set together")
+    if any(c in cfg.client_id for c in "/+#"):
+        raise sec.err("client_id", "may not contain '/', '+' or '#'")
+    sec.done()
+    return cfg
+
+
+def _git(root: _Section) -> GitSettings:
+    sec = root.table("git")
+    url = sec.text("url")
+    if url is not None:
+        scheme = urlsplit(url).scheme
+        is_scp = scheme == "" and ":" in url and "@" in url.split(":", 1)[0]
+        if scheme not in _GIT_SCHEMES and not is_scp:
+            raise sec.err(
+                "url", f"unsupported scheme {scheme or url!r}; use {', '.join(_GIT_SCHEMES)}"
+            )
+    cfg = GitSettings(
+        url=url,
+        ssh_key=sec.file("ssh_key"),
+        token_file=sec.file("token_file"),
+        ca_file=sec.file("ca_file"),
+        interval=sec.number("interval", 30.0, minimum=0.1),
+    )
+    sec.done()
+    return cfg
+
+
+def _window(sec: _Section) -> Window | None:
+    raw = sec.text("window")
+    if raw is None:
+        return None
+    m = _WINDOW_RE.match(raw.strip().lower())
+    problem = f"{raw!r} must look like '09:00-17:00' or 'mon-fri 09:00-17:00' (UTC)"
+    if m is None:
+        raise sec.err("window", problem)
+    d1, d2 = m["d1"], m["d2"] or m["d1"]
+    if d1 is not None and (d1 not in _DAYS or d2 not in _DAYS):
+        raise sec.err("window", problem)
+    h1, m1, h2, m2 = (int(m[k]) for k in ("h1", "m1", "h2", "m2"))
+    if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 * 60 + m2) > 1440:
+        raise sec.err("window", problem)
+    if d1 is None:
+        days = tuple(range(7))
+    else:
+        a, b = _DAYS.index(d1), _DAYS.index(d2)
+        days = tuple((a + i) % 7 for i in range((b - a) % 7 + 1))
+    return Window(days=days, start=h1 * 60 + m1, end=h2 * 60 + m2)
+
+
+def _stage(sec: _Section) -> Stage:
+    name = sec.text("name")
+    if name is None or not _NAME_RE.match(name):
+        raise sec.err("name", f"is required: lowercase letters, digits, '-' or '_'; got {name!r}")
+    branch = sec.text("branch") or name
+    if branch.startswith(("refs/", "/")) or ".." in branch or any(c in branch for c in " +#~^:"):
+        raise sec.err("branch", f"{branch!r} is not a plain branch name")
+    gsec = sec.table("gate")
+    gate = Gate(
+        min_nodes=gsec.integer("min_nodes", 1, minimum=0),
+        min_ready_ratio=gsec.number("min_ready_ratio", 1.0, minimum=0.0, maximum=1.0),
+        max_failed=gsec.integer("max_failed", 0, minimum=0),
+        soak=gsec.number("soak", 600.0, minimum=0.0),
+    )
+    gsec.done()
+    stage = Stage(
+        name=name,
+        branch=branch,
+        promote_from=sec.text("promote_from"),
+        auto=sec.flag("auto", False),
+        gate=gate,
+        window=_window(sec),
+    )
+    if stage.auto and stage.promote_from is None:
+        raise sec.err("auto", "needs promote_from (the stage to promote from)")
+    sec.done()
+    return stage
+
+
+def _stages(root: _Section) -> tuple[Stage, ...]:
+    sections = root.tables("stages")
+    stages = tuple(_stage(s) for s in sections)
+    names = [s.name for s in stages]
+    for sec, stage in zip(sections, stages, strict=True):
+        if names.count(stage.name) > 1:
+            raise sec.err("name", f"stage {stage.name!r} is defined twice")
+        if [s.branch for s in stages].count(stage.branch) > 1:
+            raise sec.err("branch", f"branch {stage.branch!r} belongs to two stages")
+        if stage.promote_from is not None and stage.promote_from not in names:
+            raise sec.err("promote_from", f"no stage named {stage.promote_from!r}")
+        if stage.promote_from == stage.name:
+            raise sec.err("promote_from", "a stage cannot promote from itself")
+    by_name = {s.name: s for s in stages}
+    for sec, stage in zip(sections, stages, strict=True):
+        seen, cur = {stage.name}, stage.promote_from
+        while cur is not None:
+            if cur in seen:
+                raise sec.err("promote_from", f"promotion chain through {cur!r} is a cycle")
+            seen.add(cur)
+            cur = by_name[cur].promote_from
+    return stages
+
+
+def parse_config(data: Mapping[str, Any], path: Path) -> HubConfig:
+    """Validate an already-parsed TOML document (exposed for tests of pure logic)."""
+    root = _Section(path, "", data)
+    cfg = HubConfig(
+        path=path, hub=_hub(root), mqtt=_mqtt(root), git=_git(root), stages=_stages(root)
+    )
+    root.done()
+    return cfg
+
+
+def load_config(path: Path = DEFAULT_CONFIG_PATH) -> HubConfig:
+    """Read and validate fleet.toml; raises ConfigError on any problem."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as err:
+        raise ConfigError(str(path), "(file)", "does not exist") from err
+    except OSError as err:
+        raise ConfigError(str(path), "(file)", f"cannot be read: {err.strerror}") from err
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), "(file)", "is not UTF-8 text") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(str(path), "(syntax)", f"invalid TOML: {err}") from err
+    return parse_config(data, path.absolute())
+
+
+def read_secret(path: Path) -> str:
+    """First line of a secret file (token, password), read at use so it can rotate."""
+    return path.read_text().strip()

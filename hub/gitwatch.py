@@ -1,0 +1,93 @@
+"""Tracks the head of every stage branch and announces changes over MQTT.
+
+One ls-remote (dulwich ``get_refs`` limited to ``refs/heads/``) per interval; when a
+stage head changes, a retained ``edgefleet/v1/ref/<branch>`` message tells the agents
+of that stage to fetch at once instead of waiting for their own poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from dulwich.client import get_transport_and_path
+from dulwich.config import ConfigDict
+from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
+
+from agent import wire
+from hub.config import GitSettings, read_secret
+from hub.errors import GitWatchError
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes, int, bool], bool]
+
+
+class GitWatch:
+    def __init__(self, cfg: GitSettings, branches: Sequence[str], publish: Publish) -> None:
+        self._cfg = cfg
+        self._branches = tuple(branches)
+        self._publish = publish
+        self.heads: dict[str, str] = {}
+        """Last seen head commit per stage branch."""
+        self._announced: dict[str, str] = {}
+        self._failing = False
+
+    def _ls_remote(self) -> dict[str, str]:
+        """Blocking: the heads of the stage branches (runs in a thread)."""
+        assert self._cfg.url is not None
+        config = ConfigDict()
+        if self._cfg.ca_file is not None:
+            config.set((b"http",), b"sslCAInfo", str(self._cfg.ca_file).encode())
+        token = read_secret(self._cfg.token_file) if self._cfg.token_file else None
+        try:
+            client, path = get_transport_and_path(
+                self._cfg.url,
+                config=config,
+                username="edgefleet" if token else None,
+                password=token,
+                key_filename=str(self._cfg.ssh_key) if self._cfg.ssh_key else None,
+            )
+            result = client.get_refs(path.encode(), ref_prefix=[b"refs/heads/"])
+        except (OSError, GitProtocolError, HangupException, NotGitRepository, ValueError) as err:
+            raise GitWatchError(f"ls-remote {self._cfg.url} failed: {err}") from err
+        wanted = {f"refs/heads/{b}".encode(): b for b in self._branches}
+        return {wanted[k]: bytes(v).decode() for k, v in result.refs.items() if k in wanted and v}
+
+    async def poll_once(self) -> dict[str, str]:
+        """Refresh heads and announce changes; raises GitWatchError."""
+        heads = await asyncio.to_thread(self._ls_remote)
+        for branch, sha in heads.items():
+            if self.heads.get(branch) != sha:
+                log.info("stage branch %s is at %s", branch, sha[:12])
+        self.heads = heads
+        self.announce()
+        return heads
+
+    def announce(self, force: bool = False) -> None:
+        """Publish retained ref messages for heads not announced yet (or all, with force)."""
+        for branch, sha in self.heads.items():
+            if force or self._announced.get(branch) != sha:
+                payload = wire.ref_payload(sha, time.time())
+                if self._publish(wire.ref_topic(branch), payload, 1, True):
+                    self._announced[branch] = sha
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self._cfg.url is None or not self._branches:
+            return
+        while not stop.is_set():
+            try:
+                await self.poll_once()
+            except GitWatchError as err:
+                if not self._failing:
+                    log.warning("%s; stage heads are unknown until it recovers", err)
+                    self._failing = True
+            else:
+                if self._failing:
+                    log.info("fleet repository reachable again")
+                    self._failing = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._cfg.interval)

@@ -1,0 +1,87 @@
+"""``edgefleet-hub serve``: wires store -> ingest -> fleet -> web with MQTT and Git.
+
+Named tasks under one TaskGroup. Shutdown order matters for delivery guarantees: stop
+the web server, let ingest commit and acknowledge what it holds, only then disconnect
+from the broker (anything still unacknowledged is redelivered to the next hub run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from hub.config import HubConfig
+from hub.fleet import Fleet
+from hub.gitwatch import GitWatch
+from hub.ingest import TOPICS, Ingest
+from hub.mqtt import HubMqtt, Message
+from hub.store import Store
+from hub.web import Updates, WebContext, make_app
+
+log = logging.getLogger(__name__)
+
+
+async def serve(cfg: HubConfig, stop: asyncio.Event) -> None:
+    """Run the hub until ``stop`` is set. Raises StoreError/OSError at startup."""
+    store = await Store.open(cfg.hub.database)
+    try:
+        await _serve(cfg, store, stop)
+    finally:
+        await store.close()
+
+
+async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
+    ingest: Ingest | None = None
+
+    def on_message(msg: Message) -> None:
+        assert ingest is not None  # set before the MQTT task starts
+        ingest.submit(msg)
+
+    gitwatch: GitWatch | None = None
+
+    def on_ready() -> None:
+        if gitwatch is not None:
+            gitwatch.announce(force=True)  # the broker may have lost retained refs
+
+    mqtt = HubMqtt(cfg.mqtt, TOPICS, on_message, on_ready)
+    gitwatch = GitWatch(cfg.git, [s.branch for s in cfg.stages], mqtt.publish)
+    fleet = Fleet(cfg, store, heads=lambda: gitwatch.heads)
+    updates = Updates(fleet)
+    ingest = Ingest(
+        store,
+        cfg.hub.stale_after,
+        mqtt.ack,
+        on_commit=updates.changed,
+        events_max_age=cfg.hub.events_max_age,
+        events_max=cfg.hub.events_max,
+    )
+    await ingest.start()
+    ctx = WebContext(cfg, fleet, ingest.counters, mqtt.publish, mqtt.ready.is_set, updates)
+    runner = web.AppRunner(make_app(ctx), access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    host, port = cfg.hub.listen
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    log.info("hub API and dashboard on %s", cfg.hub.api_url)
+
+    ingest_stop, mqtt_stop = asyncio.Event(), asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        ingest_task = tg.create_task(ingest.run(ingest_stop), name="ingest")
+        tg.create_task(mqtt.run(mqtt_stop), name="mqtt")
+        tg.create_task(gitwatch.run(stop), name="gitwatch")
+        tg.create_task(updates.run(stop), name="sse-updates")
+
+        async def shutdown() -> None:
+            await stop.wait()
+            log.info("hub stopping")
+            await runner.cleanup()
+            ingest_stop.set()
+            await ingest_task
+            mqtt_stop.set()
+
+        tg.create_task(shutdown(), name="shutdown")

@@ -1,0 +1,152 @@
+// edgefleet dashboard: plain JS, no build step, no external resources.
+"use strict";
+const STATES = ["synced", "progressing", "failed", "drifted", "refused", "error", "stale", "offline"];
+const PAGE = 50;
+const $ = (sel) => document.querySelector(sel);
+let offset = 0;
+let refreshTimer = null;
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v; else if (k === "text") e.textContent = v; else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(c ?? "–"));
+  return e;
+}
+const short = (sha) => (sha ? sha.slice(0, 10) : "–");
+const ago = (ts) => {
+  if (!ts) return "–";
+  const d = Math.max(0, Date.now() / 1000 - ts);
+  return d < 120 ? `${d.toFixed(0)}s ago` : d < 7200 ? `${(d / 60).toFixed(0)}m ago` : `${(d / 3600).toFixed(1)}h ago`;
+};
+const badge = (state) => el("span", { class: `state ${state}`, "data-state": state }, state);
+
+async function api(path) {
+  const r = await fetch(path, { headers: { Accept: "application/json" } });
+  const body = await r.json();
+  if (!r.ok) throw new Error(body.error || r.statusText);
+  return body;
+}
+
+function renderSummary(s) {
+  $("#total-nodes").textContent = s.nodes;
+  $("#total-synced").textContent = s.states.synced;
+  const box = $("#stages");
+  box.replaceChildren();
+  const columns = Object.entries(s.stages);
+  if (s.unstaged && s.unstaged.nodes) columns.push(["(no stage)", { ...s.unstaged, branch: "", head: null }]);
+  for (const [name, st] of columns) {
+    const list = el("ul");
+    for (const state of STATES) {
+      const n = st.states[state] || 0;
+      list.append(el("li", { class: n ? state : `${state} zero`, "data-state": state },
+        badge(state), el("b", { class: "count", "data-stage": name, "data-state": state }, String(n))));
+    }
+    box.append(el("div", { class: "stage", "data-stage": name },
+      el("h3", {}, name),
+      el("div", { class: "meta" }, `${st.branch || "–"} @ ${short(st.head)} · `,
+        el("b", { class: "stage-nodes" }, String(st.nodes)), " nodes"),
+      list));
+  }
+}
+
+async function loadDrift() {
+  const d = await api("/api/v1/drift");
+  const body = $("#drift tbody");
+  body.replaceChildren();
+  if (!d.drift.length) body.append(el("tr", {}, el("td", { colspan: "6" }, "no drift reported")));
+  for (const g of d.drift) {
+    const byStage = Object.entries(g.by_stage).map(([k, v]) => `${k || "(none)"}: ${v}`).join(", ");
+    const examples = el("td");
+    g.examples.forEach((n, i) => { if (i) examples.append(", "); examples.append(el("a", { href: `#/node/${encodeURIComponent(n)}` }, n)); });
+    body.append(el("tr", {}, el("td", {}, g.target), el("td", {}, el("code", {}, g.subject)), el("td", {}, g.kind),
+      el("td", {}, String(g.nodes)), el("td", {}, byStage), examples));
+  }
+}
+
+async function loadNodes() {
+  const form = new FormData($("#filters"));
+  const q = new URLSearchParams({ limit: PAGE, offset });
+  for (const k of ["stage", "state", "label"]) if (form.get(k)) q.set(k, form.get(k));
+  let d;
+  try { d = await api(`/api/v1/nodes?${q}`); } catch (e) { $("#nodes-count").textContent = e.message; return; }
+  const body = $("#nodes tbody");
+  body.replaceChildren();
+  for (const n of d.nodes) {
+    body.append(el("tr", { class: n.state, "data-node": n.node },
+      el("td", {}, el("a", { href: `#/node/${encodeURIComponent(n.node)}` }, n.node)),
+      el("td", {}, n.stage), el("td", {}, badge(n.state)),
+      el("td", {}, el("code", {}, short(n.applied))), el("td", {}, el("code", {}, short(n.desired))),
+      el("td", {}, String(n.drift_count)), el("td", {}, ago(n.last_heard))));
+  }
+  $("#nodes-count").textContent = `${d.nodes.length ? offset + 1 : 0}–${offset + d.nodes.length} of ${d.total}`;
+  $("#prev").disabled = offset === 0;
+  $("#next").disabled = offset + d.nodes.length >= d.total;
+}
+
+async function loadNode(name) {
+  const box = $("#node-status");
+  $("#node-name").textContent = name;
+  let n;
+  try { n = await api(`/api/v1/nodes/${encodeURIComponent(name)}`); } catch (e) {
+    box.replaceChildren(el("dt", {}, "error"), el("dd", {}, e.message)); return;
+  }
+  const st = n.status || {};
+  const rows = [["state", badge(n.state)], ["reported", st.state], ["stage", n.stage], ["branch", n.branch],
+    ["applied", el("code", {}, n.applied ?? "–")], ["desired", el("code", {}, n.desired ?? "–")],
+    ["last good", el("code", {}, st.last_good ?? "–")], ["reason", st.reason], ["message", st.message],
+    ["agent", st.version], ["paths", (st.paths || []).join(", ")],
+    ["labels", Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(", ")],
+    ["last heard", ago(n.last_heard)], ["online", n.online ? "yes" : "no"]];
+  box.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v || "–")]));
+  const drift = $("#node-drift tbody");
+  drift.replaceChildren(...(n.drift.length ? n.drift.map((d) => el("tr", {}, el("td", {}, d.target),
+    el("td", {}, el("code", {}, d.subject)), el("td", {}, d.kind), el("td", {}, d.detail || "")))
+    : [el("tr", {}, el("td", { colspan: "4" }, "none"))]));
+  const events = $("#node-events tbody");
+  events.replaceChildren(...n.events.map((e) => el("tr", {},
+    el("td", {}, new Date((e.at || e.received) * 1000).toLocaleString()), el("td", {}, String(e.seq)),
+    el("td", {}, e.type), el("td", {}, el("code", {}, short(e.commit))),
+    el("td", {}, el("code", {}, JSON.stringify(e.details))))));
+}
+
+function route() {
+  const m = location.hash.match(/^#\/node\/(.+)$/);
+  $("#overview").hidden = !!m;
+  $("#node-page").hidden = !m;
+  if (m) loadNode(decodeURIComponent(m[1])); else { loadDrift(); loadNodes(); }
+}
+
+// Tables are refetched at most once a second while summaries stream in.
+function scheduleRefresh() {
+  if (refreshTimer) return;
+  refreshTimer = setTimeout(() => { refreshTimer = null; route(); }, 1000);
+}
+
+function connect() {
+  const es = new EventSource("/api/v1/stream");
+  es.addEventListener("summary", (ev) => {
+    renderSummary(JSON.parse(ev.data));
+    scheduleRefresh();
+  });
+  es.onopen = () => { const l = $("#live"); l.className = "live on"; l.textContent = "live"; };
+  es.onerror = () => { const l = $("#live"); l.className = "live off"; l.textContent = "reconnecting"; };
+}
+
+async function init() {
+  const stageSel = $("#filters select[name=stage]");
+  const stateSel = $("#filters select[name=state]");
+  for (const s of STATES) stateSel.append(el("option", { value: s }, s));
+  try {
+    const s = await api("/api/v1/stages");
+    for (const st of s.stages) stageSel.append(el("option", { value: st.name }, st.name));
+  } catch (e) { /* the stream shows the hub is unreachable */ }
+  $("#filters").addEventListener("submit", (ev) => { ev.preventDefault(); offset = 0; loadNodes(); });
+  $("#prev").addEventListener("click", () => { offset = Math.max(0, offset - PAGE); loadNodes(); });
+  $("#next").addEventListener("click", () => { offset += PAGE; loadNodes(); });
+  window.addEventListener("hashchange", route);
+  route();
+  connect();
+}
+init();

@@ -1,0 +1,134 @@
+"""The dashboard in a real headless Chromium, driven over the DevTools protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.testbed.hubproc import HubProc, Publisher, status_doc
+from tests.testbed.mosquitto import free_port
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+class Page:
+    """One browser tab: evaluate JavaScript and wait for conditions."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.ids = itertools.count(1)
+
+    async def eval(self, expression: str) -> Any:
+        msg_id = next(self.ids)
+        await self.ws.send_json(
+            {"id": msg_id, "method": "Runtime.evaluate",
+             "params": {"expression": expression, "returnByValue": True}}
+        )  # fmt: skip
+        while True:
+            reply = await self.ws.receive_json(timeout=10)
+            if reply.get("id") == msg_id:
+                result = reply["result"]
+                assert "exceptionDetails" not in result, result
+                return result["result"].get("value")
+
+    async def wait(self, expression: str, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not await self.eval(expression):
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Callable[[str], Any]]:
+    """Open a URL in headless Chromium; yields an async function url -> Page."""
+    procs: list[subprocess.Popen[bytes]] = []
+    sessions: list[aiohttp.ClientSession] = []
+    pages: list[Page] = []
+
+    async def open_page(url: str) -> Page:
+        port = free_port()
+        proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", f"--user-data-dir={tmp_path / 'chromium'}",
+             f"--remote-debugging-port={port}", "--remote-debugging-address=127.0.0.1", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        procs.append(proc)
+        session = aiohttp.ClientSession()
+        sessions.append(session)
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/json/list") as resp:
+                        targets = [p for p in await resp.json() if p["type"] == "page"]
+                    if targets:
+                        break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        ws = await session.ws_connect(targets[0]["webSocketDebuggerUrl"], max_msg_size=0)
+        pages.append(Page(ws))
+        return pages[-1]
+
+    yield open_page
+    for page in pages:
+        await page.ws.close()
+    for session in sessions:
+        await session.close()
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def count(stage: str, state: str) -> str:
+    return f'document.querySelector(\'b.count[data-stage="{stage}"][data-state="{state}"]\')'
+
+
+async def test_dashboard_updates_live(
+    hub_factory: Callable[..., HubProc], publisher: Publisher, browser: Callable[[str], Any]
+) -> None:
+    hub = hub_factory()
+    drift = [{"target": "systemd", "subject": "nginx.service", "kind": "stopped", "detail": ""}]
+    publisher.status(status_doc("pi-01", 1, "synced", branch="stable"))
+    publisher.status(status_doc("pi-02", 1, "drifted", branch="stable", drift=drift))
+    hub.wait_for(lambda: hub.get("/api/v1/summary")["nodes"] == 2)
+
+    page = await browser(hub.url + "/")
+    await page.wait(f"{count('stable', 'synced')}?.textContent === '1'")
+    await page.wait("document.querySelector('#live').textContent === 'live'")
+    await page.wait("document.querySelector('#drift tbody').textContent.includes('nginx.service')")
+    await page.wait("document.querySelectorAll('#nodes tbody tr').length === 2")
+    await page.eval("window.__sameDocument = true")  # proves updates arrive without a reload
+
+    publisher.status(status_doc("pi-03", 1, "failed", branch="canary"))
+    await page.wait(f"{count('canary', 'failed')}?.textContent === '1'")
+    await page.wait("document.querySelector('#total-nodes').textContent === '3'")
+    publisher.online("pi-01", b"0")
+    await page.wait(f"{count('stable', 'offline')}?.textContent === '1'")
+    assert await page.eval(f"{count('stable', 'synced')}.textContent") == "0"
+    await page.wait("document.querySelector('tr[data-node=\"pi-01\"]')?.className === 'offline'")
+    # offline is styled apart from healthy, never green
+    colors = await page.eval(
+        "[...document.querySelectorAll('#stages .stage[data-stage=stable] .state')]"
+        ".filter(e => ['synced','offline','stale'].includes(e.dataset.state))"
+        ".map(e => getComputedStyle(e).backgroundColor + '|' + getComputedStyle(e).backgroundImage)"
+    )
+    assert len(set(colors)) == 3, colors
+    assert await page.eval("window.__sameDocument") is True
+
+    await page.eval("location.hash = '#/node/pi-02'")
+    await page.wait("document.querySelector('#node-name').textContent === 'pi-02'")
+    await page.wait("document.querySelector('#node-drift').textContent.includes('nginx.service')")
+    assert await page.eval("document.querySelector('#overview').hidden") is True

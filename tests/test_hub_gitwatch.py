@@ -1,0 +1,74 @@
+"""The Git watcher: stage heads from a real repository, retained ref notifications."""
+
+from __future__ import annotations
+
+import json
+import queue
+from collections.abc import Callable, Iterator
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent import wire
+from tests.testbed.fleetrepo import FleetRepo
+from tests.testbed.hubproc import HubProc
+from tests.testbed.mosquitto import Mosquitto
+
+
+@pytest.fixture
+def refs(mosquitto: Mosquitto) -> Iterator[queue.Queue[tuple[str, bytes, bool]]]:
+    """Every message on edgefleet/v1/ref/#: (topic, payload, retained)."""
+    got: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    client.on_message = lambda _c, _u, m: got.put((m.topic, m.payload, bool(m.retain)))
+    client.connect("127.0.0.1", mosquitto.port)
+    client.subscribe(f"{wire.PREFIX}/ref/#", qos=1)
+    client.loop_start()
+    yield got
+    client.loop_stop()
+    client.disconnect()
+
+
+def test_heads_tracked_and_announced(
+    hub_factory: Callable[..., HubProc],
+    fleet_repo: FleetRepo,
+    refs: queue.Queue[tuple[str, bytes, bool]],
+    mosquitto: Mosquitto,
+) -> None:
+    first = fleet_repo.commit({"common/files/etc/a": "1"}, branch="canary")
+    stable = fleet_repo.commit({"common/files/etc/a": "1"}, branch="stable")
+    hub = hub_factory(git_url=fleet_repo.url)
+    hub.wait_for(lambda: hub.get("/api/v1/summary")["stages"]["canary"]["head"] == first)
+    stages = {s["name"]: s["head"] for s in hub.get("/api/v1/stages")["stages"]}
+    assert stages == {"canary": first, "beta": None, "stable": stable}
+    seen = {refs.get(timeout=5)[0] for _ in range(2)}
+    assert seen == {wire.ref_topic("canary"), wire.ref_topic("stable")}
+
+    second = fleet_repo.commit({"common/files/etc/a": "2"}, branch="canary")
+    topic, payload, _ = refs.get(timeout=5)
+    assert topic == wire.ref_topic("canary")
+    assert wire.parse_ref_payload(payload) == second
+    assert json.loads(payload)["at"] > 0
+
+    # retained: an agent connecting later learns the head at once
+    late: queue.Queue[bytes] = queue.Queue()
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    client.on_message = lambda _c, _u, m: late.put(m.payload)
+    client.connect("127.0.0.1", mosquitto.port)
+    client.subscribe(wire.ref_topic("canary"), qos=1)
+    client.loop_start()
+    try:
+        assert wire.parse_ref_payload(late.get(timeout=5)) == second
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_unreachable_repository_is_logged_not_fatal(
+    hub_factory: Callable[..., HubProc], tmp_path: object
+) -> None:
+    hub = hub_factory(git_url="file:///nonexistent/fleet.git")
+    hub.wait_for(lambda: "ls-remote" in hub.log_text())
+    assert hub.get("/api/v1/summary")["stages"]["canary"]["head"] is None
+    assert hub.log_text().count("ls-remote") == 1  # logged once, on the transition
