@@ -85,7 +85,8 @@ async def main(runs: int) -> None:
     lat = sorted(latencies)
     print("| measure | value |")
     print("|---|---:|")
-    print(f"| commit pushed -> applied, median of {runs} | {statistics.median(lat) * 1000:.0f} ms |")
+    median_ms = statistics.median(lat) * 1000
+    print(f"| commit pushed -> applied, median of {runs} | {median_ms:.0f} ms |")
     print(f"| commit pushed -> applied, max | {lat[-1] * 1000:.0f} ms |")
     print(f"| agent idle RSS (files target, MQTT) | {rss / 1024:.1f} MB |")
     print(f"| agent idle PSS | {pss / 1024:.1f} MB |")

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hub import demo
 from hub.config import DEFAULT_CONFIG_PATH, HubConfig, load_config, read_secret
 from hub.errors import ApiClientError, ConfigError, HubError
 from hub.fleet import ALL_STATES
@@ -274,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Rollout commands (promote, rollback, resume, history), enroll and demo are added
     # here by their own issues; they reuse ApiClient and the `client` parent parser.
+    demo.add_parser(sub)
     return parser
 
 

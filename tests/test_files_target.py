@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.atomic import write_atomic
 from agent.changeset import Action
 from agent.config import FilesConfig
 from agent.desired import GIT_MODE_EXEC, GIT_MODE_SYMLINK, DesiredFile, DesiredState
@@ -185,9 +186,7 @@ async def test_drift_detected_and_corrected(root: Path) -> None:
 
 
 async def test_full_disk_keeps_old_file(root: Path) -> None:
-    """/dev/full makes every write fail with ENOSPC: the old bytes stay in place."""
-    from agent.atomic import write_atomic
-
+    """A full filesystem fails the write with ENOSPC: the old bytes stay in place."""
     path = root / "keep.conf"
     path.write_bytes(b"old\n")
     # A directory on a full tmpfs: mount a 1-block tmpfs and fill it.
