@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import signal
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hub import demo
+from hub import demo, enroll
 from hub.config import DEFAULT_CONFIG_PATH, HubConfig, load_config, read_secret
 from hub.errors import ApiClientError, ConfigError, HubError
 from hub.fleet import ALL_STATES
@@ -42,11 +43,20 @@ class ApiClient:
         self.token = token
         self.timeout = timeout
 
-    def call(self, method: str, path: str, params: Sequence[tuple[str, str]] = ()) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        params: Sequence[tuple[str, str]] = (),
+        body: dict[str, Any] | None = None,
+    ) -> Any:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        data = None if body is None else json.dumps(body).encode()
         # The scheme is checked in __init__ (http/https only).
-        req = urllib.request.Request(f"{self.url}{path}{query}", method=method)  # noqa: S310
+        req = urllib.request.Request(f"{self.url}{path}{query}", data, method=method)  # noqa: S310
         req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
@@ -169,14 +179,51 @@ def show_events(data: Any) -> str:
     return table(["AT", "NODE", "SEQ", "TYPE", "COMMIT", "DETAILS"], rows)
 
 
+def _gate_text(stage: Any) -> str:
+    if stage.get("paused"):
+        p = stage["paused"]
+        return f"PAUSED ({p['kind']} by {p['who']}): {p['reason']}"
+    gate = stage.get("gate_status")
+    if gate is None:
+        return "-"
+    if gate.get("up_to_date"):
+        return "up to date"
+    text = ("OPEN: " if gate["open"] else "closed: ") + gate["reason"]
+    blocked = stage.get("blocked")
+    return f"{text}; {blocked}" if blocked and not gate["open"] else text
+
+
 def show_stages(data: Any) -> str:
     rows = [
         [s["name"], s["branch"], _short(s["head"]), s["promote_from"], "yes" if s["auto"] else "no",
          s["nodes"], s["states"]["synced"],
-         s["nodes"] - s["states"]["synced"]]
+         s["nodes"] - s["states"]["synced"], _gate_text(s)]
         for s in data["stages"]
     ]  # fmt: skip
-    return table(["STAGE", "BRANCH", "HEAD", "FROM", "AUTO", "NODES", "SYNCED", "NOT SYNCED"], rows)
+    return table(
+        ["STAGE", "BRANCH", "HEAD", "FROM", "AUTO", "NODES", "SYNCED", "NOT SYNCED", "GATE"], rows
+    )
+
+
+def show_history(data: Any) -> str:
+    if not data["history"]:
+        return "no rollout history"
+    rows = [
+        [time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["at"])), h["stage"], h["action"],
+         h["outcome"] + (" (forced)" if h["forced"] else ""), h["who"], _short(h["from"]),
+         _short(h["to"]), h["reason"][:80]]
+        for h in data["history"]
+    ]  # fmt: skip
+    return table(["AT", "STAGE", "ACTION", "OUTCOME", "WHO", "FROM", "TO", "REASON"], rows)
+
+
+def show_action(data: Any) -> str:
+    if "resumed" in data:
+        return f"{data['stage']}: resumed (was paused: {data['was']['reason']})"
+    move = f"{data['stage']}: {_short(data['from'])} -> {_short(data['to'])}"
+    if "gate" in data:
+        return f"promoted {move}" + (" (forced)" if data["forced"] else "")
+    return f"rolled back {move}; automatic promotion into it paused until resume"
 
 
 # -- commands ----------------------------------------------------------------------
@@ -205,6 +252,26 @@ def _query(
         return 0
 
     return run
+
+
+def _action(
+    verb: str, body: Callable[[argparse.Namespace], dict[str, Any]]
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        stage = urllib.parse.quote(args.stage, safe="")
+        payload = {**body(args), "who": f"cli:{_user()}"}
+        data = _client(args).call("POST", f"/api/v1/stages/{stage}/{verb}", body=payload)
+        print(json.dumps(data, indent=2) if args.json else show_action(data))
+        return 0
+
+    return run
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "unknown"
 
 
 def _opt(**pairs: Any) -> list[tuple[str, str]]:
@@ -273,9 +340,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stages", parents=[client], help="stages, their heads and gates")
     p.set_defaults(func=_query("/api/v1/stages", show_stages, lambda a: []))
 
+    p = sub.add_parser("promote", parents=[client], help="promote a stage to its source's head")
+    p.add_argument("stage")
+    p.add_argument("--force", action="store_true",
+                   help="skip the gate, pause and window checks (audited as forced)")  # fmt: skip
+    p.add_argument("--reason", default="manual promotion", help="recorded in the audit log")
+    p.set_defaults(func=_action("promote", lambda a: {"force": a.force, "reason": a.reason}))
+
+    p = sub.add_parser("rollback", parents=[client], help="move a stage back and pause it")
+    p.add_argument("stage")
+    p.add_argument("--to", metavar="COMMIT", help="full commit id (default: previous commit)")
+    p.add_argument("--reason", default="manual rollback", help="recorded in the audit log")
+    p.set_defaults(
+        func=_action("rollback", lambda a: {"reason": a.reason, **({"to": a.to} if a.to else {})})
+    )
+
+    p = sub.add_parser("resume", parents=[client], help="lift a halt or rollback pause")
+    p.add_argument("stage")
+    p.add_argument("--reason", default="manual resume", help="recorded in the audit log")
+    p.set_defaults(func=_action("resume", lambda a: {"reason": a.reason}))
+
+    p = sub.add_parser("history", parents=[client], help="rollout audit log, newest first")
+    p.add_argument("--stage", help="only this stage")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.set_defaults(
+        func=_query("/api/v1/history", show_history, lambda a: _opt(stage=a.stage, limit=a.limit))
+    )
+
     # Rollout commands (promote, rollback, resume, history), enroll and demo are added
     # here by their own issues; they reuse ApiClient and the `client` parent parser.
     demo.add_parser(sub)
+    enroll.add_parser(sub)
     return parser
 
 

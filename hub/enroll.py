@@ -717,3 +717,6 @@ class StatusWatcher:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        # Break the client <-> callback cycle so paho's __del__ closes its socket pair now
+        # rather than whenever the garbage collector gets to it.
+        self.client.on_connect = self.client.on_subscribe = self.client.on_message = None

@@ -1,0 +1,88 @@
+"""A private test network between the host and containers (TESTBED.md: network namespaces).
+
+``EdgeNet`` is a host bridge with the first address of a random 10.231.x.0/24;
+``attach(container)`` moves one end of a new veth pair into the container's own network
+namespace and gives it the next free address. Traffic stays between the host and the
+namespaces a test created. Teardown deletes the bridge (and with it every host-side veth).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import secrets
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.testbed.nspawn import NspawnContainer
+
+
+def ip(*args: str, netns_pid: int | None = None) -> None:
+    prefix = ["nsenter", "-t", str(netns_pid), "-n"] if netns_pid else []
+    done = subprocess.run([*prefix, "ip", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    used = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
+    for _ in range(50):
+        net = ipaddress.IPv4Network(f"10.231.{secrets.randbelow(254) + 1}.0/24")
+        if str(net) not in used:
+            return net
+    raise RuntimeError("no free 10.231.x.0/24 test subnet")
+
+
+@dataclass
+class EdgeNet:
+    bridge: str = field(default_factory=lambda: f"efb{secrets.token_hex(3)}")
+    subnet: ipaddress.IPv4Network = field(default_factory=_free_subnet)
+    _next: int = 2
+
+    @property
+    def host_ip(self) -> str:
+        """The host's address on the bridge: services for the edges bind here."""
+        return str(self.subnet.network_address + 1)
+
+    def up(self) -> None:
+        ip("link", "add", self.bridge, "type", "bridge")
+        ip("addr", "add", f"{self.host_ip}/{self.subnet.prefixlen}", "dev", self.bridge)
+        ip("link", "set", self.bridge, "up")
+
+    def attach(self, container: NspawnContainer) -> str:
+        """Wire the container's network namespace to the bridge; returns its address."""
+        addr = str(self.subnet.network_address + self._next)
+        self._next += 1
+        host_end, inner = f"{self.bridge}h{self._next}", f"{self.bridge}c{self._next}"
+        ip("link", "add", host_end, "type", "veth", "peer", "name", inner)
+        ip("link", "set", inner, "netns", str(container.leader))
+        ip("link", "set", host_end, "master", self.bridge)
+        ip("link", "set", host_end, "up")
+        pid = container.leader
+        ip("addr", "add", f"{addr}/{self.subnet.prefixlen}", "dev", inner, netns_pid=pid)
+        ip("link", "set", inner, "up", netns_pid=pid)
+        ip("link", "set", "lo", "up", netns_pid=pid)
+        return addr
+
+    def down(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            ip("link", "del", self.bridge)
+
+
+@contextlib.contextmanager
+def edge_net() -> Iterator[EdgeNet]:
+    net = EdgeNet()
+    net.up()
+    try:
+        yield net
+    finally:
+        net.down()
+
+
+@pytest.fixture(scope="module")
+def edgenet() -> Iterator[EdgeNet]:
+    with edge_net() as net:
+        yield net
