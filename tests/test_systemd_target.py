@@ -490,6 +490,7 @@ async def test_oneshot_health_and_failing_start(
 
 async def test_http_checks() -> None:
     """[[health.http]] checks run in the reconcile health loop for every kind of node."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = await reader.readline()
         while (await reader.readline()) not in (b"\r\n", b""):
