@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -121,6 +122,16 @@ class Window:
     days: tuple[int, ...]
     start: int
     end: int
+    """May be before ``start``: the window then crosses midnight (days name its start)."""
+
+    def contains(self, ts: float) -> bool:
+        t = time.gmtime(ts)
+        minute = t.tm_hour * 60 + t.tm_min
+        if self.start < self.end:
+            return t.tm_wday in self.days and self.start <= minute < self.end
+        if minute >= self.start:
+            return t.tm_wday in self.days
+        return minute < self.end and (t.tm_wday - 1) % 7 in self.days
 
 
 @dataclass(frozen=True)
@@ -131,6 +142,9 @@ class Stage:
     auto: bool = False
     gate: Gate = field(default_factory=Gate)
     window: Window | None = None
+    auto_rollback: bool = False
+    """When this stage's nodes fail on its head beyond ``gate.max_failed``, move the
+    branch back to its previous promoted commit (besides halting the pipeline)."""
 
 
 @dataclass(frozen=True)
@@ -344,6 +358,8 @@ def _window(sec: _Section) -> Window | None:
     h1, m1, h2, m2 = (int(m[k]) for k in ("h1", "m1", "h2", "m2"))
     if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 * 60 + m2) > 1440:
         raise sec.err("window", problem)
+    if h1 * 60 + m1 == h2 * 60 + m2:
+        raise sec.err("window", f"{raw!r} is empty (start equals end)")
     if d1 is None:
         days = tuple(range(7))
     else:
@@ -374,6 +390,7 @@ def _stage(sec: _Section) -> Stage:
         auto=sec.flag("auto", False),
         gate=gate,
         window=_window(sec),
+        auto_rollback=sec.flag("auto_rollback", False),
     )
     if stage.auto and stage.promote_from is None:
         raise sec.err("auto", "needs promote_from (the stage to promote from)")
@@ -402,6 +419,13 @@ def _stages(root: _Section) -> tuple[Stage, ...]:
                 raise sec.err("promote_from", f"promotion chain through {cur!r} is a cycle")
             seen.add(cur)
             cur = by_name[cur].promote_from
+    for index, (sec, stage) in enumerate(zip(sections, stages, strict=True)):
+        # Stages are listed in rollout order; this also keeps status output readable.
+        if stage.promote_from is not None and names.index(stage.promote_from) > index:
+            raise sec.err(
+                "promote_from",
+                f"stage {stage.promote_from!r} must be defined before {stage.name!r}",
+            )
     return stages
 
 

@@ -27,3 +27,20 @@ class GitWatchError(HubError):
 
 class ApiClientError(HubError):
     """The CLI could not talk to the hub API (unreachable, bad token, error reply)."""
+
+
+class PromoteError(HubError):
+    """A stage branch could not be read or moved on the fleet repository."""
+
+
+class BranchMoved(PromoteError):
+    """Someone else moved the stage branch first; nothing was pushed or overwritten."""
+
+
+class RolloutRefused(HubError):
+    """A promotion, rollback or resume was not done (gate closed, paused, bad request);
+    the API answers 409 with the reason."""
+
+    def __init__(self, message: str, evidence: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.evidence = evidence or {}

@@ -75,6 +75,14 @@ class GitWatch:
                 if self._publish(wire.ref_topic(branch), payload, 1, True):
                     self._announced[branch] = sha
 
+    def moved(self, branch: str, sha: str) -> None:
+        """The hub itself moved ``branch`` (promotion, rollback): announce it right away
+        instead of at the next poll."""
+        if self.heads.get(branch) != sha:
+            log.info("stage branch %s is at %s", branch, sha[:12])
+        self.heads = {**self.heads, branch: sha}
+        self.announce()
+
     async def run(self, stop: asyncio.Event) -> None:
         if self._cfg.url is None or not self._branches:
             return

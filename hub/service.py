@@ -17,6 +17,8 @@ from hub.fleet import Fleet
 from hub.gitwatch import GitWatch
 from hub.ingest import TOPICS, Ingest
 from hub.mqtt import HubMqtt, Message
+from hub.promote import StageGit
+from hub.rollout import Rollout
 from hub.store import Store
 from hub.web import Updates, WebContext, make_app
 
@@ -49,16 +51,27 @@ async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
     gitwatch = GitWatch(cfg.git, [s.branch for s in cfg.stages], mqtt.publish)
     fleet = Fleet(cfg, store, heads=lambda: gitwatch.heads)
     updates = Updates(fleet)
+    stage_git = (
+        StageGit(cfg.git, cfg.hub.database.parent / "stages-mirror.git")
+        if cfg.git.url is not None
+        else None
+    )
+    rollout = Rollout(cfg, store, stage_git, lambda: gitwatch.heads, gitwatch.moved)
+
+    def on_commit() -> None:
+        updates.changed()
+        rollout.poke()
+
     ingest = Ingest(
         store,
         cfg.hub.stale_after,
         mqtt.ack,
-        on_commit=updates.changed,
+        on_commit=on_commit,
         events_max_age=cfg.hub.events_max_age,
         events_max=cfg.hub.events_max,
     )
     await ingest.start()
-    ctx = WebContext(cfg, fleet, ingest.counters, mqtt.publish, mqtt.ready.is_set, updates)
+    ctx = WebContext(cfg, fleet, ingest.counters, mqtt.publish, mqtt.ready.is_set, updates, rollout)
     runner = web.AppRunner(make_app(ctx), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     host, port = cfg.hub.listen
@@ -75,6 +88,7 @@ async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
         tg.create_task(mqtt.run(mqtt_stop), name="mqtt")
         tg.create_task(gitwatch.run(stop), name="gitwatch")
         tg.create_task(updates.run(stop), name="sse-updates")
+        tg.create_task(rollout.run(stop), name="rollout")
 
         async def shutdown() -> None:
             await stop.wait()

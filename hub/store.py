@@ -14,6 +14,7 @@ from constant fragments (hence the S608 noqa markers); every value is bound.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,39 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX events_node ON events(node, id)",
         "CREATE INDEX events_type ON events(type, id)",
         "CREATE INDEX events_received ON events(received)",
+    ),
+    (
+        # Rollout audit: every promotion, halt, rollback and resume, refused ones too.
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            action TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            who TEXT NOT NULL,
+            from_commit TEXT,
+            to_commit TEXT,
+            outcome TEXT NOT NULL,
+            forced INTEGER NOT NULL DEFAULT 0,
+            reason TEXT NOT NULL,
+            evidence TEXT NOT NULL
+        )""",
+        "CREATE INDEX audit_stage ON audit(stage, id)",
+        # A paused stage takes no automatic promotions; a halt also blocks downstream.
+        """CREATE TABLE stage_pause (
+            stage TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            commit_sha TEXT,
+            at REAL NOT NULL,
+            who TEXT NOT NULL,
+            reason TEXT NOT NULL
+        )""",
+        # Heads each stage branch had, to find "the previous commit" for a rollback.
+        """CREATE TABLE stage_heads (
+            stage TEXT NOT NULL,
+            commit_sha TEXT NOT NULL,
+            seen_at REAL NOT NULL,
+            PRIMARY KEY (stage, commit_sha)
+        )""",
     ),
 )
 
@@ -144,12 +178,40 @@ class Batch:
         return len(self.statuses) + len(self.heartbeats) + len(self.onlines) + len(self.events)
 
 
+class AuditRow(NamedTuple):
+    at: float
+    action: str
+    """promote | halt | rollback | resume"""
+    stage: str
+    who: str
+    from_commit: str | None
+    to_commit: str | None
+    outcome: str
+    """done | refused | failed"""
+    forced: bool
+    reason: str
+    evidence: str
+    """JSON: the gate evaluation or failure counts behind the decision."""
+
+
+class Pause(NamedTuple):
+    stage: str
+    kind: str
+    """halt (blocks the stage and its downstream) | rollback (blocks the stage)"""
+    commit: str | None
+    at: float
+    who: str
+    reason: str
+
+
 class Store:
     """Open with :meth:`open`; close with :meth:`close`."""
 
     def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self._w = writer
         self._r = reader
+        # Ingest runs multi-statement transactions on the writer; rollout writes wait.
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -185,6 +247,10 @@ class Store:
 
     async def write_batch(self, batch: Batch) -> tuple[int, int]:
         """Commit one batch in one transaction; returns (events inserted, events seen)."""
+        async with self._write_lock:
+            return await self._write_batch(batch)
+
+    async def _write_batch(self, batch: Batch) -> tuple[int, int]:
         try:
             await self._w.execute("BEGIN")
             try:
@@ -232,7 +298,80 @@ class Store:
         except sqlite3.Error as err:
             raise StoreError(f"pruning events failed: {err}") from err
 
+    async def _write(self, sql: str, params: Sequence[Any], what: str) -> int:
+        async with self._write_lock:
+            try:
+                cur = await self._w.execute(sql, params)
+            except sqlite3.Error as err:
+                raise StoreError(f"{what} failed: {err}") from err
+            return int(cur.lastrowid or 0)
+
+    async def add_audit(self, row: AuditRow) -> int:
+        return await self._write(
+            "INSERT INTO audit (at, action, stage, who, from_commit, to_commit, outcome, "
+            "forced, reason, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            row,
+            "writing the audit log",
+        )
+
+    async def set_pause(self, pause: Pause) -> None:
+        await self._write(
+            "INSERT OR REPLACE INTO stage_pause (stage, kind, commit_sha, at, who, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            pause,
+            f"pausing stage {pause.stage}",
+        )
+
+    async def clear_pause(self, stage: str) -> None:
+        await self._write(
+            "DELETE FROM stage_pause WHERE stage = ?", (stage,), f"resuming stage {stage}"
+        )
+
+    async def record_head(self, stage: str, commit: str, at: float) -> None:
+        """Remember that ``stage`` had ``commit`` (first sighting wins)."""
+        await self._write(
+            "INSERT OR IGNORE INTO stage_heads (stage, commit_sha, seen_at) VALUES (?, ?, ?)",
+            (stage, commit, at),
+            f"recording the head of {stage}",
+        )
+
     # -- reader ---------------------------------------------------------------------
+
+    async def pauses(self) -> dict[str, Pause]:
+        rows = await self._all("SELECT stage, kind, commit_sha, at, who, reason FROM stage_pause")
+        return {r[0]: Pause(*r) for r in rows}
+
+    async def head_history(self, stage: str) -> list[str]:
+        """Commits the stage branch pointed at, newest first."""
+        rows = await self._all(
+            "SELECT commit_sha FROM stage_heads WHERE stage = ? ORDER BY seen_at DESC",
+            (stage,),
+        )
+        return [r[0] for r in rows]
+
+    async def last_promotion(self, stage: str, to_commit: str) -> sqlite3.Row | None:
+        rows = await self._all(
+            "SELECT from_commit, to_commit, at FROM audit WHERE stage = ? AND to_commit = ? "
+            "AND action = 'promote' AND outcome = 'done' ORDER BY id DESC LIMIT 1",
+            (stage, to_commit),
+        )
+        return rows[0] if rows else None
+
+    async def history(self, stage: str | None = None, limit: int = 100) -> list[sqlite3.Row]:
+        where = "WHERE stage = :stage" if stage is not None else ""
+        return await self._all(
+            "SELECT id, at, action, stage, who, from_commit, to_commit, outcome, forced, "  # noqa: S608
+            f"reason, evidence FROM audit {where} ORDER BY id DESC LIMIT :limit",
+            {"stage": stage, "limit": limit},
+        )
+
+    async def stage_nodes(self, branch: str, now: float) -> list[sqlite3.Row]:
+        """Every node of one branch: effective and reported state, applied, desired."""
+        return await self._all(
+            f"SELECT node, {EFFECTIVE_STATE} AS effective, state, applied, desired "  # noqa: S608
+            "FROM nodes WHERE branch = :branch",
+            {"now": now, "branch": branch},
+        )
 
     async def _all(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
         try:

@@ -18,14 +18,16 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from agent import wire
 from hub.config import HubConfig, Stage, read_secret
-from hub.errors import HubError
+from hub.errors import HubError, RolloutRefused
 from hub.fleet import ALL_STATES, Fleet
 from hub.ingest import DROP_REASONS, IngestCounters
+from hub.rollout import Rollout
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,7 @@ class WebContext:
     publish: Publish
     mqtt_ready: Callable[[], bool]
     updates: Updates
+    rollout: Rollout | None = None
 
 
 CTX: web.AppKey[WebContext] = web.AppKey("ctx", WebContext)
@@ -219,7 +222,100 @@ async def drift(request: web.Request) -> web.Response:
 
 
 async def stages(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[CTX].fleet.stages())
+    ctx = request.app[CTX]
+    data = await ctx.fleet.stages()
+    if ctx.rollout is not None:
+        status = await ctx.rollout.status()
+        for stage in data["stages"]:
+            stage.update(status.get(stage["name"], {}))
+    return web.json_response(data)
+
+
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+_WHO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$")
+_MAX_REASON = 500
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _text(body: dict[str, Any], key: str, default: str) -> str:
+    value = body.get(key, default)
+    if not isinstance(value, str) or len(value) > _MAX_REASON:
+        raise BadRequest(f"{key} must be a string of at most {_MAX_REASON} characters")
+    return value.strip() or default
+
+
+def _who(request: web.Request, body: dict[str, Any]) -> str:
+    """Audit identity: the caller names itself (CLI: "cli:<user>"); the token proves
+    the right to act, the name is for the record."""
+    who = _text(body, "who", request.headers.get("X-Edgefleet-User", "api"))
+    if not _WHO_RE.match(who):
+        raise BadRequest(f"who must be a short user name, got {who[:64]!r}")
+    return who if who == "api" or who.startswith(("api:", "cli:")) else f"api:{who}"
+
+
+def _rollout_ctx(request: web.Request) -> tuple[Rollout, Stage]:
+    ctx = request.app[CTX]
+    _check_token(ctx, request)
+    stage = _stage(ctx, request.match_info["stage"])
+    assert stage is not None
+    if ctx.rollout is None:
+        raise BadRequest("rollouts are disabled: no [git] url configured", status=503)
+    return ctx.rollout, stage
+
+
+async def _rollout_call(call: Awaitable[dict[str, Any]]) -> web.Response:
+    try:
+        return web.json_response(await call)
+    except RolloutRefused as err:
+        return web.json_response({"error": str(err), "evidence": err.evidence}, status=409)
+
+
+async def promote(request: web.Request) -> web.Response:
+    rollout, stage = _rollout_ctx(request)
+    body = await _body(request)
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest("force must be true or false")
+    reason = _text(body, "reason", "manual promotion")
+    return await _rollout_call(rollout.promote(stage.name, _who(request, body), reason, force))
+
+
+async def rollback(request: web.Request) -> web.Response:
+    rollout, stage = _rollout_ctx(request)
+    body = await _body(request)
+    to = body.get("to")
+    if to is not None and (not isinstance(to, str) or not _SHA_RE.match(to)):
+        raise BadRequest("to must be a full 40-character commit id")
+    reason = _text(body, "reason", "manual rollback")
+    return await _rollout_call(rollout.rollback(stage.name, _who(request, body), reason, to))
+
+
+async def resume(request: web.Request) -> web.Response:
+    rollout, stage = _rollout_ctx(request)
+    body = await _body(request)
+    reason = _text(body, "reason", "manual resume")
+    return await _rollout_call(rollout.resume(stage.name, _who(request, body), reason))
+
+
+async def history(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    stage = _stage(ctx, request.query.get("stage"))
+    limit = _int(request, "limit", 100, 1, _MAX_LIMIT)
+    if ctx.rollout is None:
+        return web.json_response({"history": []})
+    rows = await ctx.rollout.history(stage.name if stage else None, limit)
+    return web.json_response({"history": rows})
 
 
 async def events(request: web.Request) -> web.Response:
@@ -374,6 +470,10 @@ def make_app(ctx: WebContext) -> web.Application:
     app.router.add_post("/api/v1/nodes/{node}/sync", sync_node)
     app.router.add_get("/api/v1/drift", drift)
     app.router.add_get("/api/v1/stages", stages)
+    app.router.add_post("/api/v1/stages/{stage}/promote", promote)
+    app.router.add_post("/api/v1/stages/{stage}/rollback", rollback)
+    app.router.add_post("/api/v1/stages/{stage}/resume", resume)
+    app.router.add_get("/api/v1/history", history)
     app.router.add_get("/api/v1/events", events)
     app.router.add_get("/api/v1/stream", stream)
     return app

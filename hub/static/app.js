@@ -111,11 +111,41 @@ async function loadNode(name) {
     el("td", {}, el("code", {}, JSON.stringify(e.details))))));
 }
 
+function gateText(st) {
+  if (st.paused) return `PAUSED (${st.paused.kind} by ${st.paused.who}): ${st.paused.reason}`;
+  const g = st.gate_status;
+  if (!g) return "– (first stage)";
+  if (g.up_to_date) return "up to date";
+  const text = (g.open ? "open: " : "closed: ") + g.reason;
+  return st.blocked && !g.open ? `${text}; ${st.blocked}` : text;
+}
+
+async function loadRollouts() {
+  const [s, h] = await Promise.all([api("/api/v1/stages"), api("/api/v1/history?limit=20")]);
+  const gates = $("#gates tbody");
+  gates.replaceChildren(...s.stages.map((st) => {
+    const state = st.paused ? "paused" : st.gate_status && st.gate_status.open ? "open" : "closed";
+    return el("tr", { "data-stage": st.name, "data-gate": state },
+      el("td", {}, st.name), el("td", {}, st.promote_from), el("td", {}, st.auto ? "yes" : "no"),
+      el("td", { class: `gate ${state}` }, gateText(st)));
+  }));
+  const body = $("#history tbody");
+  body.replaceChildren();
+  if (!h.history.length) body.append(el("tr", {}, el("td", { colspan: "8" }, "no rollout history")));
+  for (const r of h.history) {
+    body.append(el("tr", { "data-action": r.action },
+      el("td", {}, new Date(r.at * 1000).toLocaleString()), el("td", {}, r.stage),
+      el("td", {}, r.action), el("td", {}, r.outcome + (r.forced ? " (forced)" : "")),
+      el("td", {}, r.who), el("td", {}, el("code", {}, short(r.from))),
+      el("td", {}, el("code", {}, short(r.to))), el("td", {}, r.reason)));
+  }
+}
+
 function route() {
   const m = location.hash.match(/^#\/node\/(.+)$/);
   $("#overview").hidden = !!m;
   $("#node-page").hidden = !m;
-  if (m) loadNode(decodeURIComponent(m[1])); else { loadDrift(); loadNodes(); }
+  if (m) loadNode(decodeURIComponent(m[1])); else { loadRollouts(); loadDrift(); loadNodes(); }
 }
 
 // Tables are refetched at most once a second while summaries stream in.

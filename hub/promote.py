@@ -1,0 +1,157 @@
+"""Moving stage branches on the fleet repository (dulwich, blocking: call via to_thread).
+
+The hub keeps a bare mirror of the stage branches (full history, under ``refs/heads/``
+so fetches are incremental) to answer "does the candidate descend from the stage
+head?" before a promotion and to build the pack if the server lacks an object.
+
+A branch update is a compare-and-swap: the remote's advertised value must equal the
+value the caller decided on, and the server checks it again while it holds the ref
+lock. ``send_pack`` does not raise for a refused ref: ``ref_status`` is checked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from dulwich.client import GitClient, get_transport_and_path
+from dulwich.config import ConfigDict
+from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
+from dulwich.objects import Commit, ObjectID
+from dulwich.repo import Repo
+
+from hub.config import GitSettings, read_secret
+from hub.errors import BranchMoved, PromoteError
+
+log = logging.getLogger(__name__)
+
+ZERO_SHA = b"0" * 40
+_GIT_ERRORS = (OSError, GitProtocolError, HangupException, NotGitRepository, ValueError, KeyError)
+
+
+def _short(sha: str | None) -> str:
+    return sha[:12] if sha else "(none)"
+
+
+class StageGit:
+    """Reads and moves stage branches of ``cfg.url``; ``mirror`` is a local bare repo."""
+
+    def __init__(self, cfg: GitSettings, mirror: Path) -> None:
+        if cfg.url is None:
+            raise PromoteError("no [git] url configured: stage branches cannot be moved")
+        self._cfg = cfg
+        self._url: str = cfg.url
+        self._mirror = mirror
+        self.before_update: Callable[[str, str | None, str], None] | None = None
+        """Test hook: runs after the remote advertised the branch and before the update
+        command is sent (branch, old, new) - the window a concurrent push can hit."""
+
+    def _client(self) -> tuple[GitClient, str]:
+        config = ConfigDict()
+        if self._cfg.ca_file is not None:
+            config.set((b"http",), b"sslCAInfo", str(self._cfg.ca_file).encode())
+        token = read_secret(self._cfg.token_file) if self._cfg.token_file else None
+        return get_transport_and_path(
+            self._url,
+            config=config,
+            username="edgefleet" if token else None,
+            password=token,
+            key_filename=str(self._cfg.ssh_key) if self._cfg.ssh_key else None,
+        )
+
+    def _repo(self) -> Repo:
+        if (self._mirror / "objects").is_dir():
+            return Repo(str(self._mirror))
+        self._mirror.mkdir(parents=True, exist_ok=True)
+        return Repo.init_bare(str(self._mirror))
+
+    def fetch(self, branches: Iterable[str]) -> dict[str, str]:
+        """Fetch the branches' history into the mirror; returns their heads."""
+        wanted = {f"refs/heads/{b}".encode(): b for b in branches}
+        try:
+            client, path = self._client()
+            with self._repo() as repo:
+                result = client.fetch(
+                    path,
+                    repo,
+                    determine_wants=lambda refs, depth=None: [
+                        sha for ref, sha in refs.items()
+                        if ref in wanted and sha and sha not in repo.object_store
+                    ],
+                    ref_prefix=list(wanted),
+                )  # fmt: skip
+                heads = {}
+                for ref, sha in result.refs.items():
+                    if ref in wanted and sha:
+                        repo.refs[ref] = sha
+                        heads[wanted[ref]] = sha.decode()
+        except _GIT_ERRORS as err:
+            raise PromoteError(f"fetching stage branches from {self._url} failed: {err}") from err
+        return heads
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        """True if ``ancestor`` is ``descendant`` or in its history (both fetched)."""
+        target = ancestor.encode()
+        try:
+            with self._repo() as repo:
+                walker = repo.get_walker(include=[ObjectID(descendant.encode())])
+                found = any(entry.commit.id == target for entry in walker)
+        except _GIT_ERRORS as err:
+            raise PromoteError(f"cannot walk history of {descendant[:12]}: {err}") from err
+        return found
+
+    def has_commit(self, sha: str) -> bool:
+        try:
+            with self._repo() as repo:
+                obj = repo.object_store[ObjectID(sha.encode())]
+        except KeyError:
+            return False
+        return isinstance(obj, Commit)
+
+    def update(self, branch: str, old: str | None, new: str) -> None:
+        """Set ``branch`` from ``old`` to ``new`` on the server; raises BranchMoved when
+        it is not at ``old`` any more (checked twice: advertised and under the lock)."""
+        ref = f"refs/heads/{branch}".encode()
+        seen: list[bytes | None] = []
+
+        def update_refs(refs: dict[bytes, bytes]) -> dict[bytes, bytes]:
+            current = refs.get(ref)
+            seen.append(current)
+            if (current.decode() if current else None) != old:
+                return dict(refs)  # unchanged: nothing is sent
+            if self.before_update is not None:
+                self.before_update(branch, old, new)
+            return {**refs, ref: new.encode()}
+
+        try:
+            client, path = self._client()
+            with self._repo() as repo:
+
+                def pack(
+                    have: set[ObjectID], want: set[ObjectID], *, ofs_delta: bool = False,
+                    progress: Callable[..., None] | None = None,
+                ) -> tuple[int, Sequence[object]]:  # fmt: skip
+                    # The commit usually is on the server already (another branch).
+                    count, data = repo.generate_pack_data(have, want, ofs_delta=ofs_delta)
+                    return count, list(data)
+
+                result = client.send_pack(path, update_refs, pack)  # type: ignore[arg-type]
+        except _GIT_ERRORS as err:
+            raise PromoteError(f"pushing {branch} to {self._url} failed: {err}") from err
+        current = seen[0].decode() if seen and seen[0] else None
+        if current != old:
+            raise BranchMoved(
+                f"branch {branch} was moved by someone else: expected {_short(old)}, "
+                f"found {_short(current)}; nothing was pushed"
+            )
+        statuses = result.ref_status or {}
+        if ref not in statuses:
+            raise PromoteError(f"the server did not report on {branch}; it may not have moved")
+        if statuses[ref] is not None:
+            # The server re-checks the old value under its ref lock: someone pushed first.
+            raise BranchMoved(
+                f"branch {branch} was moved by someone else during the push "
+                f"(server: {statuses[ref]}); it was not overwritten"
+            )
+        log.info("moved %s from %s to %s", branch, _short(old), _short(new))

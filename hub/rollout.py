@@ -1,0 +1,510 @@
+"""Staged rollouts: health gates, promotion, halt, rollback and the audit log.
+
+A stage with ``promote_from`` takes the head of its source stage (the candidate) when
+the source stage's nodes run it healthily: :func:`evaluate_gate` is that decision as a
+pure function of fresh node reports. Stale and offline nodes are in the denominator
+and never in the numerator; the gate must hold continuously for ``soak`` seconds
+(tracked per candidate in memory: a hub restart starts the soak over, which is safe).
+
+:class:`Rollout` runs the loop: it records stage heads, halts a pipeline whose stage
+fails on its head beyond ``max_failed`` (and with ``auto_rollback`` moves that stage
+back to its previous commit), promotes ``auto`` stages whose gate is open inside their
+window, and serves the manual promote/rollback/resume calls. Every decision that moves
+or blocks a branch lands in the audit table with the evidence behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from hub.config import Gate, HubConfig, Stage
+from hub.errors import BranchMoved, HubError, PromoteError, RolloutRefused
+from hub.promote import StageGit
+from hub.store import AuditRow, Pause, Store
+
+log = logging.getLogger(__name__)
+
+FAILED_STATES = ("failed", "refused")
+AUTO = "auto"
+
+
+# -- pure gate logic ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeView:
+    node: str
+    state: str
+    """Effective state: what the node said, overridden by stale/offline."""
+    reported: str | None
+    """What the node last said, however old (a failure stays evidence)."""
+    applied: str | None
+    desired: str | None
+
+
+@dataclass(frozen=True)
+class GateResult:
+    open: bool
+    candidate: str | None
+    total: int
+    ready: int
+    needed: int
+    failed: int
+    stale: int
+    offline: int
+    holding_since: float | None
+    """Since when the condition (without soak) holds; None while it does not."""
+    soak_left: float
+    reason: str
+
+    def evidence(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def duration(seconds: float) -> str:
+    """Short human duration: 45s, 4m, 2h."""
+    seconds = max(seconds, 0.0)
+    if seconds < 100:
+        return f"{math.ceil(seconds)}s"
+    if seconds < 6000:
+        return f"{math.ceil(seconds / 60)}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def failed_on(nodes: Sequence[NodeView], commit: str) -> list[str]:
+    """Nodes whose last report says they failed on (or refused) ``commit``; a node that
+    rolled back locally reports ``failed`` with ``desired`` = the bad commit."""
+    return sorted(n.node for n in nodes if n.reported in FAILED_STATES and n.desired == commit)
+
+
+def evaluate_gate(
+    gate: Gate,
+    candidate: str | None,
+    nodes: Sequence[NodeView],
+    holding_since: float | None,
+    now: float,
+) -> GateResult:
+    """Is ``candidate`` healthy on enough ``nodes`` (the source stage), long enough?
+
+    ``holding_since`` is the previous result's value for the same candidate (None at
+    first); the returned one continues or restarts the soak.
+    """
+    total = len(nodes)
+    stale = sum(n.state == "stale" for n in nodes)
+    offline = sum(n.state == "offline" for n in nodes)
+    if candidate is None:
+        return GateResult(False, None, total, 0, 0, 0, stale, offline, None, gate.soak,
+                          "the source stage branch has no head yet")  # fmt: skip
+    ready = sum(n.state == "synced" and n.applied == candidate for n in nodes)
+    failed = len(failed_on(nodes, candidate))
+    # 1e-9: 0.8 * 5 must need 4 nodes, not 5 through float rounding.
+    needed = max(gate.min_nodes, math.ceil(gate.min_ready_ratio * total - 1e-9))
+    short = candidate[:7]
+    counts = f"{ready}/{total} nodes applied {short}"
+    unfresh = ", ".join(f"{n} {what}" for n, what in ((stale, "stale"), (offline, "offline")) if n)
+    if failed > gate.max_failed:
+        reason = f"{failed} node{'s' * (failed != 1)} failed on {short} (max {gate.max_failed})"
+    elif ready < needed:
+        reason = f"{counts}, need {needed}" + (f" ({unfresh})" if unfresh else "")
+    else:
+        since = now if holding_since is None else holding_since
+        left = max(gate.soak - (now - since), 0.0)
+        if left > 0:
+            reason = f"{counts}, soak {duration(left)} left"
+        else:
+            reason = f"{counts}, healthy for {duration(now - since)}"
+        return GateResult(left == 0, candidate, total, ready, needed, failed, stale, offline,
+                          since, left, reason)  # fmt: skip
+    return GateResult(False, candidate, total, ready, needed, failed, stale, offline, None,
+                      gate.soak, reason)  # fmt: skip
+
+
+# -- the rollout loop -----------------------------------------------------------------
+
+
+Moved = Callable[[str, str], None]
+"""Called with (branch, new head) after a push: announce it to the agents now."""
+
+
+class AlreadyThere(RolloutRefused):
+    """The stage branch is at the candidate already (nothing to do, nothing audited)."""
+
+
+@dataclass
+class _Holding:
+    candidate: str
+    since: float
+
+
+class Rollout:
+    def __init__(
+        self,
+        cfg: HubConfig,
+        store: Store,
+        git: StageGit | None,
+        heads: Callable[[], Mapping[str, str]],
+        moved: Moved,
+        clock: Callable[[], float] = time.time,
+        tick: float = 0.5,
+    ) -> None:
+        self._cfg = cfg
+        self._store = store
+        self._git = git
+        self._heads = heads
+        self._moved = moved
+        self._clock = clock
+        self._tick = tick
+        self._holding: dict[str, _Holding] = {}
+        self._recorded: dict[str, str] = {}
+        self._auto_failed: dict[str, tuple[str, str | None]] = {}
+        """stage -> (candidate, stage head) of an automatic promotion that failed: not
+        retried (or re-audited) until either moves."""
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+
+    def poke(self) -> None:
+        """New node reports were stored: re-evaluate now rather than at the next tick."""
+        self._wake.set()
+
+    # -- evaluation -----------------------------------------------------------------
+
+    async def _nodes(self, stage: Stage) -> list[NodeView]:
+        rows = await self._store.stage_nodes(stage.branch, self._clock())
+        return [NodeView(r["node"], r["effective"], r["state"], r["applied"], r["desired"])
+                for r in rows]  # fmt: skip
+
+    async def evaluate(self, stage: Stage, track: bool = False) -> GateResult:
+        """The gate into ``stage``; ``track`` (the loop) advances the soak bookkeeping."""
+        source = self._source(stage)
+        candidate = self._heads().get(source.branch)
+        held = self._holding.get(stage.name)
+        since = held.since if held is not None and held.candidate == candidate else None
+        result = evaluate_gate(
+            stage.gate, candidate, await self._nodes(source), since, self._clock()
+        )
+        if track:
+            if result.holding_since is None or result.candidate is None:
+                self._holding.pop(stage.name, None)
+            else:
+                self._holding[stage.name] = _Holding(result.candidate, result.holding_since)
+        return result
+
+    def _source(self, stage: Stage) -> Stage:
+        source = self._cfg.stage(stage.promote_from) if stage.promote_from else None
+        if source is None:
+            raise RolloutRefused(f"stage {stage.name} has no promote_from: nothing to promote")
+        return source
+
+    def _blocked(self, stage: Stage, pauses: Mapping[str, Pause]) -> str | None:
+        """Why automatic promotion into ``stage`` is paused, or None."""
+        pause = pauses.get(stage.name)
+        if pause is not None:
+            return (
+                f"stage {stage.name} is paused ({pause.kind} by {pause.who}: {pause.reason}); "
+                f"`edgefleet-hub resume {stage.name}` lifts it"
+            )
+        name = stage.promote_from
+        while name is not None:
+            pause = pauses.get(name)
+            if pause is not None and pause.kind == "halt":
+                return f"pipeline halted at {name}: {pause.reason}"
+            upstream = self._cfg.stage(name)
+            name = upstream.promote_from if upstream else None
+        return None
+
+    async def status(self) -> dict[str, dict[str, Any]]:
+        """Per stage: gate (if it has a source), pause, what blocks auto promotion."""
+        pauses = await self._store.pauses()
+        heads = self._heads()
+        now = self._clock()
+        out: dict[str, dict[str, Any]] = {}
+        for stage in self._cfg.stages:
+            pause = pauses.get(stage.name)
+            info: dict[str, Any] = {
+                "auto_rollback": stage.auto_rollback,
+                "paused": None if pause is None else pause._asdict(),
+                "blocked": self._blocked(stage, pauses),
+                "in_window": stage.window is None or stage.window.contains(now),
+                "gate_status": None,
+            }
+            if stage.promote_from is not None:
+                gate = await self.evaluate(stage)
+                status = gate.evidence()
+                candidate = gate.candidate or ""
+                up_to_date = bool(candidate) and heads.get(stage.branch) == candidate
+                status["up_to_date"] = up_to_date
+                if up_to_date:
+                    status["reason"] = f"{stage.name} is at {candidate[:7]} already"
+                elif info["blocked"] and gate.open:
+                    status["reason"] = f"gate open, but {info['blocked']}"
+                info["gate_status"] = status
+            out[stage.name] = info
+        return out
+
+    # -- the loop -------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self._git is None or not self._cfg.stages:
+            return
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except HubError as err:
+                log.warning("rollout check failed: %s", err)
+            waiter = asyncio.ensure_future(self._wake.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, timeout=self._tick,
+                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            finally:
+                waiter.cancel()
+                stopper.cancel()
+            self._wake.clear()
+
+    async def tick(self) -> None:
+        """One pass: record heads, halt failing stages, promote open auto gates."""
+        heads = self._heads()
+        for stage in self._cfg.stages:
+            head = heads.get(stage.branch)
+            if head is not None and self._recorded.get(stage.name) != head:
+                await self._store.record_head(stage.name, head, self._clock())
+                self._recorded[stage.name] = head
+                self._auto_failed.pop(stage.name, None)
+            if head is not None:
+                await self._check_halt(stage, head)
+        pauses = await self._store.pauses()
+        for stage in self._cfg.stages:
+            if stage.promote_from is None:
+                continue
+            gate = await self.evaluate(stage, track=True)
+            if not (stage.auto and gate.open and gate.candidate is not None):
+                continue
+            current = heads.get(stage.branch)
+            if current == gate.candidate or self._blocked(stage, pauses):
+                continue
+            if stage.window is not None and not stage.window.contains(self._clock()):
+                continue
+            if self._auto_failed.get(stage.name) == (gate.candidate, current):
+                continue
+            try:
+                await self._promote(stage, gate, current, AUTO, "gate open", forced=False)
+            except AlreadyThere:
+                continue
+            except (RolloutRefused, PromoteError) as err:
+                self._auto_failed[stage.name] = (gate.candidate, current)
+                log.warning("automatic promotion into %s not done: %s", stage.name, err)
+
+    async def _check_halt(self, stage: Stage, head: str) -> None:
+        failed = failed_on(await self._nodes(stage), head)
+        if len(failed) <= stage.gate.max_failed:
+            return
+        pause = (await self._store.pauses()).get(stage.name)
+        if pause is not None and pause.kind == "halt" and pause.commit == head:
+            return
+        reason = (
+            f"{len(failed)} node{'s' * (len(failed) != 1)} failed on {head[:7]} "
+            f"(max {stage.gate.max_failed}): {', '.join(failed[:5])}"
+        )
+        log.error("halting rollouts at %s: %s", stage.name, reason)
+        now = self._clock()
+        evidence = {"failed": failed, "max_failed": stage.gate.max_failed, "head": head}
+        await self._store.set_pause(Pause(stage.name, "halt", head, now, AUTO, reason))
+        await self._audit("halt", stage, AUTO, head, None, "done", reason, evidence)
+        if stage.auto_rollback:
+            with contextlib.suppress(RolloutRefused, PromoteError):  # audited inside
+                await self.rollback(stage.name, AUTO, f"auto rollback: {reason}", pause=False)
+
+    # -- actions --------------------------------------------------------------------
+
+    async def _audit(
+        self,
+        action: str,
+        stage: Stage,
+        who: str,
+        from_commit: str | None,
+        to_commit: str | None,
+        outcome: str,
+        reason: str,
+        evidence: Mapping[str, Any],
+        forced: bool = False,
+    ) -> None:
+        await self._store.add_audit(
+            AuditRow(self._clock(), action, stage.name, who, from_commit, to_commit, outcome,
+                     forced, reason, json.dumps(evidence, sort_keys=True))
+        )  # fmt: skip
+
+    def _need_git(self) -> StageGit:
+        if self._git is None:
+            raise RolloutRefused("no [git] url configured: the hub cannot move stage branches")
+        return self._git
+
+    async def promote(
+        self, name: str, who: str, reason: str, force: bool = False
+    ) -> dict[str, Any]:
+        """Manual promotion into stage ``name``; RolloutRefused says why it was not done."""
+        stage = self._stage(name)
+        gate = await self.evaluate(stage)
+        if gate.candidate is None:
+            raise RolloutRefused(gate.reason, gate.evidence())
+        current = self._heads().get(stage.branch)
+        if current == gate.candidate:
+            raise RolloutRefused(f"{name} is at {gate.candidate[:7]} already", gate.evidence())
+        if not force:
+            blocked = self._blocked(stage, await self._store.pauses())
+            if blocked:
+                raise RolloutRefused(f"{blocked} (or use --force)", gate.evidence())
+            if not gate.open:
+                raise RolloutRefused(f"gate closed: {gate.reason}", gate.evidence())
+            if stage.window is not None and not stage.window.contains(self._clock()):
+                raise RolloutRefused(
+                    f"outside the maintenance window of {name} (use --force)", gate.evidence()
+                )
+        return await self._promote(stage, gate, current, who, reason, forced=force)
+
+    def _stage(self, name: str) -> Stage:
+        stage = self._cfg.stage(name)
+        if stage is None:
+            raise RolloutRefused(f"unknown stage {name!r}")
+        return stage
+
+    async def _promote(
+        self,
+        stage: Stage,
+        gate: GateResult,
+        expected: str | None,
+        who: str,
+        reason: str,
+        forced: bool,
+    ) -> dict[str, Any]:
+        """Fast-forward ``stage`` from ``expected`` (the head the decision saw) to the
+        candidate; a branch that moved since is reported, audited, never overwritten."""
+        git = self._need_git()
+        candidate = gate.candidate
+        assert candidate is not None
+        source = self._source(stage)
+        evidence = gate.evidence()
+        async with self._lock:
+            try:
+                await self._push_promotion(git, source, stage, expected, candidate)
+            except AlreadyThere:
+                raise
+            except (PromoteError, RolloutRefused) as err:
+                outcome = "refused" if isinstance(err, BranchMoved | RolloutRefused) else "failed"
+                await self._audit("promote", stage, who, expected, candidate, outcome,
+                                  f"{reason}: {err}", evidence, forced)  # fmt: skip
+                if isinstance(err, RolloutRefused):
+                    raise
+                raise RolloutRefused(str(err), evidence) from err
+            self._moved(stage.branch, candidate)
+            await self._audit("promote", stage, who, expected, candidate, "done", reason,
+                              evidence, forced)  # fmt: skip
+        log.info("promoted %s: %s -> %s by %s%s", stage.name, _short(expected), candidate[:12],
+                 who, " (forced)" if forced else "")  # fmt: skip
+        return {"stage": stage.name, "from": expected, "to": candidate, "forced": forced,
+                "gate": evidence}  # fmt: skip
+
+    async def _push_promotion(
+        self, git: StageGit, source: Stage, stage: Stage, expected: str | None, candidate: str
+    ) -> None:
+        fresh = await asyncio.to_thread(git.fetch, (source.branch, stage.branch))
+        if fresh.get(stage.branch) == candidate:
+            # Our own earlier push, seen before the watcher caught up: not news.
+            raise AlreadyThere(f"{stage.name} is at {candidate[:7]} already")
+        if fresh.get(stage.branch) != expected:
+            raise BranchMoved(
+                f"branch {stage.branch} was moved by someone else since the gate was "
+                f"checked ({_short(expected)} -> {_short(fresh.get(stage.branch))}); "
+                "nothing was pushed"
+            )
+        if expected is not None and not await asyncio.to_thread(
+            git.is_ancestor, expected, candidate
+        ):
+            raise RolloutRefused(
+                f"{candidate[:7]} does not descend from {stage.branch} head "
+                f"{expected[:7]}: not a fast-forward (promotion never rewrites history)"
+            )
+        await asyncio.to_thread(git.update, stage.branch, expected, candidate)
+
+    async def _previous(self, stage: Stage, head: str) -> str | None:
+        """The commit ``stage`` had before ``head``: the promotion's origin, else the
+        previous head the hub saw."""
+        promo = await self._store.last_promotion(stage.name, head)
+        if promo is not None and promo["from_commit"]:
+            return str(promo["from_commit"])
+        return next((c for c in await self._store.head_history(stage.name) if c != head), None)
+
+    async def rollback(
+        self, name: str, who: str, reason: str, to: str | None = None, pause: bool = True
+    ) -> dict[str, Any]:
+        """Move ``name`` back (a forced push, old value checked) and pause it."""
+        stage = self._stage(name)
+        git = self._need_git()
+        async with self._lock:
+            fresh = await asyncio.to_thread(git.fetch, (stage.branch,))
+            head = fresh.get(stage.branch)
+            if head is None:
+                raise RolloutRefused(f"branch {stage.branch} does not exist")
+            target = to or await self._previous(stage, head)
+            if target is None:
+                raise RolloutRefused(f"no previous commit of {name} is known; name one with --to")
+            if target == head:
+                raise RolloutRefused(f"{name} is at {head[:7]} already")
+            known = target in await self._store.head_history(stage.name)
+            if not known and not await asyncio.to_thread(git.is_ancestor, target, head):
+                raise RolloutRefused(
+                    f"{target[:12]} is neither a previous head of {name} nor in its history"
+                )
+            evidence = {"head": head, "target": target, "previous_head": known}
+            try:
+                await asyncio.to_thread(git.update, stage.branch, head, target)
+            except PromoteError as err:
+                outcome = "refused" if isinstance(err, BranchMoved) else "failed"
+                await self._audit("rollback", stage, who, head, target, outcome,
+                                  f"{reason}: {err}", evidence)  # fmt: skip
+                raise RolloutRefused(str(err), evidence) from err
+            self._moved(stage.branch, target)
+            if pause:
+                current = (await self._store.pauses()).get(stage.name)
+                if current is None or current.kind != "halt":
+                    await self._store.set_pause(
+                        Pause(stage.name, "rollback", target, self._clock(), who, reason)
+                    )
+            await self._audit("rollback", stage, who, head, target, "done", reason, evidence)
+        log.warning("rolled back %s: %s -> %s by %s (%s)", name, head[:12], target[:12], who,
+                    reason)  # fmt: skip
+        return {"stage": name, "from": head, "to": target, "paused": True}
+
+    async def resume(self, name: str, who: str, reason: str) -> dict[str, Any]:
+        stage = self._stage(name)
+        pause = (await self._store.pauses()).get(name)
+        if pause is None:
+            raise RolloutRefused(f"stage {name} is not paused")
+        await self._store.clear_pause(name)
+        self._auto_failed.pop(name, None)
+        await self._audit("resume", stage, who, None, None, "done", reason,
+                          {"lifted": pause._asdict()})  # fmt: skip
+        log.info("resumed %s (was paused: %s) by %s", name, pause.reason, who)
+        self._wake.set()
+        return {"stage": name, "resumed": True, "was": pause._asdict()}
+
+    async def history(self, stage: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self._store.history(stage, limit)
+        return [
+            {"id": r["id"], "at": r["at"], "action": r["action"], "stage": r["stage"],
+             "who": r["who"], "from": r["from_commit"], "to": r["to_commit"],
+             "outcome": r["outcome"], "forced": bool(r["forced"]), "reason": r["reason"],
+             "evidence": json.loads(r["evidence"])}
+            for r in rows
+        ]  # fmt: skip
+
+
+def _short(sha: str | None) -> str:
+    return sha[:12] if sha else "(none)"
