@@ -68,6 +68,7 @@ class Demo:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     nodes: dict[str, str] = field(default_factory=dict)
     """node name -> stage."""
+    gate_reason: str = ""
     stopping: bool = False
     """Set by SIGINT/SIGTERM: every wait ends at once."""
 
@@ -205,6 +206,7 @@ class Demo:
 
     def wait_for(self, what: str, done: Callable[[], bool], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
+        last = ""
         while time.monotonic() < deadline:
             if self.stopping:
                 raise DemoInterrupted
@@ -212,10 +214,12 @@ class Demo:
             try:
                 if done():
                     return
-            except (urllib.error.URLError, OSError, ValueError):
-                pass
+            except urllib.error.HTTPError as err:
+                last = f"; last answer: HTTP {err.code} {err.read()[:300]!r}"
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                last = f"; last error: {err}"
             time.sleep(0.3)
-        raise HubError(f"demo: timed out waiting for {what} (logs in {self.root})")
+        raise HubError(f"demo: timed out waiting for {what}{last} (logs in {self.root})")
 
     def applied_on(self, stage: str, commit: str) -> int:
         nodes = self.api(f"/api/v1/nodes?stage={stage}")["nodes"]
@@ -293,9 +297,10 @@ class Demo:
             try:
                 self.api(f"/api/v1/stages/{stage}/promote", method="POST", body={"reason": "demo"})
             except urllib.error.HTTPError as err:
-                if err.code == 409:  # gate still closed (soak): try again shortly
-                    return False
-                raise
+                if err.code != 409:  # 409: gate still closed (soak): try again shortly
+                    raise
+                self.gate_reason = json.loads(err.read()).get("error", "")
+                return False
             return True
 
         self.wait_for(f"the {stage} gate to open", attempt)

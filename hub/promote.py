@@ -19,6 +19,7 @@ from dulwich.client import GitClient, get_transport_and_path
 from dulwich.config import ConfigDict
 from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
 from dulwich.objects import Commit, ObjectID
+from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 from hub.config import GitSettings, read_secret
@@ -109,6 +110,19 @@ class StageGit:
             return False
         return isinstance(obj, Commit)
 
+    def _confirm_moved(
+        self, client: GitClient, path: str, ref: bytes, branch: str, new: str
+    ) -> None:
+        try:
+            now = client.get_refs(path.encode()).refs.get(Ref(ref))
+        except _GIT_ERRORS as err:
+            raise PromoteError(f"cannot confirm the push of {branch}: {err}") from err
+        if now != new.encode():
+            raise BranchMoved(
+                f"branch {branch} is at {_short(now.decode() if now else None)} after the "
+                f"push, not {_short(new)}: someone else moved it"
+            )
+
     def update(self, branch: str, old: str | None, new: str) -> None:
         """Set ``branch`` from ``old`` to ``new`` on the server; raises BranchMoved when
         it is not at ``old`` any more (checked twice: advertised and under the lock)."""
@@ -147,7 +161,9 @@ class StageGit:
             )
         statuses = result.ref_status or {}
         if ref not in statuses:
-            raise PromoteError(f"the server did not report on {branch}; it may not have moved")
+            # dulwich's file:// client updates the ref in place and reports nothing: ask.
+            self._confirm_moved(client, path, ref, branch, new)
+            statuses = {ref: None}
         if statuses[ref] is not None:
             # The server re-checks the old value under its ref lock: someone pushed first.
             raise BranchMoved(
