@@ -300,3 +300,31 @@ def test_malformed_allowed_signers_is_a_config_error(
     assert done.returncode == 2, done.stdout + done.stderr
     assert str(signing_key.allowed_signers) in done.stderr and "line 1" in done.stderr
     assert not (agent.root / "app.conf").exists()
+
+
+def test_verify_and_status_text(
+    agent: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey, tmp_path: Path
+) -> None:
+    head = fleet_repo.commit({conf(agent, "app.conf"): "v1\n"}, sign=signing_key)
+    done = agent.cli("verify")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"stable is at {head}" in done.stdout
+    assert "signed by ops@example.org" in done.stdout
+
+    fleet_repo.commit({conf(agent, "app.conf"): "unsigned\n"})
+    done = agent.cli("verify")
+    assert done.returncode == 1 and "not signed" in done.stderr
+
+    hidden = fleet_repo.bare.with_name("gone.git")
+    fleet_repo.bare.rename(hidden)
+    try:
+        done = agent.cli("verify")
+        assert done.returncode == 1 and "FAILED" in done.stderr
+    finally:
+        hidden.rename(fleet_repo.bare)
+
+    fleet_repo.push("stable", head, force=True)
+    assert agent.cli("sync", "--once").returncode == 0
+    done = agent.cli("status")
+    assert done.returncode == 0
+    assert f"applied    {head}" in done.stdout and "files      1 object(s)" in done.stdout
