@@ -12,10 +12,11 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
+from agent.tomlconf import Section
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/agent.toml")
 
@@ -151,115 +152,14 @@ class AgentConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
 
 
-T = TypeVar("T")
-
-
-class _Section:
-    """Typed reads from one TOML table; every read removes the key so leftovers are typos."""
-
-    def __init__(self, path: Path, prefix: str, data: Mapping[str, Any]) -> None:
-        self.path = path
-        self.prefix = prefix
-        self.data = dict(data)
-
-    def err(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(str(self.path), self.prefix + key, problem)
-
-    def _take(self, key: str, kind: type[T] | tuple[type, ...], what: str) -> T | None:
-        if key not in self.data:
-            return None
-        value = self.data.pop(key)
-        # bool is an int in Python; never accept true where a number is meant.
-        if isinstance(value, bool) and kind is not bool and bool not in _as_tuple(kind):
-            raise self.err(key, f"must be {what}, got a boolean")
-        if not isinstance(value, kind):
-            raise self.err(key, f"must be {what}, got {type(value).__name__} {value!r}")
-        return cast(T, value)
-
-    def text(self, key: str, default: str | None = None) -> str | None:
-        value = self._take(key, str, "a string")
-        if value is not None and not value.strip():
-            raise self.err(key, "must not be empty")
-        return default if value is None else value
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self._take(key, bool, "true or false")
-        return default if value is None else value
-
-    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
-        value = self._take(key, (int, float), "a number")
-        if value is None:
-            return default
-        if value < minimum:
-            raise self.err(key, f"must be at least {minimum:g}, got {value}")
-        return float(value)
-
-    def integer(self, key: str, default: int, minimum: int = 0) -> int:
-        value = self._take(key, int, "an integer")
-        if value is None:
-            return default
-        if value < minimum:
-            raise self.err(key, f"must be at least {minimum}, got {value}")
-        return value
-
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.text(key)
-        if value is None:
-            return default
-        if value not in choices:
-            raise self.err(key, f"must be one of {', '.join(choices)}; got {value!r}")
-        return value
-
-    def file(self, key: str, must_exist: bool = True) -> Path | None:
-        value = self.text(key)
-        if value is None:
-            return None
-        path = Path(value)
-        if not path.is_absolute():
-            raise self.err(key, f"must be an absolute path, got {value!r}")
-        if must_exist and not path.is_file():
-            raise self.err(key, f"file {value} does not exist or is not a regular file")
-        return path
-
-    def dir(self, key: str, default: Path) -> Path:
-        value = self.text(key)
-        if value is None:
-            return default
-        path = Path(value)
-        if not path.is_absolute():
-            raise self.err(key, f"must be an absolute path, got {value!r}")
-        return path
-
-    def str_list(self, key: str) -> tuple[str, ...] | None:
-        value = self._take(key, list, "a list of strings")
-        if value is None:
-            return None
-        if not all(isinstance(v, str) and v for v in value):
-            raise self.err(key, "must be a list of non-empty strings")
-        return tuple(value)
-
-    def table(self, key: str) -> _Section:
-        value = self._take(key, dict, "a table")
-        return _Section(self.path, f"{self.prefix}{key}.", value or {})
-
-    def done(self) -> None:
-        if self.data:
-            key = sorted(self.data)[0]
-            raise self.err(key, "unknown key (check the spelling; see docs/design.md)")
-
-
-def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
-
-
-def _check_repo_path(sec: _Section, key: str, value: str) -> str:
+def _check_repo_path(sec: Section, key: str, value: str) -> str:
     parts = value.strip("/").split("/")
     if value.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise sec.err(key, f"path {value!r} must be relative inside the repository, without '..'")
     return "/".join(parts)
 
 
-def _git(root: _Section) -> GitConfig:
+def _git(root: Section) -> GitConfig:
     sec = root.table("git")
     url = sec.text("url")
     if url is None:
@@ -289,7 +189,7 @@ def _git(root: _Section) -> GitConfig:
     return cfg
 
 
-def _trust(root: _Section) -> TrustConfig:
+def _trust(root: Section) -> TrustConfig:
     sec = root.table("trust")
     cfg = TrustConfig(
         allowed_signers=sec.file("allowed_signers"),
@@ -308,7 +208,7 @@ def _trust(root: _Section) -> TrustConfig:
     return cfg
 
 
-def _mqtt(root: _Section) -> MqttConfig:
+def _mqtt(root: Section) -> MqttConfig:
     sec = root.table("mqtt")
     url = sec.text("url")
     if url is not None:
@@ -337,7 +237,7 @@ def _mqtt(root: _Section) -> MqttConfig:
     return cfg
 
 
-def _targets(root: _Section) -> TargetsConfig:
+def _targets(root: Section) -> TargetsConfig:
     sec = root.table("targets")
     fsec = sec.table("files")
     roots = []
@@ -374,7 +274,7 @@ def _targets(root: _Section) -> TargetsConfig:
 
 def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
     """Validate an already-parsed TOML document (exposed for tests of pure logic)."""
-    root = _Section(path, "", data)
+    root = Section(path, "", data, ConfigError)
     node = root.text("node") or socket.gethostname()
     if "/" in node or "+" in node or "#" in node or not node.isprintable():
         raise root.err("node", f"{node!r} may not contain '/', '+', '#' (it names MQTT topics)")

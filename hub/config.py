@@ -15,9 +15,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
+from agent.tomlconf import Section
 from hub.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/fleet.toml")
@@ -162,108 +163,7 @@ class HubConfig:
         return next((s for s in self.stages if s.name == name), None)
 
 
-T = TypeVar("T")
-
-
-class _Section:
-    """Typed reads from one TOML table; every read removes the key so leftovers are typos."""
-
-    def __init__(self, path: Path, prefix: str, data: Mapping[str, Any]) -> None:
-        self.path = path
-        self.prefix = prefix
-        self.data = dict(data)
-
-    def err(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(str(self.path), self.prefix + key, problem)
-
-    def _take(self, key: str, kind: type[T] | tuple[type, ...], what: str) -> T | None:
-        if key not in self.data:
-            return None
-        value = self.data.pop(key)
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # bool is an int in Python; never accept true where a number is meant.
-        if isinstance(value, bool) and bool not in kinds:
-            raise self.err(key, f"must be {what}, got a boolean")
-        if not isinstance(value, kind):
-            raise self.err(key, f"must be {what}, got {type(value).__name__} {value!r}")
-        return cast(T, value)
-
-    def text(self, key: str) -> str | None:
-        value = self._take(key, str, "a string")
-        if value is not None and not value.strip():
-            raise self.err(key, "must not be empty")
-        return value
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self._take(key, bool, "true or false")
-        return default if value is None else value
-
-    def number(
-        self, key: str, default: float, minimum: float, maximum: float | None = None
-    ) -> float:
-        value = self._take(key, (int, float), "a number")
-        if value is None:
-            return default
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = (
-                f"between {minimum:g} and {maximum:g}"
-                if maximum is not None
-                else (f"at least {minimum:g}")
-            )
-            raise self.err(key, f"must be {bound}, got {value}")
-        return float(value)
-
-    def integer(self, key: str, default: int, minimum: int) -> int:
-        value = self._take(key, int, "an integer")
-        if value is None:
-            return default
-        if value < minimum:
-            raise self.err(key, f"must be at least {minimum}, got {value}")
-        return value
-
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.text(key)
-        if value is None:
-            return default
-        if value not in choices:
-            raise self.err(key, f"must be one of {', '.join(choices)}; got {value!r}")
-        return value
-
-    def path_value(self, key: str) -> Path | None:
-        value = self.text(key)
-        if value is None:
-            return None
-        path = Path(value)
-        return path if path.is_absolute() else (self.path.parent / path).resolve()
-
-    def file(self, key: str) -> Path | None:
-        path = self.path_value(key)
-        if path is not None and not path.is_file():
-            raise self.err(key, f"file {path} does not exist or is not a regular file")
-        return path
-
-    def table(self, key: str) -> _Section:
-        value = self._take(key, dict, "a table")
-        return _Section(self.path, f"{self.prefix}{key}.", value or {})
-
-    def tables(self, key: str) -> list[_Section]:
-        value = self._take(key, list, "an array of tables ([[stages]])")
-        if value is None:
-            return []
-        out = []
-        for i, item in enumerate(value):
-            if not isinstance(item, dict):
-                raise self.err(f"{key}[{i}]", "must be a table")
-            out.append(_Section(self.path, f"{self.prefix}{key}[{i}].", item))
-        return out
-
-    def done(self) -> None:
-        if self.data:
-            key = sorted(self.data)[0]
-            raise self.err(key, "unknown key (check the spelling; see docs/design.md)")
-
-
-def _listen(sec: _Section) -> tuple[str, int]:
+def _listen(sec: Section) -> tuple[str, int]:
     raw = sec.text("listen")
     if raw is None:
         return ("127.0.0.1", 8080)
@@ -273,7 +173,7 @@ def _listen(sec: _Section) -> tuple[str, int]:
     return (host.strip("[]") or "0.0.0.0", int(port))
 
 
-def _hub(root: _Section) -> HubSettings:
+def _hub(root: Section) -> HubSettings:
     sec = root.table("hub")
     heartbeat = sec.number("heartbeat", 30.0, minimum=0.1)
     cfg = HubSettings(
@@ -291,7 +191,7 @@ def _hub(root: _Section) -> HubSettings:
     return cfg
 
 
-def _mqtt(root: _Section) -> MqttSettings:
+def _mqtt(root: Section) -> MqttSettings:
     sec = root.table("mqtt")
     url = sec.text("url") or MqttSettings.url
     parts = urlsplit(url)
@@ -323,7 +223,7 @@ def _mqtt(root: _Section) -> MqttSettings:
     return cfg
 
 
-def _git(root: _Section) -> GitSettings:
+def _git(root: Section) -> GitSettings:
     sec = root.table("git")
     url = sec.text("url")
     if url is not None:
@@ -344,7 +244,7 @@ def _git(root: _Section) -> GitSettings:
     return cfg
 
 
-def _window(sec: _Section) -> Window | None:
+def _window(sec: Section) -> Window | None:
     raw = sec.text("window")
     if raw is None:
         return None
@@ -368,7 +268,7 @@ def _window(sec: _Section) -> Window | None:
     return Window(days=days, start=h1 * 60 + m1, end=h2 * 60 + m2)
 
 
-def _stage(sec: _Section) -> Stage:
+def _stage(sec: Section) -> Stage:
     name = sec.text("name")
     if name is None or not _NAME_RE.match(name):
         raise sec.err("name", f"is required: lowercase letters, digits, '-' or '_'; got {name!r}")
@@ -398,7 +298,7 @@ def _stage(sec: _Section) -> Stage:
     return stage
 
 
-def _stages(root: _Section) -> tuple[Stage, ...]:
+def _stages(root: Section) -> tuple[Stage, ...]:
     sections = root.tables("stages")
     stages = tuple(_stage(s) for s in sections)
     names = [s.name for s in stages]
@@ -431,7 +331,7 @@ def _stages(root: _Section) -> tuple[Stage, ...]:
 
 def parse_config(data: Mapping[str, Any], path: Path) -> HubConfig:
     """Validate an already-parsed TOML document (exposed for tests of pure logic)."""
-    root = _Section(path, "", data)
+    root = Section(path, "", data, ConfigError, relative_paths=True)
     cfg = HubConfig(
         path=path, hub=_hub(root), mqtt=_mqtt(root), git=_git(root), stages=_stages(root)
     )

@@ -1,0 +1,141 @@
+"""Typed, strict reads from a parsed TOML document, shared by agent.toml and fleet.toml.
+
+Every read removes its key, so whatever is left when a table is ``done()`` is a typo and
+an error: on a remote device a misspelt key must never fall back to a default. Errors
+name the file, the dotted key and the problem. No I/O beyond checking named files exist;
+the hub may import this module (like agent.wire) without pulling in the agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
+ErrorFactory = Callable[[str, str, str], Exception]
+"""(file, key, problem) -> the caller's ConfigError."""
+
+
+class Section:
+    def __init__(
+        self,
+        path: Path,
+        prefix: str,
+        data: Mapping[str, Any],
+        error: ErrorFactory,
+        relative_paths: bool = False,
+    ) -> None:
+        self.path = path
+        self.prefix = prefix
+        self.data = dict(data)
+        self.error = error
+        self.relative_paths = relative_paths
+        """True: a relative path is taken from the config file's directory; False: refused."""
+
+    def err(self, key: str, problem: str) -> Exception:
+        return self.error(str(self.path), self.prefix + key, problem)
+
+    def _child(self, prefix: str, data: Mapping[str, Any]) -> Section:
+        return Section(self.path, prefix, data, self.error, self.relative_paths)
+
+    def _take(self, key: str, kind: type[T] | tuple[type, ...], what: str) -> T | None:
+        if key not in self.data:
+            return None
+        value = self.data.pop(key)
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; never accept true where a number is meant.
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.err(key, f"must be {what}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.err(key, f"must be {what}, got {type(value).__name__} {value!r}")
+        return cast(T, value)
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        value = self._take(key, str, "a string")
+        if value is not None and not value.strip():
+            raise self.err(key, "must not be empty")
+        return default if value is None else value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._take(key, bool, "true or false")
+        return default if value is None else value
+
+    def number(
+        self, key: str, default: float, minimum: float = 0.0, maximum: float | None = None
+    ) -> float:
+        value = self._take(key, (int, float), "a number")
+        if value is None:
+            return default
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = (
+                f"between {minimum:g} and {maximum:g}"
+                if maximum is not None
+                else f"at least {minimum:g}"
+            )
+            raise self.err(key, f"must be {bound}, got {value}")
+        return float(value)
+
+    def integer(self, key: str, default: int, minimum: int = 0) -> int:
+        value = self._take(key, int, "an integer")
+        if value is None:
+            return default
+        if value < minimum:
+            raise self.err(key, f"must be at least {minimum}, got {value}")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(key)
+        if value is None:
+            return default
+        if value not in choices:
+            raise self.err(key, f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def path_value(self, key: str) -> Path | None:
+        value = self.text(key)
+        if value is None:
+            return None
+        path = Path(value)
+        if path.is_absolute():
+            return path
+        if not self.relative_paths:
+            raise self.err(key, f"must be an absolute path, got {value!r}")
+        return (self.path.parent / path).resolve()
+
+    def file(self, key: str) -> Path | None:
+        path = self.path_value(key)
+        if path is not None and not path.is_file():
+            raise self.err(key, f"file {path} does not exist or is not a regular file")
+        return path
+
+    def dir(self, key: str, default: Path) -> Path:
+        return self.path_value(key) or default
+
+    def str_list(self, key: str) -> tuple[str, ...] | None:
+        value = self._take(key, list, "a list of strings")
+        if value is None:
+            return None
+        if not all(isinstance(v, str) and v for v in value):
+            raise self.err(key, "must be a list of non-empty strings")
+        return tuple(value)
+
+    def table(self, key: str) -> Section:
+        value = self._take(key, dict, "a table")
+        return self._child(f"{self.prefix}{key}.", value or {})
+
+    def tables(self, key: str) -> list[Section]:
+        value = self._take(key, list, f"an array of tables ([[{key}]])")
+        if value is None:
+            return []
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise self.err(f"{key}[{i}]", "must be a table")
+            out.append(self._child(f"{self.prefix}{key}[{i}].", item))
+        return out
+
+    def done(self) -> None:
+        if self.data:
+            key = sorted(self.data)[0]
+            raise self.err(key, "unknown key (check the spelling; see docs/design.md)")
