@@ -74,27 +74,20 @@ def git_daemon(base: Path, host: str, log: Path) -> Iterator[str]:
         proc.wait(5)
 
 
-def install_venv(opt: Path) -> None:
-    """The shipped unit's /opt/edgefleet (packaging's private venv), made of the test venv.
-
-    The test venv's own interpreter lives under /root (pyenv), which the unit's
-    ProtectHome=yes hides; so this venv runs Debian's python3.11 (same ABI) on the test
-    venv's site-packages. Children the agent starts (``sys.executable -I -m ...``) get
-    the same venv.
-    """
-    site = opt / "lib/python3.11/site-packages"
-    site.parent.mkdir(parents=True)
-    site.symlink_to(REPO / ".venv/lib/python3.11/site-packages")
-    (opt / "bin").mkdir()
-    (opt / "bin/python3").symlink_to("/usr/bin/python3.11")
-    (opt / "pyvenv.cfg").write_text("home = /usr/bin\ninclude-system-site-packages = false\n")
-    script = (REPO / ".venv/bin/edgefleet-agent").read_text().split("\n", 1)[1]
-    (opt / "bin/edgefleet-agent").write_text(f"#!/opt/edgefleet/bin/python3\n{script}")
-    (opt / "bin/edgefleet-agent").chmod(0o755)
+def install_package_files(root: Path, deb: Path) -> None:
+    """The package's private venv (/opt/edgefleet, built on Debian's python3.11) unpacked
+    into the container without its maintainer scripts: the unit under test is the one in
+    systemd/, installed below. Nothing is borrowed from the test venv, which may live
+    under /tmp or /root, both hidden from the hardened unit (PrivateTmp, ProtectHome)."""
+    unpacked = root / "var/tmp/edgefleet-deb"
+    # Not straight into root: the .deb's /lib would shadow merged-/usr's /lib symlink.
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
+    (unpacked / "opt/edgefleet").rename(root / "opt/edgefleet")
+    shutil.rmtree(unpacked)
 
 
 def install_agent(
-    ct: NspawnContainer, node: str, git_url: str, mqtt_url: str, key: SigningKey
+    ct: NspawnContainer, node: str, git_url: str, mqtt_url: str, key: SigningKey, deb: Path
 ) -> None:
     """Config, trust and unit files into the container's /etc, as a package would."""
     etc = ct.root / "etc/edgefleet"
@@ -121,7 +114,7 @@ settle = 0.5
 """
     )
     (ct.root / ALLOWED_ROOT.lstrip("/")).mkdir()
-    install_venv(ct.root / "opt/edgefleet")
+    install_package_files(ct.root, deb)
     shutil.copy(REPO / "systemd/edgefleet-agent.service", ct.unit_dir)
     dropins = ct.unit_dir / "edgefleet-agent.service.d"
     dropins.mkdir()
@@ -168,7 +161,7 @@ def app_files(version: str) -> dict[str, str | bytes | None]:
     }
 
 
-async def test_agent_service_in_container_over_netns(tmp_path: Path) -> None:
+async def test_agent_service_in_container_over_netns(tmp_path: Path, edgefleet_deb: Path) -> None:
     key = SigningKey.create(tmp_path / "signing")
     repo = FleetRepo(tmp_path / "repos")
     node = f"e2e-{secrets.token_hex(3)}"
@@ -192,7 +185,9 @@ async def test_agent_service_in_container_over_netns(tmp_path: Path) -> None:
                 git_daemon(repo.root, net.host_ip, daemon_log) as git_url,
                 container_at(tmp_path / "ct", netns=netns) as ct,
             ):
-                install_agent(ct, node, git_url, f"mqtt://{net.host_ip}:{edge_port}", key)
+                install_agent(
+                    ct, node, git_url, f"mqtt://{net.host_ip}:{edge_port}", key, edgefleet_deb
+                )
                 # Type=notify: start returns once the agent said READY=1.
                 ct.run("systemctl", "start", "edgefleet-agent.service", check=False)
                 props = ct.show("edgefleet-agent.service", "ActiveState", "SubState", "Type")

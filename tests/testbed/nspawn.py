@@ -15,6 +15,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -175,6 +176,19 @@ def _mounts_under(path: Path) -> list[str]:
         ]
 
 
+def _code_binds(already: Sequence[Path]) -> list[Path]:
+    """The checkout (and its venv) when it lives under /tmp, which the container replaces
+    with its own tmpfs: code run inside (the agent, test helpers) must see it. CI may
+    clone the repository anywhere, /tmp included."""
+    repo = Path(__file__).resolve().parents[2]
+    wanted = {repo, Path(sys.prefix).resolve()}
+    return sorted(
+        p for p in wanted
+        if p.is_relative_to("/tmp")
+        and not any(p.is_relative_to(q) for q in (*already, *(w for w in wanted if w != p)))
+    )  # fmt: skip
+
+
 def boot(
     base: Path,
     name: str | None = None,
@@ -223,7 +237,7 @@ def boot(
             "--keep-unit",
             "--console=read-only",
             *([f"--network-namespace-path=/run/netns/{netns}"] if netns else ["--private-network"]),
-            *(f"--bind-ro={b}" for b in binds_ro),
+            *(f"--bind-ro={b}" for b in (*binds_ro, *_code_binds(binds_ro))),
             "-D",
             str(base / "merged"),
             "-M",
