@@ -21,6 +21,7 @@ from agent.errors import ConfigError, EdgefleetError
 from agent.state import StateStore, iter_owned
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+REPORT_GRACE = 5.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,6 +103,9 @@ async def _sync(cfg: AgentConfig, dry_run: bool) -> int:
             return EXIT_OK
         return EXIT_OK if outcome.state == "synced" else EXIT_FAILED
     finally:
+        if agent.reporter is not None:
+            # A one-shot run must get its status out: give a slow broker a few seconds.
+            await agent.reporter.wait_connected(REPORT_GRACE)
         await agent.close()
 
 
