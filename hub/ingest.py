@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from agent import wire
 from hub.errors import HubError, StoreError
@@ -43,6 +43,7 @@ DROP_REASONS = (
 )
 _LOG_EVERY = 10.0
 _RETENTION_EVERY = 300.0
+_MAX_ROUTES = 300_000
 
 
 class Rejected(HubError):
@@ -76,13 +77,26 @@ class Event(NamedTuple):
     details: str
 
 
+_MAX_INT = 2**63 - 1
+"""SQLite's INTEGER range: a larger seq could not be stored."""
+
+
+def _no_constant(name: str) -> NoReturn:
+    # NaN and Infinity are not JSON: SQLite's JSON functions reject a stored document
+    # holding one, which would break every API query over all nodes.
+    raise Rejected("bad_type", f"{name} is not a JSON number")
+
+
+_decode = json.JSONDecoder(parse_constant=_no_constant).decode
+
+
 def _load(payload: bytes) -> tuple[dict[str, Any], str]:
     try:
         text = payload.decode("utf-8")
-        doc = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as err:
+        doc = _decode(text)
+    except (ValueError, RecursionError) as err:  # RecursionError: deeply nested input
         raise Rejected("bad_json", str(err)[:80]) from err
-    if not isinstance(doc, dict):
+    if type(doc) is not dict:
         raise Rejected("bad_json", f"top level is {type(doc).__name__}, not an object")
     return doc, text
 
@@ -90,44 +104,66 @@ def _load(payload: bytes) -> tuple[dict[str, Any], str]:
 def _check_header(doc: dict[str, Any], node: str) -> int:
     schema = doc.get("schema")
     if type(schema) is not int or schema != wire.SCHEMA:
-        raise Rejected("bad_schema", f"schema {schema!r} (want {wire.SCHEMA})")
-    if not isinstance(doc.get("node"), str):
+        raise Rejected("bad_schema", f"schema {str(schema)[:32]!r} (want {wire.SCHEMA})")
+    payload_node = doc.get("node")
+    if type(payload_node) is not str:
         raise Rejected("bad_type", "node is not a string")
-    if doc["node"] != node:
-        raise Rejected("node_mismatch", f"payload node {doc['node'][:64]!r} on topic of {node!r}")
+    if payload_node != node:
+        raise Rejected("node_mismatch", f"payload node {payload_node[:64]!r} on topic of {node!r}")
     seq = doc.get("seq")
-    if type(seq) is not int or seq < 0:
-        raise Rejected("bad_type", f"seq {seq!r} is not a non-negative integer")
+    if type(seq) is not int or not 0 <= seq <= _MAX_INT:
+        raise Rejected("bad_type", f"seq {str(seq)[:32]!r} is not an integer in 0..2^63-1")
     return seq
 
 
-_STR_OR_NONE = ("branch", "applied", "desired", "last_good", "reason", "message", "version")
-_DICT_OR_NONE = ("resources", "health")
-_STATE_SET = frozenset(wire.STATES)
-
-
-def _number(doc: dict[str, Any], key: str) -> float | None:
-    value = doc.get(key)
+def _column(value: object, key: str) -> str | None:
+    """A string (or null) that becomes an SQLite column: lone surrogates (JSON allows
+    ``\\ud800``) cannot be encoded to UTF-8 and would fail the whole batch."""
     if value is None:
         return None
+    if type(value) is not str:
+        raise Rejected("bad_type", f"{key} is {type(value).__name__}, not a string")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as err:
+            raise Rejected("bad_type", f"{key} is not valid Unicode") from err
+    return value
+
+
+def _number(value: object, key: str) -> float | None:
     # bool is an int in Python; JSON true is not a number here
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise Rejected("bad_type", f"{key} is not a finite number")
-    return float(value)
+    if value is None:
+        return None
+    if type(value) is float:
+        if math.isfinite(value):  # 1e999 parses as inf
+            return value
+    elif type(value) is int:
+        with contextlib.suppress(OverflowError):  # a 400-digit integer
+            return float(value)
+    raise Rejected("bad_type", f"{key} is not a finite number")
+
+
+_OTHER_STR = ("last_good", "reason", "message", "version")
+_DICT_OR_NONE = ("resources", "health")
+_STATE_SET = frozenset(wire.STATES)
 
 
 def parse_status(node: str, payload: bytes) -> Status:
     """Validate a status document (wire.StatusDoc); raises Rejected.
 
-    Written for speed (it runs for every message): plain type checks, no helpers per key.
+    Written for speed (it runs for every message): plain loops and type checks.
     """
     doc, text = _load(payload)
     seq = _check_header(doc, node)
     get = doc.get
     state = get("state")
-    if state not in _STATE_SET:
+    if type(state) is not str or state not in _STATE_SET:
         raise Rejected("bad_type", f"state {str(state)[:32]!r} is not one of {wire.STATES}")
-    for key in _STR_OR_NONE:
+    branch = _column(get("branch"), "branch")
+    applied = _column(get("applied"), "applied")
+    desired = _column(get("desired"), "desired")
+    for key in _OTHER_STR:
         value = get(key)
         if value is not None and type(value) is not str:
             raise Rejected("bad_type", f"{key} is {type(value).__name__}, not a string")
@@ -136,55 +172,58 @@ def parse_status(node: str, payload: bytes) -> Status:
         if value is not None and type(value) is not dict:
             raise Rejected("bad_type", f"{key} is {type(value).__name__}, not an object")
     labels = get("labels") or {}
-    if type(labels) is not dict or not all(type(v) is str for v in labels.values()):
+    if type(labels) is not dict:
         raise Rejected("bad_type", "labels must map strings to strings")
+    for value in labels.values():
+        if type(value) is not str:
+            raise Rejected("bad_type", "labels must map strings to strings")
     drift = get("drift") or []
-    if type(drift) is not list or not all(
-        type(item) is dict
-        and type(item.get("target")) is str
-        and type(item.get("subject")) is str
-        and type(item.get("kind")) is str
-        for item in drift
-    ):
+    if type(drift) is not list:
         raise Rejected("bad_type", "drift must be a list of items with target, subject, kind")
+    for item in drift:
+        if (
+            type(item) is not dict
+            or type(item.get("target")) is not str
+            or type(item.get("subject")) is not str
+            or type(item.get("kind")) is not str
+        ):
+            raise Rejected("bad_type", "drift must be a list of items with target, subject, kind")
     paths = get("paths") or []
-    if type(paths) is not list or not all(type(p) is str for p in paths):
+    if type(paths) is not list:
         raise Rejected("bad_type", "paths must be a list of strings")
-    heartbeat = _number(doc, "heartbeat") or 0.0
+    for path in paths:
+        if type(path) is not str:
+            raise Rejected("bad_type", "paths must be a list of strings")
+    heartbeat = _number(get("heartbeat"), "heartbeat") or 0.0
+    observed_at = _number(get("observed_at"), "observed_at")
     return Status(
-        node=node,
-        seq=seq,
-        state=state,
-        branch=get("branch"),
-        applied=get("applied"),
-        desired=get("desired"),
-        drift_count=len(drift),
-        heartbeat=max(heartbeat, 0.0),
-        observed_at=_number(doc, "observed_at"),
-        doc=text,
-    )
+        node, seq, state, branch, applied, desired, len(drift), max(heartbeat, 0.0),
+        observed_at, text,
+    )  # fmt: skip
 
 
 def parse_event(node: str, payload: bytes) -> Event:
     """Validate an event document (wire.EventDoc); raises Rejected."""
     doc, _ = _load(payload)
     seq = _check_header(doc, node)
-    type_ = doc.get("type")
-    if not isinstance(type_, str) or not type_ or len(type_) > 64:
+    type_ = _column(doc.get("type"), "type")
+    if not type_ or len(type_) > 64:
         raise Rejected("bad_type", "type must be a non-empty string of at most 64 characters")
     details = doc.get("details") or {}
     if type(details) is not dict:
         raise Rejected("bad_type", "details must be an object")
-    commit = doc.get("commit")
-    if commit is not None and type(commit) is not str:
-        raise Rejected("bad_type", "commit must be a string")
+    try:
+        # allow_nan=False: 1e999 parsed as inf must not be stored as non-JSON "Infinity"
+        details_text = json.dumps(details, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (ValueError, RecursionError) as err:
+        raise Rejected("bad_type", f"details cannot be stored: {str(err)[:80]}") from err
     return Event(
         node=node,
         seq=seq,
-        at=_number(doc, "at"),
+        at=_number(doc.get("at"), "at"),
         type=type_,
-        commit=commit,
-        details=json.dumps(details, sort_keys=True, separators=(",", ":")),
+        commit=_column(doc.get("commit"), "commit"),
+        details=details_text,
     )
 
 
@@ -263,6 +302,7 @@ class Ingest:
         self._events_max_age = events_max_age
         self._events_max = events_max
         self._seqs: dict[str, int] = {}
+        self._routes: dict[str, tuple[str, str]] = {}
         self._pending = _Pending()
         self._retry: tuple[Batch, list[tuple[int, int]], list[tuple[str, int]]] | None = None
         self._full = asyncio.Event()
@@ -282,15 +322,27 @@ class Ingest:
             self._limiter.warning(rej.reason, "dropped message on %s: %s", msg.topic[:200], rej)
             self._ack(msg.mid, msg.qos)
 
+    def _route(self, topic: str) -> tuple[str, str]:
+        """(node, kind) of a node topic; remembered, as each node sends on three topics."""
+        route = self._routes.get(topic)
+        if route is not None:
+            return route
+        parsed = wire.parse_node_topic(topic)
+        kind = parsed[1] if parsed and parsed[1] in KINDS else "unknown"
+        if parsed is None or kind == "unknown" or not wire.valid_node_name(parsed[0]):
+            return "", kind
+        if len(self._routes) >= _MAX_ROUTES:  # bounded, whatever topics a broker lets in
+            self._routes.clear()
+        route = self._routes[topic] = (parsed[0], kind)
+        return route
+
     def _accept(self, msg: Message) -> None:
-        parsed = wire.parse_node_topic(msg.topic)
-        kind = parsed[1] if parsed else "unknown"
-        self.counters.received[kind if kind in KINDS else "unknown"] += 1
+        node, kind = self._route(msg.topic)
+        self.counters.received[kind] += 1
         if len(msg.payload) > wire.MAX_PAYLOAD:
             raise Rejected("too_large", f"{len(msg.payload)} bytes > {wire.MAX_PAYLOAD}")
-        if parsed is None or kind not in KINDS or not wire.valid_node_name(parsed[0]):
+        if not node:
             raise Rejected("bad_topic", "not edgefleet/v1/node/<node>/(status|online|events)")
-        node = parsed[0]
         now = time.time()
         pending = self._pending
         if kind == "status":

@@ -268,7 +268,8 @@ class Store:
             except BaseException:
                 await self._w.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as err:
+        except (sqlite3.Error, OverflowError, UnicodeEncodeError) as err:
+            # A value SQLite cannot bind must fail the batch, not the ingest task.
             raise StoreError(f"writing a batch of {len(batch)} messages failed: {err}") from err
         return inserted, len(batch.events)
 

@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import wire
+from tests.helpers.mqtt import stop_client
 from tests.testbed.mosquitto import MOSQUITTO, TlsFiles, free_port, wait_port
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "packaging" / "mosquitto"
@@ -126,8 +127,7 @@ class Client:
         return await asyncio.wait_for(self.messages.get(), timeout)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        stop_client(self.client)
 
 
 @pytest.fixture

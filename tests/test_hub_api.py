@@ -14,6 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import wire
+from tests.helpers.mqtt import stop_client
 from tests.testbed.hubproc import REPO_ROOT, HubProc, Publisher, event_doc, status_doc
 from tests.testbed.mosquitto import Mosquitto, free_port
 
@@ -105,8 +106,7 @@ def test_sync_needs_token_and_publishes_cmd(fleet_hub: HubProc, mosquitto: Mosqu
         assert received.wait(5)
         assert json.loads(got[0]) == {"op": "sync"}
     finally:
-        sub.loop_stop()
-        sub.disconnect()
+        stop_client(sub)
 
 
 def test_sync_refused_without_token_file(

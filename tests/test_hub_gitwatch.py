@@ -11,6 +11,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import wire
+from tests.helpers.mqtt import stop_client
 from tests.testbed.fleetrepo import FleetRepo
 from tests.testbed.hubproc import HubProc
 from tests.testbed.mosquitto import Mosquitto
@@ -26,8 +27,7 @@ def refs(mosquitto: Mosquitto) -> Iterator[queue.Queue[tuple[str, bytes, bool]]]
     client.subscribe(f"{wire.PREFIX}/ref/#", qos=1)
     client.loop_start()
     yield got
-    client.loop_stop()
-    client.disconnect()
+    stop_client(client)
 
 
 def test_heads_tracked_and_announced(
@@ -61,8 +61,7 @@ def test_heads_tracked_and_announced(
     try:
         assert wire.parse_ref_payload(late.get(timeout=5)) == second
     finally:
-        client.loop_stop()
-        client.disconnect()
+        stop_client(client)
 
 
 def test_unreachable_repository_is_logged_not_fatal(

@@ -44,12 +44,51 @@ def metric(hub: HubProc, name: str) -> float:
         (wire.encode(status_doc("n1", 1, heartbeat="30")), "bad_type"),
         (wire.encode(status_doc("n1", 1, applied=5)), "bad_type"),
         (b'{"schema":1,"node":"n1","seq":1,"state":"synced","heartbeat":NaN}', "bad_type"),
+        # each of these used to escape as a Python exception (a wedged read loop or a
+        # failed batch) instead of a counted drop:
+        (b"[" * 100_000, "bad_json"),  # RecursionError
+        (b'{"a":' * 50_000, "bad_json"),
+        (wire.encode(status_doc("n1", 1, state=["synced"])), "bad_type"),  # unhashable
+        (wire.encode(status_doc("n1", 2**63)), "bad_type"),  # beyond SQLite INTEGER
+        (wire.encode(status_doc("n1", 1, heartbeat=10**400)), "bad_type"),  # OverflowError
+        (wire.encode(status_doc("n1", 1, observed_at=10**400)), "bad_type"),
+        (wire.encode(status_doc("n1", 1, observed_at=1e999)), "bad_type"),  # inf
+        (wire.encode(status_doc("n1", 1, branch="\ud800")), "bad_type"),  # not UTF-8-able
+        (wire.encode(status_doc("n1", 1, applied="x\udfff")), "bad_type"),
+        # NaN anywhere: stored, it makes SQLite's json functions fail every API query
+        (wire.encode(status_doc("n1", 1, resources={"files": float("nan")})), "bad_type"),
+        (wire.encode(status_doc("n1", 1, health={"x": float("-inf")})), "bad_type"),
     ],
 )
 def test_parse_status_rejects(payload: bytes, reason: str) -> None:
     with pytest.raises(Rejected) as info:
         parse_status("n1", payload)
     assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        event_doc("n1", 1, at=10**400),
+        event_doc("n1", 1, type_="\ud800"),
+        event_doc("n1", 1, commit="\udc00"),
+        event_doc("n1", 2**64),
+        event_doc("n1", 1, details={"big": 1e999}),
+    ],
+)
+def test_parse_event_rejects(doc: dict[str, Any]) -> None:
+    with pytest.raises(Rejected) as info:
+        parse_event("n1", wire.encode(doc))
+    assert info.value.reason == "bad_type"
+
+
+def test_parse_keeps_unicode_and_extremes_that_are_valid() -> None:
+    doc = status_doc("n1", 2**63 - 1, branch="zweig-ü", applied="😀", heartbeat=0)
+    status = parse_status("n1", wire.encode(doc))
+    assert (status.seq, status.branch, status.applied) == (2**63 - 1, "zweig-ü", "😀")
+    # a valid surrogate pair in JSON is one character, not a lone surrogate
+    status = parse_status("n1", wire.encode(doc).replace("😀".encode(), b"\\ud83d\\ude00"))
+    assert status.applied == "😀"
 
 
 def test_parse_valid_documents() -> None:
@@ -212,3 +251,35 @@ def test_events_dedup_and_no_loss_across_restart(
     hub.wait_for(lambda: len(hub.get("/api/v1/events?node=e1&limit=1000")["events"]) == 305)
     seqs = sorted(e["seq"] for e in hub.get("/api/v1/events?node=e1&limit=1000")["events"])
     assert seqs == list(range(1, 306))
+
+
+def test_payloads_that_crashed_or_wedged_the_hub(
+    hub_factory: Callable[..., HubProc], publisher: Publisher
+) -> None:
+    hub = hub_factory()
+    publisher.status(status_doc("victim", 1, "synced"))
+    hub.wait_for(lambda: summary(hub).get("nodes") == 1)
+    topic = wire.status_topic("victim")
+    hostile = [
+        b"[" * 200_000,  # deeply nested: RecursionError in the MQTT read callback
+        wire.encode(status_doc("victim", 2, "failed", branch="\ud800")),  # failed the batch
+        wire.encode(status_doc("victim", 2**63, "failed")),  # failed the batch
+        wire.encode(status_doc("victim", 3, "failed", resources={"x": float("nan")})),
+        wire.encode(status_doc("victim", 4, "failed", heartbeat=10**400)),
+        wire.encode(status_doc("victim", 5, ["failed"])),
+    ]
+    for payload in hostile:
+        publisher.publish(topic, payload)
+    publisher.event(event_doc("victim", 1, at=10**400))
+    publisher.status(status_doc("marker", 1, "synced"))  # processed after all of the above
+    hub.wait_for(lambda: summary(hub).get("nodes") == 2)
+    node = hub.get("/api/v1/nodes/victim")
+    assert (node["state"], node["seq"]) == ("synced", 1)
+    assert hub.get("/api/v1/nodes")["total"] == 2  # json over every stored doc still works
+    assert hub.get("/api/v1/events")["events"] == []
+    text = hub.get("/metrics")
+    assert 'edgefleet_hub_messages_dropped_total{reason="bad_json"} 1' in text
+    assert 'edgefleet_hub_messages_dropped_total{reason="bad_type"} 6' in text
+    assert "edgefleet_hub_batch_errors_total 0" in text
+    assert "Traceback" not in hub.log_text()
+    assert hub.proc is not None and hub.proc.poll() is None

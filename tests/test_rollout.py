@@ -27,6 +27,7 @@ from hub.errors import RolloutRefused
 from hub.promote import StageGit
 from hub.rollout import Rollout
 from hub.store import Store
+from tests.helpers.mqtt import stop_client
 from tests.testbed.fleetrepo import FleetRepo
 from tests.testbed.gitserver import GitDaemon
 from tests.testbed.hubproc import REPO_ROOT, HubProc, Publisher, status_doc
@@ -105,8 +106,7 @@ def retained_ref(broker: Mosquitto, branch: str) -> str | None:
     try:
         return wire.parse_ref_payload(got.get(timeout=5))
     finally:
-        client.loop_stop()
-        client.disconnect()
+        stop_client(client)
 
 
 def test_gate_auto_promotion_halt_rollback_resume(

@@ -78,5 +78,16 @@ class Watcher:
         await asyncio.to_thread(info.wait_for_publish, 5)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        stop_client(self.client)
+
+
+def stop_client(client: mqtt.Client) -> None:
+    """Stop a ``loop_start()`` client and close its loopback socket pair now.
+
+    paho opens that pair in loop_start() and closes it only in ``__del__``; a client kept
+    alive by its bound callbacks is finalised late, and the ResourceWarning then fails
+    whichever test happens to be running (filterwarnings = error).
+    """
+    client.disconnect()
+    client.loop_stop()
+    client._reset_sockets(sockpair_only=True)

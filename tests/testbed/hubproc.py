@@ -28,6 +28,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from agent import wire
+from tests.helpers.mqtt import stop_client
 from tests.testbed.mosquitto import Mosquitto, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -117,8 +118,7 @@ class Publisher:
         self.publish(wire.online_topic(node), value, retain=True)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        stop_client(self.client)
 
 
 @dataclass
