@@ -1,12 +1,12 @@
 """Status, events and notifications over MQTT: paho-mqtt 2.x driven by the asyncio loop.
 
-paho does the protocol; asyncio does the I/O. ``connect()`` blocks (DNS, TCP, TLS
-handshake), so it runs in a short-lived daemon thread; paho's socket callbacks hand the
-socket to ``loop.add_reader``/``add_writer`` and every other paho callback runs on the
-loop thread (inside ``loop_read``/``loop_write``), where it only updates state and
-resolves futures. paho's own reconnect does not exist in this mode: the connection task
-reconnects with exponential backoff and jitter, with a fresh paho client per attempt
-so no half-sent state of a dead connection is replayed.
+paho does the protocol; asyncio does the I/O (:class:`~agent.mqttloop.SocketBridge`).
+``connect()`` blocks (DNS, TCP, TLS handshake), so it runs in a short-lived daemon
+thread; every paho callback but the socket ones runs on the loop thread (inside
+``loop_read``/``loop_write``), where it only updates state and resolves futures. paho's
+own reconnect does not exist in this mode: the connection task reconnects with
+exponential backoff and jitter, with a fresh paho client per attempt so no half-sent
+state of a dead connection is replayed.
 
 Delivery: events go to the on-disk :class:`~agent.outbox.Outbox` first and are acked
 there on PUBACK (``on_publish(mid)``); everything not acked is published again on the
@@ -31,14 +31,13 @@ from typing import Any, Final
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import __version__, wire
 from agent.atomic import write_atomic
 from agent.config import MqttConfig
 from agent.errors import StateError
+from agent.mqttloop import SocketBridge, connect_persistent
 from agent.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -151,10 +150,8 @@ class _Connection:
     def __init__(self, client: mqtt.Client, reporter: Reporter) -> None:
         self.client = client
         self.reporter = reporter
-        self.loop = asyncio.get_running_loop()
-        self.loop_thread = threading.get_ident()
-        self.fd = -1
-        self.detached = False
+        self.bridge = SocketBridge(client, self._readable, self._writable, self._closed)
+        self.loop = self.bridge.loop
         self.connack: asyncio.Future[ReasonCode] = self.loop.create_future()
         self.lost = asyncio.Event()
         self.drained = asyncio.Event()
@@ -162,65 +159,20 @@ class _Connection:
         """paho mid -> event seq (None: a publish we only wait for, e.g. online=0)."""
         self.cursor = 0
         """Highest event seq published on this connection."""
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_register_write
-        client.on_socket_unregister_write = self._on_unregister_write
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
 
-    # Socket callbacks run in the connect thread or on the loop. On the loop they act at
-    # once: paho closes the socket right after on_socket_close returns, and a deferred
-    # remove_reader would hit a closed fd. From the thread, the fd is resolved there and
-    # handed over in order with call_soon_threadsafe.
-    def _call(self, fn: Callable[[int], None], sock: Any) -> None:
-        fd = sock.fileno()
-        if threading.get_ident() == self.loop_thread:
-            fn(fd)
-            return
-        with contextlib.suppress(RuntimeError):  # loop closed: nothing left to drive
-            self.loop.call_soon_threadsafe(fn, fd)
-
-    def _on_socket_open(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
-        self._call(self._add_reader, sock)
-
-    def _on_socket_close(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
-        self._call(self._remove_fd, sock)
-
-    def _on_register_write(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
-        self._call(self._add_writer, sock)
-
-    def _on_unregister_write(self, _c: mqtt.Client, _u: Any, sock: Any) -> None:
-        self._call(self._remove_writer, sock)
-
-    def _add_reader(self, fd: int) -> None:
-        if not self.detached and fd >= 0:
-            self.fd = fd
-            self.loop.add_reader(fd, self._readable)
-
-    def _add_writer(self, fd: int) -> None:
-        if not self.detached and fd == self.fd >= 0:
-            self.loop.add_writer(fd, self._writable)
-
-    def _remove_writer(self, fd: int) -> None:
-        if fd == self.fd >= 0:
-            self.loop.remove_writer(fd)
-
-    def _remove_fd(self, fd: int) -> None:
-        if fd == self.fd >= 0:
-            self.loop.remove_reader(fd)
-            self.loop.remove_writer(fd)
-            self.fd = -1
-        self._mark_lost("connection closed")
-
     def _readable(self) -> None:
         self._check(self.client.loop_read())
 
     def _writable(self) -> None:
         self._check(self.client.loop_write())
+
+    def _closed(self) -> None:
+        self._mark_lost("connection closed")
 
     def _check(self, rc: MQTTErrorCode) -> None:
         if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
@@ -235,11 +187,7 @@ class _Connection:
 
     def detach(self) -> None:
         """Stop driving the socket and close it; the client object is then discarded."""
-        self.detached = True
-        if self.fd >= 0:
-            self.loop.remove_reader(self.fd)
-            self.loop.remove_writer(self.fd)
-            self.fd = -1
+        self.bridge.detach()
         sock = self.client.socket()
         if sock is not None:
             sock.close()
@@ -488,18 +436,9 @@ class Reporter:
     def _blocking_connect(self, client: mqtt.Client) -> None:
         """Runs in a thread: DNS, TCP connect, TLS handshake, queueing CONNECT."""
         try:
-            if self._protocol == MQTT5:
-                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                props.SessionExpiryInterval = SESSION_EXPIRY
-                rc = client.connect(
-                    self.cfg.host,
-                    self.cfg.port,
-                    self.cfg.keepalive,
-                    clean_start=False,
-                    properties=props,
-                )
-            else:
-                rc = client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive)
+            rc = connect_persistent(
+                client, self.cfg.host, self.cfg.port, self.cfg.keepalive, SESSION_EXPIRY
+            )
         except ssl.SSLCertVerificationError as err:
             raise ConnectFailed(f"TLS certificate not trusted: {err.verify_message}") from err
         except (OSError, ValueError) as err:

@@ -1,11 +1,9 @@
 """The hub's MQTT client: paho-mqtt driven by the asyncio loop, subscribe-focused.
 
 Pitfalls handled (docs/TESTBED "paho-mqtt on asyncio"): connect()/reconnect() block,
-so they run in an executor; paho's socket callbacks hand the socket to
-``loop.add_reader/add_writer`` (fileno resolved in the calling thread, handed over
-with ``call_soon_threadsafe`` from the executor, applied at once on the loop's own
-thread); in that mode paho does not reconnect by itself, so
-:meth:`HubMqtt.run` does, with jittered exponential backoff.
+so they run in an executor; :class:`agent.mqttloop.SocketBridge` hands paho's socket to
+the loop; in that mode paho does not reconnect by itself, so :meth:`HubMqtt.run` does,
+with jittered exponential backoff.
 
 Delivery: QoS 1, a persistent session (MQTT 5 clean_start=False + session expiry, or
 3.1.1 clean_session=False) under a stable client id, and manual acks: a message is
@@ -30,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import ssl
@@ -39,9 +38,8 @@ from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
+from agent.mqttloop import SocketBridge, connect_persistent
 from hub.config import MqttSettings, read_secret
 
 log = logging.getLogger(__name__)
@@ -155,6 +153,7 @@ class HubMqtt:
         self._on_ready = on_ready
         self._v5 = cfg.protocol != "3.1.1"
         self._client: _Client | None = None
+        self._bridge: SocketBridge | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lost: asyncio.Future[str] | None = None
         self.ready = asyncio.Event()
@@ -190,10 +189,9 @@ class HubMqtt:
         client.send_acks()
         if client.paused and len(client.unacked) < self._max_unacked:
             client.paused = False
-            sock = client.socket()
-            if sock is not None and client is self._client:
+            bridge = self._bridge
+            if bridge is not None and bridge.client is client and bridge.resume_reading():
                 assert self._loop is not None
-                self._loop.add_reader(sock.fileno(), self._readable, client)
                 self._loop.call_soon(self._readable, client)  # bytes may wait in its buffer
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
@@ -230,7 +228,12 @@ class HubMqtt:
     async def _session(self, stop: asyncio.Event) -> str | None:
         """One connection's life; returns a problem text, or None after a clean session."""
         assert self._loop is not None
+        if self._bridge is not None:
+            self._bridge.detach()  # a late callback of the old client must not touch the loop
         client = self._client = self._make_client()
+        self._bridge = SocketBridge(
+            client, functools.partial(self._readable, client), client.loop_write
+        )
         self._lost = self._loop.create_future()
         try:
             await self._loop.run_in_executor(None, self._connect, client)
@@ -264,19 +267,11 @@ class HubMqtt:
 
     def _connect(self, client: paho.Client) -> None:
         """Blocking connect (runs in an executor)."""
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self._cfg.session_expiry
-            props.ReceiveMaximum = min(self._max_unacked, 65535)
-            client.connect(
-                self._cfg.host,
-                self._cfg.port,
-                self._cfg.keepalive,
-                clean_start=False,
-                properties=props,
-            )
-        else:
-            client.connect(self._cfg.host, self._cfg.port, self._cfg.keepalive)
+        cfg = self._cfg
+        receive_maximum = min(self._max_unacked, 65535)
+        connect_persistent(
+            client, cfg.host, cfg.port, cfg.keepalive, cfg.session_expiry, receive_maximum
+        )
 
     async def _misc(self, client: paho.Client) -> None:
         """paho's housekeeping (keepalive pings, retries) once a second."""
@@ -306,35 +301,13 @@ class HubMqtt:
                 certfile=str(cfg.client_cert) if cfg.client_cert else None,
                 keyfile=str(cfg.client_key) if cfg.client_key else None,
             )
-        client.on_socket_open = self._socket_open
-        client.on_socket_close = self._socket_close
-        client.on_socket_register_write = self._register_write
-        client.on_socket_unregister_write = self._unregister_write
         client.on_connect = self._handle_connect
         client.on_subscribe = self._handle_subscribe
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         return client
 
-    # -- paho callbacks (socket ones may run in the executor thread) ----------------
-
-    def _threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn`` on the loop: now when called on it (paho closes the socket right
-        after its close callbacks, so a deferred remove_reader would hit a closed or
-        reused fd), else via ``call_soon_threadsafe`` (connect runs in an executor)."""
-        assert self._loop is not None
-        if asyncio._get_running_loop() is self._loop:
-            fn(*args)
-        else:
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    def _socket_open(self, client: paho.Client, _ud: Any, sock: Any) -> None:
-        self._threadsafe(self._loop_add_reader, client, sock.fileno())
-
-    def _loop_add_reader(self, client: paho.Client, fd: int) -> None:
-        assert self._loop is not None
-        if client is self._client:
-            self._loop.add_reader(fd, self._readable, self._client)
+    # -- paho callbacks (on the loop) ----------------------------------------------
 
     def _readable(self, client: _Client) -> None:
         """paho handles one packet per loop_read (its max_packets is ignored for QoS1):
@@ -360,38 +333,9 @@ class HubMqtt:
                 # the commit that frees the window gets the CPU (and the GIL) meanwhile.
                 # mosquitto also ignores the Receive Maximum when resuming a session.
                 client.paused = True
-                sock = client.socket()
-                if sock is not None:
-                    assert self._loop is not None
-                    self._loop.remove_reader(sock.fileno())
+                assert self._bridge is not None
+                self._bridge.pause_reading()
         self._on_message(msg)
-
-    def _socket_close(self, _client: paho.Client, _ud: Any, sock: Any) -> None:
-        fd = sock.fileno()
-        self._threadsafe(self._loop_remove, fd)
-
-    def _loop_remove(self, fd: int) -> None:
-        assert self._loop is not None
-        if fd >= 0:
-            self._loop.remove_reader(fd)
-            self._loop.remove_writer(fd)
-
-    def _register_write(self, client: paho.Client, _ud: Any, sock: Any) -> None:
-        self._threadsafe(self._loop_add_writer, client, sock.fileno())
-
-    def _loop_add_writer(self, client: paho.Client, fd: int) -> None:
-        assert self._loop is not None
-        if client is self._client and fd >= 0:
-            self._loop.add_writer(fd, client.loop_write)
-
-    def _unregister_write(self, _client: paho.Client, _ud: Any, sock: Any) -> None:
-        fd = sock.fileno()
-        self._threadsafe(self._loop_remove_writer, fd)
-
-    def _loop_remove_writer(self, fd: int) -> None:
-        assert self._loop is not None
-        if fd >= 0:
-            self._loop.remove_writer(fd)
 
     def _handle_connect(
         self, client: paho.Client, _ud: Any, flags: Any, rc: Any, _props: Any

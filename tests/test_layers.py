@@ -1,4 +1,5 @@
-"""The import contract of docs/design.md: the hub uses only agent.wire and agent.tomlconf."""
+"""The import contract of docs/design.md: the hub uses only agent.wire, agent.tomlconf and
+agent.mqttloop."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HUB_MAY_IMPORT = {"agent", "agent.wire", "agent.tomlconf"}
+HUB_MAY_IMPORT = {"agent", "agent.wire", "agent.tomlconf", "agent.mqttloop"}
 
 
 def imported_modules(path: Path) -> set[str]:
