@@ -8,7 +8,6 @@ errors too: a typo must not silently fall back to a default on a remote device.
 from __future__ import annotations
 
 import socket
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
-from agent.tomlconf import Section
+from agent.tomlconf import Section, load_toml
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/agent.toml")
 
@@ -316,16 +315,4 @@ def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
 
 def load_config(path: Path = DEFAULT_CONFIG_PATH) -> AgentConfig:
     """Read and validate the agent's config file; raises ConfigError on any problem."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as err:
-        raise ConfigError(str(path), "(file)", "does not exist") from err
-    except OSError as err:
-        raise ConfigError(str(path), "(file)", f"cannot be read: {err.strerror}") from err
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(str(path), "(file)", "is not UTF-8 text") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(str(path), "(syntax)", f"invalid TOML: {err}") from err
-    return parse_config(data, path)
+    return parse_config(load_toml(path, ConfigError), path)

@@ -8,6 +8,7 @@ the hub may import this module (like agent.wire) without pulling in the agent.
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -15,6 +16,22 @@ from typing import Any, TypeVar, cast
 T = TypeVar("T")
 ErrorFactory = Callable[[str, str, str], Exception]
 """(file, key, problem) -> the caller's ConfigError."""
+
+
+def load_toml(path: Path, error: ErrorFactory) -> dict[str, Any]:
+    """Read and parse a TOML file; every failure is one ``error(file, key, problem)``."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as err:
+        raise error(str(path), "(file)", "does not exist") from err
+    except OSError as err:
+        raise error(str(path), "(file)", f"cannot be read: {err.strerror}") from err
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise error(str(path), "(file)", "is not UTF-8 text") from err
+    except tomllib.TOMLDecodeError as err:
+        raise error(str(path), "(syntax)", f"invalid TOML: {err}") from err
 
 
 class Section:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import re
 import socket
 import time
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
-from agent.tomlconf import Section
+from agent.tomlconf import Section, load_toml
 from hub.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/fleet.toml")
@@ -341,19 +340,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> HubConfig:
 
 def load_config(path: Path = DEFAULT_CONFIG_PATH) -> HubConfig:
     """Read and validate fleet.toml; raises ConfigError on any problem."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as err:
-        raise ConfigError(str(path), "(file)", "does not exist") from err
-    except OSError as err:
-        raise ConfigError(str(path), "(file)", f"cannot be read: {err.strerror}") from err
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(str(path), "(file)", "is not UTF-8 text") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(str(path), "(syntax)", f"invalid TOML: {err}") from err
-    return parse_config(data, path.absolute())
+    return parse_config(load_toml(path, ConfigError), path.absolute())
 
 
 def read_secret(path: Path) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.testbed.fleetrepo import FleetRepo
-from tests.testbed.nspawn import NspawnContainer, container_at
+from tests.testbed.nspawn import NspawnContainer, container_at, require_nspawn
 from tests.testbed.wheelhouse import PIP, REPO
 
 INSTALL = REPO / "packaging" / "install.sh"
@@ -84,8 +84,7 @@ class InstallBed:
 def bed(
     edgefleet_wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[InstallBed]:
-    if os.geteuid() != 0 or shutil.which("systemd-nspawn") is None:
-        pytest.skip("needs root and systemd-nspawn (apt-get install systemd-container)")
+    require_nspawn()
     extra = tmp_path_factory.mktemp("wheelhouses")
     (extra / "empty").mkdir()
     (extra / "partial").mkdir()
