@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +148,9 @@ async def _verify(cfg: AgentConfig) -> int:
     from agent.source import GitSource  # noqa: PLC0415
 
     print(f"config     {cfg.path}: ok (node {cfg.node}, branch {cfg.git.branch})")
-    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    source = GitSource(cfg.git, cfg.state_dir)
+    # A scratch cache: verify must not touch the running daemon's Git cache.
+    scratch = tempfile.TemporaryDirectory(prefix="edgefleet-verify-")
+    source = GitSource(cfg.git, Path(scratch.name))
     try:
         head = await source.remote_head()
         print(f"git        {cfg.git.url}: {cfg.git.branch} is at {head}")
@@ -164,6 +166,7 @@ async def _verify(cfg: AgentConfig) -> int:
         return EXIT_FAILED
     finally:
         source.close()
+        scratch.cleanup()
     return EXIT_OK
 
 

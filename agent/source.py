@@ -50,6 +50,7 @@ from dulwich.client import (
     default_user_agent_string,
 )
 from dulwich.errors import GitProtocolError, NotGitRepository
+from dulwich.file import FileLocked
 from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tree
 from dulwich.protocol import Protocol
 from dulwich.refs import Ref
@@ -75,6 +76,18 @@ PROTOCOL_VERSION = 2
 DEEPEN_STEPS = (8, 64, 512)
 """History depths tried by :meth:`GitSource.is_ancestor` before it gives up (bounded)."""
 DEFAULT_HTTP_USER = "x-access-token"
+
+def _remove_stale_locks(repo: Path) -> None:
+    """Lock and temp files a killed agent left in its Git cache (kill -9 mid-fetch).
+
+    Only this process writes the cache (the agent holds an flock on state_dir), so any
+    lock found when opening it is stale; left in place, every later fetch would fail.
+    """
+    for pattern in ("**/*.lock", "objects/pack/tmp_*", "objects/tmp_*"):
+        for stale in repo.glob(pattern):
+            log.info("removing %s left by an interrupted Git operation", stale)
+            stale.unlink(missing_ok=True)
+
 
 _NETWORK_ERRORS = (
     GitProtocolError,  # includes HangupException (server closed, ssh refused, host key)
@@ -369,6 +382,8 @@ class GitSource:
     def _guard(self, op: str, fn: Callable[..., T], *args: Any) -> T:
         try:
             return fn(*args)
+        except FileLocked as err:  # another writer, or a lock left behind we could not clear
+            raise StateError(f"Git cache {self._path} is locked: {err}") from err
         except _NETWORK_ERRORS as err:
             raise FetchError(f"git {op} {self._url}: {self._scrub(_describe(err))}") from err
 
@@ -511,6 +526,7 @@ class GitSource:
         path = self._path
         try:
             if (path / "HEAD").is_file() and (path / "objects/pack").is_dir():
+                _remove_stale_locks(path)
                 try:
                     self._repo = Repo(str(path), bare=True)
                 except (NotGitRepository, ValueError, KeyError) as err:

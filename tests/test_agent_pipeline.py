@@ -328,3 +328,27 @@ def test_verify_and_status_text(
     done = agent.cli("status")
     assert done.returncode == 0
     assert f"applied    {head}" in done.stdout and "files      1 object(s)" in done.stdout
+
+
+def test_stale_git_locks_from_a_killed_fetch_are_cleared(
+    agent: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey
+) -> None:
+    """What kill -9 during a fetch leaves in the cache must not block later fetches."""
+    fleet_repo.commit({conf(agent, "app.conf"): "v1\n"}, sign=signing_key)
+    assert agent.cli("sync", "--once").returncode == 0
+    cache = agent.state_dir / "repo.git"
+    packs = list((cache / "objects/pack").glob("*.idx"))
+    assert packs
+    stale = [
+        packs[0].with_name(packs[0].name + ".lock"),
+        cache / "refs/heads/stable.lock",
+        cache / "shallow.lock",
+        cache / "objects/pack/tmp_pack_abc123",
+    ]
+    for path in stale:
+        path.write_bytes(b"")
+    c2 = fleet_repo.commit({conf(agent, "app.conf"): "v2\n"}, sign=signing_key)
+    done = agent.cli("sync", "--once")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert status(agent)["applied"] == c2
+    assert not [p for p in stale if p.exists()]

@@ -29,7 +29,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.testbed.agentcfg import AgentSetup, write_agent_config
 from tests.testbed.fleetrepo import FleetRepo, SigningKey
-from tests.testbed.kube import Kube
+from tests.testbed.kube import Kube, cm, deploy
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "edgefleet.io/source"
@@ -37,35 +37,6 @@ SOURCE = "edgefleet.io/source"
 
 def namespace(name: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-
-
-def cm(ns: str, name: str, **data: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": ns},
-        "data": data,
-    }
-
-
-def deploy(ns: str, name: str, replicas: int = 0) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                # An image that cannot be pulled: never available on a real k3s either.
-                "spec": {
-                    "containers": [{"name": "app", "image": "registry.invalid/edgefleet/never:1"}]
-                },
-            },
-        },
-    }
 
 
 def manifests(*objs: Mapping[str, Any], path: str = "common") -> dict[str, str]:

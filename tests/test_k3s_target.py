@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api, CustomObjectsApi
 
 from agent.changeset import Action, ChangeSet
@@ -39,41 +38,9 @@ from agent.k8s import health, manifests
 from agent.state import Owned
 from agent.targets.base import ApplyContext
 from agent.targets.k3s import K3sTarget
-from tests.testbed.kube import Kube
+from tests.testbed.kube import Kube, cm, deploy, docs
 
 LABEL = "app.kubernetes.io/managed-by"
-
-
-def cm(ns: str, name: str, **data: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": ns},
-        "data": data,
-    }
-
-
-def deploy(ns: str, name: str, replicas: int = 0) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [{"name": "app", "image": "registry.invalid/edgefleet/never:1"}]
-                },
-            },
-        },
-    }
-
-
-def docs(*objs: Mapping[str, Any]) -> str:
-    return yaml.safe_dump_all(list(objs))
 
 
 class Harness:

@@ -27,10 +27,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
@@ -293,3 +293,39 @@ async def kube_ns(kapi: ApiClient) -> AsyncIterator[str]:
     finally:
         with contextlib.suppress(Exception):
             await core.delete_namespace(name)
+
+
+# -- manifests for tests ------------------------------------------------------------
+
+
+def cm(ns: str, name: str, **data: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": ns},
+        "data": data,
+    }
+
+
+def deploy(ns: str, name: str, replicas: int = 0) -> dict[str, Any]:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                # An image that cannot be pulled: never available on a real k3s either.
+                "spec": {
+                    "containers": [{"name": "app", "image": "registry.invalid/edgefleet/never:1"}]
+                },
+            },
+        },
+    }
+
+
+def docs(*objs: Mapping[str, Any]) -> str:
+    return yaml.safe_dump_all(list(objs))
