@@ -285,6 +285,11 @@ class Reconciler:
             return await self._rollback(head, "ApplyFailed", str(err), plans)
         if problems:
             text = "; ".join(f"{p.target}:{p.subject}: {p.reason}" for p in problems)
+            if all(p.unavailable for p in problems):
+                # Health could not be checked at all: no verdict on the commit, so no
+                # rollback and no bad mark; `applying` stays set and the next run resumes.
+                log.error("health of %s unknown: %s", head[:12], text)
+                return Outcome("error", "TargetUnavailable", text, head, plans)
             return await self._rollback(head, "HealthCheckFailed", text, plans)
         self.state.applied = head
         self.state.applying = None

@@ -564,3 +564,56 @@ def test_files_only_agent_never_imports_kubernetes_asyncio(
         results.append(done.stdout.split())
     assert results[0] == ["files", "False"]
     assert results[1] == ["files,k3s", "True"]  # the check itself can see the import
+
+
+async def test_apiserver_down_during_health_wait_is_not_a_verdict(
+    tmp_path: Path,
+    fleet_repo: FleetRepo,
+    signing_key: SigningKey,
+    kube: Kube,
+    kapi: ApiClient,
+    new_ns: Callable[[], str],
+) -> None:
+    """Health that cannot be checked is no reason to roll back or to mark the commit bad."""
+    if kube.external:
+        pytest.skip("stops the API server; not possible with an external cluster")
+    ns = new_ns()
+    agent = k3s_agent(tmp_path / "a", fleet_repo, signing_key, kube, [ns], health_timeout=6)
+    c1 = fleet_repo.commit(manifests(namespace(ns), cm(ns, "base")), sign=signing_key)
+    assert (await sync(agent)).returncode == 0
+    # replicas 1 never becomes available here (no kubelet): health keeps waiting.
+    c2 = fleet_repo.commit(
+        manifests(namespace(ns), cm(ns, "base"), deploy(ns, "web", replicas=1)),
+        sign=signing_key,
+    )
+    proc = agent.popen("sync", "--once")
+    try:
+        await asyncio.to_thread(wait_for_applying, agent, c2, proc)
+        apps = AppsV1Api(kapi)
+        async with asyncio.timeout(20):  # applied: the health wait has begun
+            while True:
+                with contextlib.suppress(ApiException):
+                    await apps.read_namespaced_deployment("web", ns)
+                    break
+                await asyncio.sleep(0.05)
+        kube.stop()
+        output, _ = await asyncio.to_thread(proc.communicate, timeout=90)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        kube.start()
+        raise
+    try:
+        assert proc.returncode == 1, output
+        assert "Traceback" not in output
+        st = status(agent)
+        assert st["bad_commits"] == [], output
+        assert st["applied"] == c1 and st["interrupted_apply"] == c2
+    finally:
+        kube.start()
+    # Back: the resumed apply gets a real verdict (never available) and rolls back.
+    done = await sync(agent)
+    assert done.returncode == 1, out(done)
+    st = status(agent)
+    assert st["bad_commits"] == [c2] and st["applied"] == c1
+    assert st["interrupted_apply"] is None

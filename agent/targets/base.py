@@ -36,6 +36,8 @@ class HealthProblem:
     target: str
     subject: str
     reason: str
+    unavailable: bool = False
+    """Health could not be checked (the target's server was unreachable): no verdict."""
 
 
 class Target(Protocol):

@@ -206,7 +206,7 @@ class K3sTarget:
             objs = await self._resolve(kube, desired)
             lives = await self._read(kube, objs, TransientError)
         except TransientError as err:
-            return [HealthProblem(self.name, "apiserver", str(err))]
+            return [HealthProblem(self.name, "apiserver", str(err), unavailable=True)]
         problems = []
         for o in objs:
             live = lives[o.subject]
