@@ -15,16 +15,14 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
-from agent.tomlconf import Section, load_toml
+from agent.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/agent.toml")
 
 NonFastForward = Literal["never", "known-good", "always"]
 DriftMode = Literal["correct", "report"]
-MqttProtocol = Literal["auto", "5", "3.1.1"]
 
 _GIT_SCHEMES = ("file", "git", "http", "https", "ssh")
-_MQTT_SCHEMES = ("mqtt", "mqtts", "tcp", "ssl")
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,7 @@ class TrustConfig:
 
 
 @dataclass(frozen=True)
-class MqttConfig:
+class MqttConfig(MqttEndpoint):
     url: str | None = None
     """mqtt://host:port or mqtts://host:port; unset = no reporting (local-only agent)."""
     username: str | None = None
@@ -75,19 +73,6 @@ class MqttConfig:
     keepalive: int = 60
     outbox_max: int = 10_000
     """Events kept on disk while the broker is unreachable; the oldest are dropped beyond."""
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url or "").hostname or "localhost"
-
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.url or "")
-        return parts.port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883)
-
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.url or "").scheme in ("mqtts", "ssl") or self.ca_file is not None
 
 
 @dataclass(frozen=True)
@@ -209,29 +194,11 @@ def _trust(root: Section) -> TrustConfig:
 
 def _mqtt(root: Section) -> MqttConfig:
     sec = root.table("mqtt")
-    url = sec.text("url")
-    if url is not None:
-        parts = urlsplit(url)
-        if parts.scheme not in _MQTT_SCHEMES or not parts.hostname:
-            raise sec.err("url", f"{url!r} must look like mqtt://host:1883 or mqtts://host:8883")
-        try:
-            _ = parts.port
-        except ValueError as err:
-            raise sec.err("url", f"bad port in {url!r}") from err
     cfg = MqttConfig(
-        url=url,
-        username=sec.text("username"),
-        password_file=sec.file("password_file"),
-        ca_file=sec.file("ca_file"),
-        client_cert=sec.file("client_cert"),
-        client_key=sec.file("client_key"),
-        protocol=cast(MqttProtocol, sec.choice("protocol", "auto", ("auto", "5", "3.1.1"))),
+        **mqtt_connection(sec),
         heartbeat=sec.number("heartbeat", 30.0, minimum=1.0),
-        keepalive=sec.integer("keepalive", 60, minimum=5),
         outbox_max=sec.integer("outbox_max", 10_000, minimum=10),
     )
-    if (cfg.client_cert is None) != (cfg.client_key is None):
-        raise sec.err("client_key", "client_cert and client_key must be set together")
     sec.done()
     return cfg
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
 ErrorFactory = Callable[[str, str, str], Exception]
@@ -156,3 +157,57 @@ class Section:
         if self.data:
             key = sorted(self.data)[0]
             raise self.err(key, "unknown key (check the spelling; see docs/design.md)")
+
+
+# -- the [mqtt] table both files share --------------------------------------------------
+
+MqttProtocol = Literal["auto", "5", "3.1.1"]
+MQTT_SCHEMES = ("mqtt", "mqtts", "tcp", "ssl")
+_TLS_SCHEMES = ("mqtts", "ssl")
+
+
+class MqttEndpoint:
+    """Where and how to reach the broker, derived from ``url`` and ``ca_file``; mixed into
+    the agent's and the hub's frozen [mqtt] dataclasses."""
+
+    url: str | None
+    ca_file: Path | None
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url or "").hostname or "localhost"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url or "")
+        return parts.port or (8883 if parts.scheme in _TLS_SCHEMES else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url or "").scheme in _TLS_SCHEMES or self.ca_file is not None
+
+
+def mqtt_connection(sec: Section, default_url: str | None = None) -> dict[str, Any]:
+    """The validated broker connection keys of an [mqtt] table, as constructor kwargs."""
+    url = sec.text("url", default_url)
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in MQTT_SCHEMES or not parts.hostname:
+            raise sec.err("url", f"{url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+        try:
+            _ = parts.port
+        except ValueError as err:
+            raise sec.err("url", f"bad port in {url!r}") from err
+    keys: dict[str, Any] = {
+        "url": url,
+        "username": sec.text("username"),
+        "password_file": sec.file("password_file"),
+        "ca_file": sec.file("ca_file"),
+        "client_cert": sec.file("client_cert"),
+        "client_key": sec.file("client_key"),
+        "protocol": sec.choice("protocol", "auto", ("auto", "5", "3.1.1")),
+        "keepalive": sec.integer("keepalive", 60, minimum=5),
+    }
+    if (keys["client_cert"] is None) != (keys["client_key"] is None):
+        raise sec.err("client_key", "client_cert and client_key must be set together")
+    return keys

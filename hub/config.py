@@ -14,18 +14,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any
 from urllib.parse import urlsplit
 
-from agent.tomlconf import Section, load_toml
+from agent.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
 from hub.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/fleet.toml")
 
-MqttProtocol = Literal["auto", "5", "3.1.1"]
 
 _GIT_SCHEMES = ("file", "git", "http", "https", "ssh")
-_MQTT_SCHEMES = ("mqtt", "mqtts", "tcp", "ssl")
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _WINDOW_RE = re.compile(
     r"^(?:(?P<d1>[a-z]{3})(?:-(?P<d2>[a-z]{3}))?\s+)?"
@@ -59,7 +57,7 @@ class HubSettings:
 
 
 @dataclass(frozen=True)
-class MqttSettings:
+class MqttSettings(MqttEndpoint):
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password_file: Path | None = None
@@ -77,19 +75,6 @@ class MqttSettings:
     heartbeat after a hub starts with an empty database."""
     session_expiry: int = 7 * 86400
     """Seconds the broker keeps the hub's session (and queues messages) while it is down."""
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or "localhost"
-
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883)
-
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.url).scheme in ("mqtts", "ssl") or self.ca_file is not None
 
 
 @dataclass(frozen=True)
@@ -192,30 +177,15 @@ def _hub(root: Section) -> HubSettings:
 
 def _mqtt(root: Section) -> MqttSettings:
     sec = root.table("mqtt")
-    url = sec.text("url") or MqttSettings.url
-    parts = urlsplit(url)
-    if parts.scheme not in _MQTT_SCHEMES or not parts.hostname:
-        raise sec.err("url", f"{url!r} must look like mqtt://host:1883 or mqtts://host:8883")
-    try:
-        _ = parts.port
-    except ValueError as err:
-        raise sec.err("url", f"bad port in {url!r}") from err
+    keys = mqtt_connection(sec, MqttSettings.url)
     client_id = sec.text("client_id")
+    if client_id:
+        keys["client_id"] = client_id
     cfg = MqttSettings(
-        url=url,
-        username=sec.text("username"),
-        password_file=sec.file("password_file"),
-        ca_file=sec.file("ca_file"),
-        client_cert=sec.file("client_cert"),
-        client_key=sec.file("client_key"),
-        protocol=cast(MqttProtocol, sec.choice("protocol", "auto", ("auto", "5", "3.1.1"))),
-        keepalive=sec.integer("keepalive", 60, minimum=5),
+        **keys,
         shared=sec.flag("shared", True),
         session_expiry=sec.integer("session_expiry", 7 * 86400, minimum=0),
-        **({"client_id": client_id} if client_id else {}),
     )
-    if (cfg.client_cert is None) != (cfg.client_key is None):
-        raise sec.err("client_key", "client_cert and client_key must be set together")
     if any(c in cfg.client_id for c in "/+#"):
         raise sec.err("client_id", "may not contain '/', '+' or '#'")
     sec.done()
