@@ -9,6 +9,7 @@ crash.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -249,12 +250,12 @@ class HubProc:
 
 
 @pytest.fixture
-def hub_factory(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Callable[..., HubProc]]:
-    """Start hub processes against the test broker; all are stopped at teardown."""
+def hub_on(tmp_path: Path) -> Iterator[Callable[..., HubProc]]:
+    """Like hub_factory, for a broker the test chooses (auth, TLS): hub_on(broker, ...)."""
     hubs: list[HubProc] = []
 
-    def make(start: bool = True, **options: Any) -> HubProc:
-        hub = HubProc(tmp_path / f"hub{len(hubs)}", mosquitto, **options)
+    def make(broker: Mosquitto, start: bool = True, **options: Any) -> HubProc:
+        hub = HubProc(tmp_path / f"hub{len(hubs)}", broker, **options)
         hubs.append(hub)
         if start:
             hub.start()
@@ -266,20 +267,9 @@ def hub_factory(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Callable[..., 
 
 
 @pytest.fixture
-def hub_on(tmp_path: Path) -> Iterator[Callable[..., HubProc]]:
-    """Like hub_factory, for a broker the test chooses (auth, TLS): hub_on(broker, ...)."""
-    hubs: list[HubProc] = []
-
-    def make(broker: Mosquitto, start: bool = True, **options: Any) -> HubProc:
-        hub = HubProc(tmp_path / f"hub-on{len(hubs)}", broker, **options)
-        hubs.append(hub)
-        if start:
-            hub.start()
-        return hub
-
-    yield make
-    for hub in hubs:
-        hub.stop()
+def hub_factory(hub_on: Callable[..., HubProc], mosquitto: Mosquitto) -> Callable[..., HubProc]:
+    """Start hub processes against the test broker; all are stopped at teardown."""
+    return functools.partial(hub_on, mosquitto)
 
 
 @pytest.fixture
