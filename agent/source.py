@@ -77,6 +77,7 @@ DEEPEN_STEPS = (8, 64, 512)
 """History depths tried by :meth:`GitSource.is_ancestor` before it gives up (bounded)."""
 DEFAULT_HTTP_USER = "x-access-token"
 
+
 def _remove_stale_locks(repo: Path) -> None:
     """Lock and temp files a killed agent left in its Git cache (kill -9 mid-fetch).
 
