@@ -15,7 +15,7 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
-from agent.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
+from common.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/agent.toml")
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from agent.atomic import fsync_dir, write_atomic
 from agent.errors import StateError
-from agent.wire import EventDoc
+from common.wire import EventDoc
 
 FORMAT = 1
 SEGMENT = "events.jsonl"

@@ -34,7 +34,7 @@ from agent.policy import check_move
 from agent.signcheck import SignatureChecker
 from agent.state import NodeState, Owned, StateStore
 from agent.targets.base import ApplyContext, HealthProblem, Target
-from agent.wire import DriftItem, State, StatusDoc
+from common.wire import DriftItem, State, StatusDoc
 
 log = logging.getLogger(__name__)
 HEALTH_POLL = 0.25

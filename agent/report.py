@@ -1,6 +1,6 @@
 """Status, events and notifications over MQTT: paho-mqtt 2.x driven by the asyncio loop.
 
-paho does the protocol; asyncio does the I/O (:class:`~agent.mqttloop.SocketBridge`).
+paho does the protocol; asyncio does the I/O (:class:`~common.mqttloop.SocketBridge`).
 ``connect()`` blocks (DNS, TCP, TLS handshake), so it runs in a short-lived daemon
 thread; every paho callback but the socket ones runs on the loop thread (inside
 ``loop_read``/``loop_write``), where it only updates state and resolves futures. paho's
@@ -33,12 +33,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent import __version__, wire
+from agent import __version__
 from agent.atomic import write_atomic
 from agent.config import MqttConfig
 from agent.errors import StateError
-from agent.mqttloop import SocketBridge, connect_persistent
 from agent.outbox import Outbox
+from common import wire
+from common.mqttloop import SocketBridge, connect_persistent
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent import wire
-from tests.helpers.mqtt import Watcher
+from common import wire
 from tests.testbed.agentcfg import write_agent_config
 from tests.testbed.fleetrepo import FleetRepo, SigningKey
 from tests.testbed.mosquitto import Mosquitto
+from tests.testbed.mqtt import Watcher
 
 
 def rss_kib(pid: int) -> tuple[int, int]:

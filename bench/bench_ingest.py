@@ -39,7 +39,7 @@ PUBLISHER = r"""
 import sys, time, json, threading
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from agent import wire
+from common import wire
 port, n, nodes, first = (int(a) for a in sys.argv[1:5])
 docs = []
 for i in range(first, first + n):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
+from common.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
 from hub.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/fleet.toml")

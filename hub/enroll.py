@@ -27,7 +27,7 @@ import asyncssh
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent import wire
+from common import wire
 from hub.config import DEFAULT_CONFIG_PATH, HubConfig, MqttSettings, load_config, read_secret
 from hub.errors import HubError
 

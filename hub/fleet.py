@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from agent import wire
+from common import wire
 from hub.config import HubConfig, Stage
 from hub.store import Store
 

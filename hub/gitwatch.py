@@ -17,7 +17,7 @@ from dulwich.client import get_transport_and_path
 from dulwich.config import ConfigDict
 from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
 
-from agent import wire
+from common import wire
 from hub.config import GitSettings, read_secret
 from hub.errors import GitWatchError
 

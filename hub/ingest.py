@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, NoReturn
 
-from agent import wire
+from common import wire
 from hub.errors import HubError, StoreError
 from hub.mqtt import Message
 from hub.store import Batch, EventRow, StatusRow, Store

@@ -1,7 +1,7 @@
 """The hub's MQTT client: paho-mqtt driven by the asyncio loop, subscribe-focused.
 
 Pitfalls handled (docs/TESTBED "paho-mqtt on asyncio"): connect()/reconnect() block,
-so they run in an executor; :class:`agent.mqttloop.SocketBridge` hands paho's socket to
+so they run in an executor; :class:`common.mqttloop.SocketBridge` hands paho's socket to
 the loop; in that mode paho does not reconnect by itself, so :meth:`HubMqtt.run` does,
 with jittered exponential backoff.
 
@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
-from agent.mqttloop import SocketBridge, connect_persistent
+from common.mqttloop import SocketBridge, connect_persistent
 from hub.config import MqttSettings, read_secret
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agent import wire
+from common import wire
 from hub.config import HubConfig, Stage, read_secret
 from hub.errors import HubError, RolloutRefused
 from hub.fleet import ALL_STATES, Fleet

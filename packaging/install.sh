@@ -88,7 +88,7 @@ if [ -n "$wheelhouse" ]; then
 else
     # Build from a copy: pip's in-tree build would write build/ and *.egg-info into $src.
     tar -C "$src" --exclude=__pycache__ --exclude='*.egg-info' \
-        -cf - pyproject.toml README.md agent hub | tar -C "$work" -xf -
+        -cf - pyproject.toml README.md agent common hub | tar -C "$work" -xf -
     pip_install "$work${extras:+[$extras]}"
 fi
 # The venv's scripts name their interpreter by path: rewrite venv.new -> venv.

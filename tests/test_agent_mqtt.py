@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import wire
-from tests.helpers.mqtt import Msg, Watcher
+from common import wire
 from tests.testbed.agentcfg import AgentSetup, write_agent_config
 from tests.testbed.fleetrepo import FleetRepo, SigningKey
 from tests.testbed.mosquitto import Mosquitto
+from tests.testbed.mqtt import Msg, Watcher
 
 NODE = "node-mq"
 

@@ -20,9 +20,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent import wire
-from tests.helpers.mqtt import stop_client
+from common import wire
 from tests.testbed.mosquitto import MOSQUITTO, TlsFiles, free_port, wait_port
+from tests.testbed.mqtt import stop_client
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "packaging" / "mosquitto"
 USERS = {"node-a": "pw-a", "node-b": "pw-b", "hub": "pw-hub"}

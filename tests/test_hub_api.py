@@ -13,10 +13,10 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent import wire
-from tests.helpers.mqtt import stop_client
+from common import wire
 from tests.testbed.hubproc import REPO_ROOT, HubProc, Publisher, event_doc, status_doc
 from tests.testbed.mosquitto import Mosquitto, free_port
+from tests.testbed.mqtt import stop_client
 
 
 @pytest.fixture

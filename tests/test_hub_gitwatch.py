@@ -10,11 +10,11 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent import wire
-from tests.helpers.mqtt import stop_client
+from common import wire
 from tests.testbed.fleetrepo import FleetRepo
 from tests.testbed.hubproc import HubProc
 from tests.testbed.mosquitto import Mosquitto
+from tests.testbed.mqtt import stop_client
 
 
 @pytest.fixture

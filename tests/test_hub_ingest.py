@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent import wire
+from common import wire
 from hub.ingest import Rejected, parse_event, parse_online, parse_status
 from tests.testbed.hubproc import HubProc, Publisher, event_doc, status_doc
 

@@ -1,4 +1,4 @@
-"""agent.mqttloop on its own, against a real broker: the glue the reporter and the hub share."""
+"""common.mqttloop on its own, against a real broker: the glue the reporter and the hub share."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
-from agent.mqttloop import SocketBridge, connect_persistent
+from common.mqttloop import SocketBridge, connect_persistent
 from tests.testbed.mosquitto import Mosquitto
 
 PROTOCOLS = {"5": MQTTProtocolVersion.MQTTv5, "3.1.1": MQTTProtocolVersion.MQTTv311}

@@ -11,7 +11,7 @@ import pytest
 
 from agent.errors import StateError
 from agent.outbox import META, SEGMENT, Outbox
-from agent.wire import EventDoc
+from common.wire import EventDoc
 
 
 def ev(i: int) -> EventDoc:

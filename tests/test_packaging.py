@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from agent import wire
-from tests.helpers.mqtt import Watcher
+from common import wire
 from tests.testbed.debpkg import build_deb, deb_field
 from tests.testbed.edgenet import EdgeNet
 from tests.testbed.fleetrepo import FleetRepo, SigningKey
 from tests.testbed.mosquitto import Mosquitto, free_port
+from tests.testbed.mqtt import Watcher
 from tests.testbed.nspawn import NspawnContainer
 
 NODE = "pkg-node"

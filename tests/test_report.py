@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from agent import wire
 from agent.config import MqttConfig
 from agent.outbox import Outbox
 from agent.report import (
@@ -31,10 +30,11 @@ from agent.report import (
     fallback_protocol,
     fit_status,
 )
-from tests.helpers.mqtt import Watcher
+from common import wire
 from tests.testbed.mosquitto import Mosquitto, TlsFiles
+from tests.testbed.mqtt import Watcher
 
-HELPER = Path(__file__).parent / "helpers" / "report_proc.py"
+HELPER = Path(__file__).parent / "testbed" / "report_proc.py"
 REPO = Path(__file__).parent.parent
 
 

@@ -21,17 +21,17 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent import wire
+from common import wire
 from hub.config import GitSettings, HubConfig, parse_config
 from hub.errors import RolloutRefused
 from hub.promote import StageGit
 from hub.rollout import Rollout
 from hub.store import Store
-from tests.helpers.mqtt import stop_client
 from tests.testbed.fleetrepo import FleetRepo
 from tests.testbed.gitserver import GitDaemon
 from tests.testbed.hubproc import REPO_ROOT, HubProc, Publisher, status_doc
 from tests.testbed.mosquitto import Mosquitto
+from tests.testbed.mqtt import stop_client
 
 STAGES = """
 [[stages]]

@@ -18,10 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agent import wire
-from tests.helpers.mqtt import Watcher
+from common import wire
 from tests.testbed.fleetrepo import FleetRepo, SigningKey
 from tests.testbed.mosquitto import Mosquitto, free_port, wait_port
+from tests.testbed.mqtt import Watcher
 from tests.testbed.nspawn import NspawnContainer, container_at, edge_network
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from agent import wire
-from tests.helpers.mqtt import Watcher
+from common import wire
 from tests.testbed.agentcfg import AgentSetup, write_agent_config
 from tests.testbed.fleetrepo import FleetRepo, SigningKey
 from tests.testbed.mosquitto import Mosquitto
+from tests.testbed.mqtt import Watcher
 from tests.testbed.nspawn import NspawnContainer, container_at
 
 UNIT = """\

@@ -18,7 +18,7 @@ from typing import Protocol
 from agent.changeset import ChangeSet
 from agent.desired import DesiredState
 from agent.state import Owned
-from agent.wire import DriftItem
+from common.wire import DriftItem
 
 
 @dataclass

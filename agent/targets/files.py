@@ -23,7 +23,7 @@ from agent.desired import GIT_MODE_SYMLINK, DesiredFile, DesiredState
 from agent.errors import ApplyError, PlanError
 from agent.state import Owned, digest
 from agent.targets.base import ApplyContext, HealthProblem
-from agent.wire import DriftItem
+from common.wire import DriftItem
 
 ORIG_SUFFIX = ".edgefleet-orig"
 

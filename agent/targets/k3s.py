@@ -31,7 +31,7 @@ from agent.k8s import manifests as mf
 from agent.k8s.client import Kind, KubeClient, KubeRequestError
 from agent.state import Owned
 from agent.targets.base import ApplyContext, HealthProblem
-from agent.wire import DriftItem
+from common.wire import DriftItem
 
 CONCURRENCY = 8
 """API requests in flight at once; enough to hide latency, gentle on a small k3s."""

@@ -30,7 +30,7 @@ from agent.errors import ApplyError, PlanError
 from agent.state import Owned, digest
 from agent.systemctl import Systemctl
 from agent.targets.base import ApplyContext, HealthProblem
-from agent.wire import DriftItem, DriftKind
+from common.wire import DriftItem, DriftKind
 
 UNIT_SUFFIXES = frozenset(
     ("service", "socket", "timer", "path", "mount", "automount", "target", "slice", "swap")

@@ -28,9 +28,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent import wire
-from tests.helpers.mqtt import stop_client
+from common import wire
 from tests.testbed.mosquitto import Mosquitto, free_port
+from tests.testbed.mqtt import stop_client
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "README.md", "agent", "hub")
+SOURCES = ("pyproject.toml", "README.md", "agent", "common", "hub")
 BUILD_TIMEOUT = 600
 PIP = (sys.executable, "-m", "pip", "--disable-pip-version-check")
 

@@ -3,7 +3,7 @@
 Every read removes its key, so whatever is left when a table is ``done()`` is a typo and
 an error: on a remote device a misspelt key must never fall back to a default. Errors
 name the file, the dotted key and the problem. No I/O beyond checking named files exist;
-the hub may import this module (like agent.wire) without pulling in the agent.
+the hub may import this module (like common.wire) without pulling in the agent.
 """
 
 from __future__ import annotations
