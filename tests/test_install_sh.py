@@ -23,6 +23,7 @@ import pytest
 
 from tests.testbed.fleetrepo import FleetRepo
 from tests.testbed.nspawn import NspawnContainer, container_at, require_nspawn
+from tests.testbed.wait import wait_until
 from tests.testbed.wheelhouse import PIP, REPO
 
 INSTALL = REPO / "packaging" / "install.sh"
@@ -105,16 +106,6 @@ def _ok(done: subprocess.CompletedProcess[str]) -> str:
     return done.stdout
 
 
-def _wait_for(path: Path, timeout: float = 60.0) -> str:
-    """Content of a file the agent places; it polls Git every ``interval`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear in {timeout}s")
-        time.sleep(0.1)
-    return path.read_text()
-
-
 def _pyc_source(ct: NspawnContainer, module: str) -> str:
     """The file name compiled into a module's cached .pyc (what tracebacks show)."""
     code = (
@@ -187,7 +178,8 @@ def test_offline_install_upgrade_failed_upgrade_uninstall(bed: InstallBed) -> No
     assert bed.unit("edgefleet-hub") == ("disabled", "inactive")
     hello = root / "srv/ef-demo/hello.txt"
     try:
-        assert _wait_for(hello) == "installed by install.sh\n"
+        wait_until(hello.exists, 60, f"{hello} placed by the agent")
+        assert hello.read_text() == "installed by install.sh\n"
     except AssertionError:
         print(ct.run("journalctl", "-u", "edgefleet-agent", "--no-pager", check=False))
         raise

@@ -17,11 +17,9 @@ unavailable on a real node too). Each test works in its own namespace.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -39,6 +37,7 @@ from agent.state import Owned
 from agent.targets.base import ApplyContext
 from agent.targets.k3s import K3sTarget
 from tests.testbed.kube import Kube, cm, deploy, docs
+from tests.testbed.wait import until
 
 LABEL = "app.kubernetes.io/managed-by"
 
@@ -111,16 +110,6 @@ async def harness(kube: Kube, tmp_path: Path) -> AsyncIterator[Callable[..., Har
         await target.close()
 
 
-async def wait_for(check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """Poll an async check until it returns something truthy (controllers are async)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.1)
-
-
 def actions(plan: ChangeSet) -> dict[str, str]:
     return {c.subject: c.action.value for c in plan.changes}
 
@@ -157,14 +146,14 @@ async def test_create_update_prune(
 
     # Deployment with replicas 0 is available: healthy once the controller caught up.
     desired = h.desired({"app.yaml": docs(cm(kube_ns, "app", mode="b"), deploy(kube_ns, "web"))})
-    problems = await wait_for(lambda: _healthy(h, desired), timeout=30)
+    problems = await until(lambda: _healthy(h, desired), 30, "web healthy")
     assert problems == "healthy"
 
     # Removed from Git -> deleted from the cluster and the inventory.
     plan = await h.sync({"app.yaml": docs(cm(kube_ns, "app", mode="b"))})
     assert actions(plan) == {app_cm: "unchanged", web: "deleted"}
     assert set(h.inventory) == {app_cm}
-    gone = await wait_for(lambda: _absent(apps.list_namespaced_deployment(kube_ns)))
+    gone = await until(lambda: _absent(apps.list_namespaced_deployment(kube_ns)), 30, "web deleted")
     assert gone
 
 
@@ -451,7 +440,7 @@ async def test_deployment_never_available_is_a_health_problem(
             return problems
         return None
 
-    problems = await wait_for(observed)
+    problems = await until(observed, 30, "the controller's verdict")
     assert problems, "deployment controller never reported"
     (problem,) = problems
     assert problem.subject == f"apps/Deployment/{kube_ns}/stuck"

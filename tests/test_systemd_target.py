@@ -11,7 +11,6 @@ import os
 import secrets
 import stat
 import subprocess
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from agent.systemctl import Systemctl
 from agent.targets.base import ApplyContext, Target
 from agent.targets.systemd import REMOVED_SUFFIX, SystemdTarget, unit_name_problem
 from tests.testbed.nspawn import NspawnContainer
+from tests.testbed.wait import until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,14 +127,6 @@ def counting_prefix(tmp_path: Path, ct: NspawnContainer) -> tuple[tuple[str, ...
 
 def calls(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
-
-
-async def wait_for(predicate: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
 
 
 def test_target_satisfies_protocol(target: SystemdTarget) -> None:
@@ -458,8 +450,10 @@ async def test_restart_counter_growth_is_unhealthy(
     await sync(target, inv, desired)
     assert await target.health(desired, inv.ctx("c1")) == []
     ct.run("systemctl", "kill", "--signal=KILL", unit)
-    await wait_for(lambda: int(ct.show(unit, "NRestarts")["NRestarts"]) >= 1)
-    await wait_for(lambda: ct.show(unit, "ActiveState")["ActiveState"] == "active")
+    await until(lambda: int(ct.show(unit, "NRestarts")["NRestarts"]) >= 1, 15, f"{unit} restarted")
+    await until(
+        lambda: ct.show(unit, "ActiveState")["ActiveState"] == "active", 15, f"{unit} active"
+    )
     problems = await target.health(desired, inv.ctx("c1"))
     assert [p.subject for p in problems] == [unit]
     assert "restarted 1 time(s)" in problems[0].reason

@@ -13,7 +13,6 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from tests.testbed.fleetrepo import FleetRepo, SigningKey
 from tests.testbed.hubproc import HubProc
 from tests.testbed.mosquitto import Mosquitto, free_port, wait_port
 from tests.testbed.nspawn import edge_network
+from tests.testbed.wait import wait_until
 
 STAGES = ("canary", "beta", "stable")
 SOAK = 2.0
@@ -189,15 +189,11 @@ def agent_logs(fleet: Fleet) -> str:
 
 
 def wait(fleet: Fleet, what: str, predicate: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(
-        f"timed out waiting for {what}\nnodes: {json.dumps(fleet.nodes(), indent=1)[:3000]}\n"
-        f"hub log:\n{fleet.hub.log_text()}\n{agent_logs(fleet)}"
-    )
+    def evidence() -> str:
+        nodes = json.dumps(fleet.nodes(), indent=1)[:3000]
+        return f"nodes: {nodes}\nhub log:\n{fleet.hub.log_text()}\n{agent_logs(fleet)}"
+
+    wait_until(predicate, timeout, what, 0.1, evidence)
 
 
 @pytest.fixture
