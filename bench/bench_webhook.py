@@ -56,6 +56,12 @@ async def deliver(session: aiohttp.ClientSession, hub: HubProc, commit: str) -> 
     return time.perf_counter() - started
 
 
+async def applied(watcher: Watcher, commit: str) -> None:
+    """Until the node's retained status says it applied ``commit``."""
+    while json.loads((await watcher.next(30)).payload).get("applied") != commit:
+        pass
+
+
 async def main(runs: int) -> int:
     work = Path(tempfile.mkdtemp(prefix="edgefleet-bench-webhook-"))
     broker = Mosquitto(work / "mq")
@@ -80,21 +86,14 @@ async def main(runs: int) -> int:
     latencies: list[float] = []
     answers: list[float] = []
     try:
-
-        async def applied(commit: str) -> None:
-            while True:
-                msg = await watcher.next(30)
-                if json.loads(msg.payload).get("applied") == commit:
-                    return
-
-        await applied(repo.head("canary"))
+        await applied(watcher, repo.head("canary"))
         async with aiohttp.ClientSession() as session:
             for i in range(runs):
                 sha = repo.commit({path: f"v{i + 1}\n"}, branch="canary", sign=key, push=False)
                 started = time.perf_counter()
                 repo.push("canary")
                 answers.append(await deliver(session, hub, sha))
-                await applied(sha)
+                await applied(watcher, sha)
                 latencies.append(time.perf_counter() - started)
             before = daemon.connections()
             await asyncio.gather(*(deliver(session, hub, sha) for _ in range(BURST)))
