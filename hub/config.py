@@ -86,6 +86,9 @@ class GitSettings:
     ca_file: Path | None = None
     interval: float = 30.0
     """Seconds between ls-remote polls of the stage branches."""
+    webhook_secret_file: Path | None = None
+    """Shared secret of Git push webhooks (``POST /api/v1/hooks/git``), read at each
+    delivery; unset = the endpoint answers 403."""
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,10 @@ def _git(root: Section) -> GitSettings:
         token_file=sec.file("token_file"),
         ca_file=sec.file("ca_file"),
         interval=sec.number("interval", 30.0, minimum=0.1),
+        webhook_secret_file=sec.file("webhook_secret_file"),
     )
+    if cfg.webhook_secret_file is not None and url is None:
+        raise sec.err("webhook_secret_file", "needs url (the repository a push is read from)")
     sec.done()
     return cfg
 

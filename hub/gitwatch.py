@@ -35,6 +35,7 @@ class GitWatch:
         """Last seen head commit per stage branch."""
         self._announced: dict[str, str] = {}
         self._failing = False
+        self._polling = asyncio.Lock()
 
     def _ls_remote(self) -> dict[str, str]:
         """Blocking: the heads of the stage branches (runs in a thread)."""
@@ -67,6 +68,12 @@ class GitWatch:
         self.announce()
         return heads
 
+    async def refresh(self) -> dict[str, str]:
+        """``poll_once`` serialised with every other refresh (interval poll, push webhook), so
+        a listing started earlier never overwrites, and re-announces, a newer one."""
+        async with self._polling:
+            return await self.poll_once()
+
     def announce(self, force: bool = False) -> None:
         """Publish retained ref messages for heads not announced yet (or all, with force)."""
         for branch, sha in self.heads.items():
@@ -88,7 +95,7 @@ class GitWatch:
             return
         while not stop.is_set():
             try:
-                await self.poll_once()
+                await self.refresh()
             except GitWatchError as err:
                 if not self._failing:
                     log.warning("%s; stage heads are unknown until it recovers", err)

@@ -28,6 +28,7 @@ from hub.errors import HubError, RolloutRefused
 from hub.fleet import ALL_STATES, Fleet
 from hub.ingest import DROP_REASONS, IngestCounters
 from hub.rollout import Rollout
+from hub.webhook import GitPushHooks, Refresh
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class WebContext:
     mqtt_ready: Callable[[], bool]
     updates: Updates
     rollout: Rollout | None = None
+    refresh_git: Refresh | None = None
 
 
 CTX: web.AppKey[WebContext] = web.AppKey("ctx", WebContext)
@@ -476,4 +478,5 @@ def make_app(ctx: WebContext) -> web.Application:
     app.router.add_get("/api/v1/history", history)
     app.router.add_get("/api/v1/events", events)
     app.router.add_get("/api/v1/stream", stream)
+    app.router.add_post("/api/v1/hooks/git", GitPushHooks(ctx.cfg, ctx.refresh_git).handle)
     return app

@@ -131,6 +131,8 @@ class HubProc:
     stages: str = DEFAULT_STAGES
     git_url: str | None = None
     git_interval: float = 0.2
+    git_extra: str = ""
+    """Extra [git] lines (webhook_secret_file...)."""
     token: str | None = "s3cret-token"
     mqtt_extra: str = ""
     """Extra [mqtt] lines (username, password_file, ca_file, protocol...)."""
@@ -167,7 +169,7 @@ class HubProc:
             self.token_file.write_text(self.token + "\n")
             hub.append(f'token_file = "{self.token_file}"')
         git = (
-            f'[git]\nurl = "{self.git_url}"\ninterval = {self.git_interval}\n'
+            f'[git]\nurl = "{self.git_url}"\ninterval = {self.git_interval}\n{self.git_extra}\n'
             if (self.git_url)
             else ""
         )
