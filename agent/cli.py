@@ -39,13 +39,17 @@ def _parser() -> argparse.ArgumentParser:
         help=f"agent config file (default: {DEFAULT_CONFIG_PATH})",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    # --config is also accepted after the command (`sync --once --config x`).
+    # The same options after the command (`sync --once --config x`); SUPPRESS keeps a
+    # value given before the command.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
         type=Path,
         default=argparse.SUPPRESS,
         help=f"agent config file (default: {DEFAULT_CONFIG_PATH})",
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser(
@@ -68,7 +72,11 @@ def _parser() -> argparse.ArgumentParser:
         "status", parents=[common], help="show this node's local state (no network)"
     )
     st.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.add_parser("verify", help="check config, Git access and the signature of the current head")
+    sub.add_parser(
+        "verify",
+        parents=[common],
+        help="check config, Git access and the signature of the current head",
+    )
     return p
 
 

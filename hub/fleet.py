@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common import wire
 from hub.config import HubConfig, Stage
-from hub.store import Store
+
+if TYPE_CHECKING:  # the CLI imports ALL_STATES without the store (aiosqlite)
+    from hub.store import Store
 
 ALL_STATES: tuple[str, ...] = (*wire.STATES, "stale", "offline")
 HEALTHY = "synced"
