@@ -82,10 +82,17 @@ class GitSettings:
     url: str | None = None
     """Where the stage branches live; unset = no branch heads, no ref notifications."""
     ssh_key: Path | None = None
+    known_hosts: Path | None = None
+    """known_hosts file for ssh:// URLs; host keys are always checked, unknown hosts refused."""
     token_file: Path | None = None
+    """File holding an HTTP(S) token, sent as basic auth (read at each use, so it can rotate)."""
     ca_file: Path | None = None
+    """PEM bundle to verify an https:// Git server with a private CA."""
     interval: float = 30.0
     """Seconds between ls-remote polls of the stage branches."""
+    timeout: float = 30.0
+    """Seconds a connect or one read from the Git server may take (as the agent's): a hung
+    server fails the poll or the promotion instead of holding the rollout lock."""
 
 
 @dataclass(frozen=True)
@@ -205,9 +212,11 @@ def _git(root: Section) -> GitSettings:
     cfg = GitSettings(
         url=url,
         ssh_key=sec.file("ssh_key"),
+        known_hosts=sec.file("known_hosts"),
         token_file=sec.file("token_file"),
         ca_file=sec.file("ca_file"),
         interval=sec.number("interval", 30.0, minimum=0.1),
+        timeout=sec.number("timeout", 30.0, minimum=1.0),
     )
     sec.done()
     return cfg

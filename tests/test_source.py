@@ -14,7 +14,8 @@ import pytest
 from agent.config import GitConfig
 from agent.desired import GIT_MODE_EXEC, GIT_MODE_SYMLINK
 from agent.errors import FetchError, SourceError
-from agent.source import DEEPEN_STEPS, GitSource, redact_url
+from agent.source import DEEPEN_STEPS, GitSource
+from common.gittransport import redact_url
 from tests.testbed.fleetrepo import FleetRepo, SigningKey, git
 from tests.testbed.gitserver import TRANSPORTS, GitRemote, GitSshd
 from tests.testbed.mosquitto import TlsFiles
