@@ -63,6 +63,7 @@ _LIBRARY_ERRORS = (
     urllib3.exceptions.HTTPError,
     OSError,  # refused, unreachable, socket timeouts, TLS (ssl.SSLError)
 )
+_TIMEOUTS = (TimeoutError, urllib3.exceptions.TimeoutError)
 _CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/@:\s]*):[^/@\s]*@")
 _SERVER_SAYS: Final = (
     # (what the server or ssh prints, reason) - all terminal: retrying soon cannot help.
@@ -385,15 +386,18 @@ class GitRemote:
             return ErrorKind.TERMINAL, "proxy authentication failed (HTTP 407)"
         if isinstance(err, NotGitRepository):
             return ErrorKind.TERMINAL, "no Git repository at this URL (HTTP 404)"
-        if isinstance(err, TimeoutError):
-            return ErrorKind.TRANSIENT, f"no answer within {self._access.timeout:g}s (timed out)"
         cause = err.__cause__
-        if isinstance(cause, urllib3.exceptions.MaxRetryError) and cause.reason is not None:
-            said = str(cause.reason)  # refused, TLS, DNS: urllib3 wraps the real reason
-        elif isinstance(err, GitProtocolError):
+        # urllib3 wraps the real reason (refused, TLS, DNS, timeout) in a MaxRetryError.
+        wrapped = cause.reason if isinstance(cause, urllib3.exceptions.MaxRetryError) else None
+        if any(isinstance(e, _TIMEOUTS) for e in (err, cause, wrapped)):
+            return ErrorKind.TRANSIENT, f"no answer within {self._access.timeout:g}s (timed out)"
+        if wrapped is not None:
+            said = str(wrapped)
+        elif isinstance(err, GitProtocolError) and not isinstance(cause, OSError):
             said = str(err).strip() or "the server closed the connection"
         else:  # refused, unreachable, a broken connection: worth another try later
-            return ErrorKind.TRANSIENT, getattr(err, "strerror", None) or str(err) or repr(err)
+            failed = cause if isinstance(cause, OSError) else err
+            return ErrorKind.TRANSIENT, getattr(failed, "strerror", None) or str(failed)
         if "Host key verification failed" in said:
             known = self._access.known_hosts or "the default known_hosts files"
             return ErrorKind.TERMINAL, (

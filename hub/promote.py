@@ -142,7 +142,7 @@ class StageGit:
             )
         statuses = result.ref_status or {}
         if ref not in statuses:
-            # dulwich's file:// client updates the ref in place and reports nothing: ask.
+            # A server without report-status (git's own receive-pack has it) says nothing: ask.
             self._confirm_moved(ref, branch, new)
             statuses = {ref: None}
         if statuses[ref] is not None:
