@@ -25,7 +25,7 @@ import select
 import socket
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, Final, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -169,10 +169,8 @@ class _TcpGitClient(_ClosingClient, TCPGitClient):
 
         def shutdown_write() -> None:
             wfile.flush()
-            try:
+            with suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                return
 
         def can_read() -> bool:
             return bool(select.select([sock], [], [], 0)[0])
@@ -258,6 +256,11 @@ class _SshVendor(SSHVendor):
             stderr=subprocess.PIPE,
         )
         return SubprocessWrapper(proc)
+
+
+def _timed_out(err: BaseException | None) -> bool:
+    # urllib3's NewConnectionError (refused, unreachable) subclasses its ConnectTimeoutError.
+    return isinstance(err, _TIMEOUTS) and not isinstance(err, urllib3.exceptions.NewConnectionError)
 
 
 def _scp_parts(url: str) -> tuple[str | None, str, str]:
@@ -389,7 +392,7 @@ class GitRemote:
         cause = err.__cause__
         # urllib3 wraps the real reason (refused, TLS, DNS, timeout) in a MaxRetryError.
         wrapped = cause.reason if isinstance(cause, urllib3.exceptions.MaxRetryError) else None
-        if any(isinstance(e, _TIMEOUTS) for e in (err, cause, wrapped)):
+        if any(_timed_out(e) for e in (err, cause, wrapped)):
             return ErrorKind.TRANSIENT, f"no answer within {self._access.timeout:g}s (timed out)"
         if wrapped is not None:
             said = str(wrapped)

@@ -12,8 +12,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from common import wire
-from hub.config import GitSettings
-from hub.errors import GitWatchError
+from hub.config import GitSettings, parse_config
+from hub.errors import ConfigError, GitWatchError
 from hub.gitwatch import GitWatch
 from tests.testbed.fleetrepo import FleetRepo
 from tests.testbed.gitserver import GitRemote
@@ -124,3 +124,16 @@ async def test_token_and_ca_file_and_no_secret_in_errors(git_remote: GitRemote) 
             await watch.poll_once()
         assert "wrong-token-123" not in str(info.value)
         assert "url-pass-456" not in str(info.value)
+
+
+def test_git_known_hosts_and_timeout_from_fleet_toml(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    (tmp_path / "known_hosts").write_text("")
+    git = {"url": "ssh://git@git.example.org/fleet.git", "known_hosts": "known_hosts"}
+    cfg = parse_config({"git": {**git, "timeout": 5}}, path)
+    assert (cfg.git.known_hosts, cfg.git.timeout) == (tmp_path / "known_hosts", 5.0)
+    assert parse_config({"git": git}, path).git.timeout == 30.0  # the agent's default
+    with pytest.raises(ConfigError, match=r"git.*timeout.*at least 1"):
+        parse_config({"git": {**git, "timeout": 0.5}}, path)
+    with pytest.raises(ConfigError, match=r"known_hosts.*does not exist"):
+        parse_config({"git": {**git, "known_hosts": "missing"}}, path)
