@@ -82,13 +82,20 @@ class GitSettings:
     url: str | None = None
     """Where the stage branches live; unset = no branch heads, no ref notifications."""
     ssh_key: Path | None = None
+    known_hosts: Path | None = None
+    """known_hosts file for ssh:// URLs; host keys are always checked, unknown hosts refused."""
     token_file: Path | None = None
+    """File holding an HTTP(S) token, sent as basic auth (read at each use, so it can rotate)."""
     ca_file: Path | None = None
+    """PEM bundle to verify an https:// Git server with a private CA."""
     interval: float = 30.0
     """Seconds between ls-remote polls of the stage branches."""
     webhook_secret_file: Path | None = None
     """Shared secret of Git push webhooks (``POST /api/v1/hooks/git``), read at each
     delivery; unset = the endpoint answers 403."""
+    timeout: float = 30.0
+    """Seconds a connect or one read from the Git server may take (as the agent's): a hung
+    server fails the poll or the promotion instead of holding the rollout lock."""
 
 
 @dataclass(frozen=True)
@@ -208,10 +215,12 @@ def _git(root: Section) -> GitSettings:
     cfg = GitSettings(
         url=url,
         ssh_key=sec.file("ssh_key"),
+        known_hosts=sec.file("known_hosts"),
         token_file=sec.file("token_file"),
         ca_file=sec.file("ca_file"),
         interval=sec.number("interval", 30.0, minimum=0.1),
         webhook_secret_file=sec.file("webhook_secret_file"),
+        timeout=sec.number("timeout", 30.0, minimum=1.0),
     )
     if cfg.webhook_secret_file is not None and url is None:
         raise sec.err("webhook_secret_file", "needs url (the repository a push is read from)")
