@@ -1,10 +1,8 @@
-"""Staged rollouts: health gates, promotion, halt, rollback and the audit log.
+"""Staged rollouts: the promotion engine, halt, rollback and the audit log.
 
 A stage with ``promote_from`` takes the head of its source stage (the candidate) when
-the source stage's nodes run it healthily: :func:`evaluate_gate` is that decision as a
-pure function of fresh node reports. Stale and offline nodes are in the denominator
-and never in the numerator; the gate must hold continuously for ``soak`` seconds
-(tracked per candidate in memory: a hub restart starts the soak over, which is safe).
+:func:`hub.gate.evaluate_gate` opens; the soak is tracked per candidate in memory (a
+hub restart starts the soak over, which is safe).
 
 :class:`Rollout` runs the loop: it records stage heads, halts a pipeline whose stage
 fails on its head beyond ``max_failed`` (and with ``auto_rollback`` moves that stage
@@ -19,112 +17,21 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from hub.config import Gate, HubConfig, Stage
+from hub.config import HubConfig, Stage
 from hub.errors import BranchMoved, HubError, PromoteError, RolloutRefused
+from hub.gate import GateResult, evaluate_gate, failed_on
 from hub.promote import StageGit
-from hub.store import AuditRow, Pause, Store
+from hub.shapes import AuditJson
+from hub.store import AuditRow, NodeState, Pause, Store
 
 log = logging.getLogger(__name__)
 
-FAILED_STATES = ("failed", "refused")
 AUTO = "auto"
-
-
-# -- pure gate logic ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NodeView:
-    node: str
-    state: str
-    """Effective state: what the node said, overridden by stale/offline."""
-    reported: str | None
-    """What the node last said, however old (a failure stays evidence)."""
-    applied: str | None
-    desired: str | None
-
-
-@dataclass(frozen=True)
-class GateResult:
-    open: bool
-    candidate: str | None
-    total: int
-    ready: int
-    needed: int
-    failed: int
-    stale: int
-    offline: int
-    holding_since: float | None
-    """Since when the condition (without soak) holds; None while it does not."""
-    soak_left: float
-    reason: str
-
-    def evidence(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def duration(seconds: float) -> str:
-    """Short human duration: 45s, 4m, 2h."""
-    seconds = max(seconds, 0.0)
-    if seconds < 100:
-        return f"{math.ceil(seconds)}s"
-    if seconds < 6000:
-        return f"{math.ceil(seconds / 60)}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def failed_on(nodes: Sequence[NodeView], commit: str) -> list[str]:
-    """Nodes whose last report says they failed on (or refused) ``commit``; a node that
-    rolled back locally reports ``failed`` with ``desired`` = the bad commit."""
-    return sorted(n.node for n in nodes if n.reported in FAILED_STATES and n.desired == commit)
-
-
-def evaluate_gate(
-    gate: Gate,
-    candidate: str | None,
-    nodes: Sequence[NodeView],
-    holding_since: float | None,
-    now: float,
-) -> GateResult:
-    """Is ``candidate`` healthy on enough ``nodes`` (the source stage), long enough?
-
-    ``holding_since`` is the previous result's value for the same candidate (None at
-    first); the returned one continues or restarts the soak.
-    """
-    total = len(nodes)
-    stale = sum(n.state == "stale" for n in nodes)
-    offline = sum(n.state == "offline" for n in nodes)
-    if candidate is None:
-        return GateResult(False, None, total, 0, 0, 0, stale, offline, None, gate.soak,
-                          "the source stage branch has no head yet")  # fmt: skip
-    ready = sum(n.state == "synced" and n.applied == candidate for n in nodes)
-    failed = len(failed_on(nodes, candidate))
-    # 1e-9: 0.8 * 5 must need 4 nodes, not 5 through float rounding.
-    needed = max(gate.min_nodes, math.ceil(gate.min_ready_ratio * total - 1e-9))
-    short = candidate[:7]
-    counts = f"{ready}/{total} nodes applied {short}"
-    unfresh = ", ".join(f"{n} {what}" for n, what in ((stale, "stale"), (offline, "offline")) if n)
-    if failed > gate.max_failed:
-        reason = f"{failed} node{'s' * (failed != 1)} failed on {short} (max {gate.max_failed})"
-    elif ready < needed:
-        reason = f"{counts}, need {needed}" + (f" ({unfresh})" if unfresh else "")
-    else:
-        since = now if holding_since is None else holding_since
-        left = max(gate.soak - (now - since), 0.0)
-        if left > 0:
-            reason = f"{counts}, soak {duration(left)} left"
-        else:
-            reason = f"{counts}, healthy for {duration(now - since)}"
-        return GateResult(left == 0, candidate, total, ready, needed, failed, stale, offline,
-                          since, left, reason)  # fmt: skip
-    return GateResult(False, candidate, total, ready, needed, failed, stale, offline, None,
-                      gate.soak, reason)  # fmt: skip
 
 
 # -- the rollout loop -----------------------------------------------------------------
@@ -176,10 +83,8 @@ class Rollout:
 
     # -- evaluation -----------------------------------------------------------------
 
-    async def _nodes(self, stage: Stage) -> list[NodeView]:
-        rows = await self._store.stage_nodes(stage.branch, self._clock())
-        return [NodeView(r["node"], r["effective"], r["state"], r["applied"], r["desired"])
-                for r in rows]  # fmt: skip
+    async def _nodes(self, stage: Stage) -> list[NodeState]:
+        return await self._store.stage_nodes(stage.branch, self._clock())
 
     async def evaluate(self, stage: Stage, track: bool = False) -> GateResult:
         """The gate into ``stage``; ``track`` (the loop) advances the soak bookkeeping."""
@@ -230,7 +135,7 @@ class Rollout:
             pause = pauses.get(stage.name)
             info: dict[str, Any] = {
                 "auto_rollback": stage.auto_rollback,
-                "paused": None if pause is None else pause._asdict(),
+                "paused": None if pause is None else asdict(pause),
                 "blocked": self._blocked(stage, pauses),
                 "in_window": stage.window is None or stage.window.contains(now),
                 "gate_status": None,
@@ -436,9 +341,9 @@ class Rollout:
     async def _previous(self, stage: Stage, head: str) -> str | None:
         """The commit ``stage`` had before ``head``: the promotion's origin, else the
         previous head the hub saw."""
-        promo = await self._store.last_promotion(stage.name, head)
-        if promo is not None and promo["from_commit"]:
-            return str(promo["from_commit"])
+        origin = await self._store.promotion_origin(stage.name, head)
+        if origin:
+            return origin
         return next((c for c in await self._store.head_history(stage.name) if c != head), None)
 
     async def rollback(
@@ -490,19 +395,18 @@ class Rollout:
         await self._store.clear_pause(name)
         self._auto_failed.pop(name, None)
         await self._audit("resume", stage, who, None, None, "done", reason,
-                          {"lifted": pause._asdict()})  # fmt: skip
+                          {"lifted": asdict(pause)})  # fmt: skip
         log.info("resumed %s (was paused: %s) by %s", name, pause.reason, who)
         self._wake.set()
-        return {"stage": name, "resumed": True, "was": pause._asdict()}
+        return {"stage": name, "resumed": True, "was": asdict(pause)}
 
-    async def history(self, stage: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        rows = await self._store.history(stage, limit)
+    async def history(self, stage: str | None = None, limit: int = 100) -> list[AuditJson]:
         return [
-            {"id": r["id"], "at": r["at"], "action": r["action"], "stage": r["stage"],
-             "who": r["who"], "from": r["from_commit"], "to": r["to_commit"],
-             "outcome": r["outcome"], "forced": bool(r["forced"]), "reason": r["reason"],
-             "evidence": json.loads(r["evidence"])}
-            for r in rows
+            {"id": e.id, "at": e.row.at, "action": e.row.action, "stage": e.row.stage,
+             "who": e.row.who, "from": e.row.from_commit, "to": e.row.to_commit,
+             "outcome": e.row.outcome, "forced": e.row.forced, "reason": e.row.reason,
+             "evidence": json.loads(e.row.evidence)}
+            for e in await self._store.history(stage, limit)
         ]  # fmt: skip
 
 
