@@ -179,7 +179,7 @@ async def test_dashboard_runs_under_its_security_headers(
         "document.querySelector('#filters select[name=state]').value = 'failed';"
         "document.querySelector('#filters button').click()"
     )
-    await page.wait("document.querySelector('#nodes-count').textContent === '1–1 of 1'")
+    await page.wait("document.querySelector('#nodes-count').textContent.endsWith(' of 1')")
     # the stylesheet applied (a CSP block would leave the page unstyled)
     assert await page.eval("getComputedStyle(document.body).margin") != "8px"
     assert page.errors() == []
