@@ -24,7 +24,7 @@ from hub.shapes import (
     StageBucket,
     Summary,
 )
-from hub.store import EventRow, NodeRow, Store
+from hub.store import EventRow, NodeQueries, NodeRow
 from hub.store.states import ALL_STATES, HEALTHY
 
 __all__ = ["ALL_STATES", "Fleet", "empty_states", "event_json"]  # ALL_STATES: for the CLI
@@ -44,7 +44,7 @@ class Fleet:
     def __init__(
         self,
         cfg: HubConfig,
-        store: Store,
+        store: NodeQueries,
         heads: Callable[[], Mapping[str, str]] = dict,
         clock: Callable[[], float] = time.time,
     ) -> None:

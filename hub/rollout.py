@@ -27,7 +27,7 @@ from hub.errors import BranchMoved, HubError, PromoteError, RolloutRefused
 from hub.gate import GateResult, evaluate_gate, failed_on
 from hub.promote import StageGit
 from hub.shapes import AuditJson
-from hub.store import AuditRow, NodeState, Pause, Store
+from hub.store import AuditRow, NodeState, Pause, RolloutStore
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Rollout:
     def __init__(
         self,
         cfg: HubConfig,
-        store: Store,
+        store: RolloutStore,
         git: StageGit | None,
         heads: Callable[[], Mapping[str, str]],
         moved: Moved,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import sqlite3
 import time
@@ -128,3 +129,22 @@ async def test_summary_counts_and_state_filter_apply_the_same_rule(tmp_path: Pat
         assert summed["offline"] == 2 and summed["stale"] > 0 and sum(summed.values()) == 32
     finally:
         await store.close()
+
+
+_DRIVERS = ("sqlite3", "aiosqlite")
+
+
+def test_only_the_store_touches_sqlite() -> None:
+    """Rows leave the store typed: no other hub module may import the database driver."""
+    hub = Path(__file__).resolve().parents[1] / "hub"
+    offenders = []
+    for path in hub.rglob("*.py"):
+        if path.is_relative_to(hub / "store"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            )  # fmt: skip
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in _DRIVERS]
+    assert offenders == []

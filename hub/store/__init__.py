@@ -4,8 +4,8 @@ migrations), :mod:`~hub.store.states` (state names and the effective-state rule)
 :mod:`~hub.store.rollouts` (audit, pauses, stage heads). Everything crossing this
 boundary is a typed row from :mod:`~hub.store.rows`.
 
-:class:`Store` is the SQLite implementation; its public methods are the interface a
-second backend implements.
+:mod:`~hub.store.interface` is the contract (Protocols) a second backend implements;
+:class:`Store` is the SQLite implementation.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from hub.store.db import Db
-from hub.store.nodes import NodeStore
-from hub.store.rollouts import RolloutStore
+from hub.store.interface import HubStore, IngestStore, NodeQueries, RolloutRecords, RolloutStore
+from hub.store.nodes import SqliteNodes
+from hub.store.rollouts import SqliteRollouts
 from hub.store.rows import (
     AuditEntry,
     AuditRow,
@@ -36,19 +37,24 @@ __all__ = [
     "Batch",
     "DriftedNode",
     "EventRow",
+    "HubStore",
+    "IngestStore",
     "LabelCount",
     "NodeDetail",
+    "NodeQueries",
     "NodeRow",
     "NodeState",
     "Pause",
+    "RolloutRecords",
+    "RolloutStore",
     "StateCount",
     "StatusRow",
     "Store",
 ]
 
 
-class Store(NodeStore, RolloutStore):
-    """Open with :meth:`open`; close with :meth:`close`."""
+class Store(SqliteNodes, SqliteRollouts, HubStore):
+    """The SQLite store. Open with :meth:`open`; close with :meth:`close`."""
 
     @classmethod
     async def open(cls, path: Path) -> Store:

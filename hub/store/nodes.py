@@ -15,6 +15,7 @@ from typing import Any
 
 from hub.errors import StoreError
 from hub.store.db import Db
+from hub.store.interface import IngestStore, NodeQueries
 from hub.store.rows import (
     Batch,
     DriftedNode,
@@ -70,15 +71,14 @@ _NODE_COLUMNS = (
 )
 
 
-class NodeStore(Db):
+class SqliteNodes(Db, IngestStore, NodeQueries):
+    """Contracts: :class:`~hub.store.interface.IngestStore` and
+    :class:`~hub.store.interface.NodeQueries`."""
+
     # -- writer ---------------------------------------------------------------------
 
     async def write_batch(self, batch: Batch) -> tuple[int, int]:
-        """Commit one batch in one transaction; returns (events inserted, events seen).
-
-        On failure nothing of the batch is stored and the error names SQLite's reason
-        (e.g. "database or disk is full"); the caller keeps the messages unacked.
-        """
+        """One transaction, one ``executemany`` per kind of row."""
         async with self._write_lock:
             try:
                 await self._w.execute("BEGIN")
@@ -106,12 +106,10 @@ class NodeStore(Db):
         return max(cur.rowcount, 0)
 
     async def node_seqs(self) -> dict[str, int]:
-        """Last stored status seq per node (ingest keeps this in memory)."""
         async with self._w.execute("SELECT node, seq FROM nodes") as cur:
             return {row[0]: row[1] for row in await cur.fetchall()}
 
     async def restale(self, stale_after: float) -> None:
-        """Recompute stale deadlines after a config change (stale_after may differ)."""
         try:
             await self._w.execute(
                 f"UPDATE nodes SET stale_at = last_heard + {stale_window_sql('?', 'heartbeat')}",  # noqa: S608
@@ -121,7 +119,6 @@ class NodeStore(Db):
             raise StoreError(f"updating stale deadlines failed: {err}") from err
 
     async def prune_events(self, before: float, keep: int) -> int:
-        """Delete events received before ``before`` and all but the newest ``keep``."""
         try:
             cur = await self._w.execute("DELETE FROM events WHERE received < ?", (before,))
             removed = max(cur.rowcount, 0)
@@ -135,9 +132,7 @@ class NodeStore(Db):
     # -- reader ---------------------------------------------------------------------
 
     async def state_counts(self, now: float) -> list[StateCount]:
-        """Nodes per (branch, effective state), for every combination present.
-
-        Grouped by the covering index's own columns so SQLite streams through it
+        """Grouped by the covering index's own columns so SQLite streams through it
         without a temporary B-tree; each group is split by the overrides' counts.
         """
         rows = await self._all(
@@ -155,7 +150,6 @@ class NodeStore(Db):
         return [StateCount(b, s, n) for (b, s), n in counts.items()]
 
     async def label_counts(self, key: str, now: float) -> list[LabelCount]:
-        """Nodes per (value of label ``key``, effective state)."""
         rows = await self._all(
             f"SELECT json_extract(doc, :path) AS v, {EFFECTIVE_STATE_SQL} AS st, count(*) "  # noqa: S608
             "FROM nodes GROUP BY v, st",
@@ -164,7 +158,6 @@ class NodeStore(Db):
         return [LabelCount(None if v is None else str(v), st, n) for v, st, n in rows]
 
     async def stage_nodes(self, branch: str, now: float) -> list[NodeState]:
-        """Every node of one branch: effective and reported state, applied, desired."""
         rows = await self._all(
             f"SELECT node, {EFFECTIVE_STATE_SQL}, state, applied, desired "  # noqa: S608
             "FROM nodes WHERE branch = :branch",
@@ -181,7 +174,6 @@ class NodeStore(Db):
         limit: int = 100,
         offset: int = 0,
     ) -> tuple[int, list[NodeRow]]:
-        """(nodes matching, one page of them ordered by name)."""
         where, params = _node_filter(now, branches, state, labels)
         total = await self._all(f"SELECT count(*) FROM nodes {where}", params)  # noqa: S608
         rows = await self._all(
@@ -202,7 +194,6 @@ class NodeStore(Db):
         return NodeDetail(_node_row(columns), doc, stale_at)
 
     async def drifted(self, now: float) -> list[DriftedNode]:
-        """Nodes whose last status reported drift."""
         rows = await self._all(
             f"SELECT node, branch, {EFFECTIVE_STATE_SQL}, doc FROM nodes WHERE drift_count > 0",  # noqa: S608
             {"now": now},
@@ -216,7 +207,6 @@ class NodeStore(Db):
         since: float | None = None,
         limit: int = 100,
     ) -> list[EventRow]:
-        """Newest first."""
         clauses: list[str] = []
         params: dict[str, object] = {"limit": limit}
         for column, value in (("node", node), ("type", type_)):

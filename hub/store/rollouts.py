@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import astuple
 
 from hub.store.db import Db
+from hub.store.interface import RolloutRecords
 from hub.store.rows import AuditEntry, AuditRow, Pause
 
 
-class RolloutStore(Db):
+class SqliteRollouts(Db, RolloutRecords):
+    """Contract: :class:`~hub.store.interface.RolloutRecords`."""
+
     async def add_audit(self, row: AuditRow) -> int:
         return await self._write(
             "INSERT INTO audit (at, action, stage, who, from_commit, to_commit, outcome, "
@@ -31,7 +34,6 @@ class RolloutStore(Db):
         )
 
     async def record_head(self, stage: str, commit: str, at: float) -> None:
-        """Remember that ``stage`` had ``commit`` (first sighting wins)."""
         await self._write(
             "INSERT OR IGNORE INTO stage_heads (stage, commit_sha, seen_at) VALUES (?, ?, ?)",
             (stage, commit, at),
@@ -43,7 +45,6 @@ class RolloutStore(Db):
         return {r[0]: Pause(*r) for r in rows}
 
     async def head_history(self, stage: str) -> list[str]:
-        """Commits the stage branch pointed at, newest first."""
         rows = await self._all(
             "SELECT commit_sha FROM stage_heads WHERE stage = ? ORDER BY seen_at DESC",
             (stage,),
@@ -51,7 +52,6 @@ class RolloutStore(Db):
         return [r[0] for r in rows]
 
     async def promotion_origin(self, stage: str, to_commit: str) -> str | None:
-        """The commit the last successful promotion of ``stage`` to ``to_commit`` left."""
         rows = await self._all(
             "SELECT from_commit FROM audit WHERE stage = ? AND to_commit = ? "
             "AND action = 'promote' AND outcome = 'done' ORDER BY id DESC LIMIT 1",
@@ -60,7 +60,6 @@ class RolloutStore(Db):
         return rows[0][0] if rows else None
 
     async def history(self, stage: str | None = None, limit: int = 100) -> list[AuditEntry]:
-        """Audit entries, newest first."""
         where = "WHERE stage = :stage" if stage is not None else ""
         rows = await self._all(
             "SELECT id, at, action, stage, who, from_commit, to_commit, outcome, forced, "  # noqa: S608
