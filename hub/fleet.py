@@ -27,17 +27,19 @@ from hub.shapes import (
 from hub.store import EventRow, NodeQueries, NodeRow
 from hub.store.states import ALL_STATES, HEALTHY
 
-__all__ = ["ALL_STATES", "Fleet", "empty_states", "event_json"]  # ALL_STATES: for the CLI
+__all__ = ["ALL_STATES", "Fleet"]  # ALL_STATES: for the CLI
 
 _EXAMPLES = 5
+_NODE_EVENTS = 20
+"""Newest events shown with one node."""
 
 
-def empty_states() -> dict[str, int]:
+def _empty_states() -> dict[str, int]:
     return dict.fromkeys(ALL_STATES, 0)
 
 
 def _bucket() -> Bucket:
-    return {"nodes": 0, "states": empty_states()}
+    return {"nodes": 0, "states": _empty_states()}
 
 
 class Fleet:
@@ -53,17 +55,17 @@ class Fleet:
         self._heads = heads
         self._clock = clock
 
-    def stage_name(self, branch: str | None) -> str | None:
+    def _stage_name(self, branch: str | None) -> str | None:
         stage = self._cfg.stage_for_branch(branch)
         return stage.name if stage else None
 
     async def summary(self, label: str | None = None) -> Summary:
         now = self._clock()
-        states = empty_states()
+        states = _empty_states()
         heads = self._heads()
         stages: dict[str, StageBucket] = {
             s.name: {"branch": s.branch, "head": heads.get(s.branch), "nodes": 0,
-                     "states": empty_states()}
+                     "states": _empty_states()}
             for s in self._cfg.stages
         }  # fmt: skip
         unstaged = _bucket()
@@ -71,7 +73,7 @@ class Fleet:
         for count in await self._store.state_counts(now):
             total += count.nodes
             states[count.state] = states.get(count.state, 0) + count.nodes
-            name = self.stage_name(count.branch)
+            name = self._stage_name(count.branch)
             bucket: Bucket = stages[name] if name is not None else unstaged
             bucket["nodes"] += count.nodes
             bucket["states"][count.state] = bucket["states"].get(count.state, 0) + count.nodes
@@ -118,7 +120,7 @@ class Fleet:
     def _node_json(self, r: NodeRow) -> NodeJson:
         return {
             "node": r.node,
-            "stage": self.stage_name(r.branch),
+            "stage": self._stage_name(r.branch),
             "branch": r.branch,
             "state": r.state,
             "reported_state": r.reported,
@@ -136,7 +138,7 @@ class Fleet:
     async def exists(self, name: str) -> bool:
         return await self._store.get_node(name, self._clock()) is not None
 
-    async def node(self, name: str, events: int = 20) -> NodeDetailJson | None:
+    async def node(self, name: str) -> NodeDetailJson | None:
         detail = await self._store.get_node(name, self._clock())
         if detail is None:
             return None
@@ -146,7 +148,9 @@ class Fleet:
             "status": status,
             "drift": status.get("drift", []),
             "stale_at": detail.stale_at,
-            "events": [event_json(e) for e in await self._store.events(node=name, limit=events)],
+            "events": [
+                _event_json(e) for e in await self._store.events(node=name, limit=_NODE_EVENTS)
+            ],
         }
 
     async def drift(self, stage: Stage | None = None) -> dict[str, list[DriftGroup]]:
@@ -155,7 +159,7 @@ class Fleet:
         for drifted in await self._store.drifted(self._clock()):
             if stage is not None and drifted.branch != stage.branch:
                 continue
-            name = self.stage_name(drifted.branch)
+            name = self._stage_name(drifted.branch)
             seen: set[tuple[str, str, str]] = set()
             for item in json.loads(drifted.doc).get("drift", []):
                 key = (item["target"], item["subject"], item["kind"])
@@ -216,10 +220,10 @@ class Fleet:
         limit: int = 100,
     ) -> dict[str, list[EventJson]]:
         rows = await self._store.events(node=node, type_=type_, since=since, limit=limit)
-        return {"events": [event_json(r) for r in rows]}
+        return {"events": [_event_json(r) for r in rows]}
 
 
-def event_json(e: EventRow) -> EventJson:
+def _event_json(e: EventRow) -> EventJson:
     return {
         "node": e.node,
         "seq": e.seq,

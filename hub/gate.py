@@ -1,4 +1,4 @@
-"""The health gate into a stage, as a pure function of fresh node reports.
+"""The gate into a stage (a pure function of fresh node reports) and what pauses it.
 
 A stage with ``promote_from`` takes the head of its source stage (the candidate) when
 the source stage's nodes run it healthily. Stale and offline nodes are in the
@@ -9,12 +9,12 @@ seconds (the caller keeps ``holding_since`` between evaluations).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from hub.config import Gate
-from hub.store import NodeState
+from hub.config import Gate, HubConfig, Stage
+from hub.store import NodeState, Pause
 from hub.store.states import HEALTHY, OFFLINE, STALE
 
 FAILED_STATES = ("failed", "refused")
@@ -95,3 +95,21 @@ def evaluate_gate(
                           since, left, reason)  # fmt: skip
     return GateResult(False, candidate, total, ready, needed, failed, stale, offline, None,
                       gate.soak, reason)  # fmt: skip
+
+
+def blocked_by(cfg: HubConfig, stage: Stage, pauses: Mapping[str, Pause]) -> str | None:
+    """Why automatic promotion into ``stage`` is paused, or None."""
+    pause = pauses.get(stage.name)
+    if pause is not None:
+        return (
+            f"stage {stage.name} is paused ({pause.kind} by {pause.who}: {pause.reason}); "
+            f"`edgefleet-hub resume {stage.name}` lifts it"
+        )
+    name = stage.promote_from
+    while name is not None:
+        pause = pauses.get(name)
+        if pause is not None and pause.kind == "halt":
+            return f"pipeline halted at {name}: {pause.reason}"
+        upstream = cfg.stage(name)
+        name = upstream.promote_from if upstream else None
+    return None

@@ -24,7 +24,7 @@ from typing import Any
 
 from hub.config import HubConfig, Stage
 from hub.errors import BranchMoved, HubError, PromoteError, RolloutRefused
-from hub.gate import GateResult, evaluate_gate, failed_on
+from hub.gate import GateResult, blocked_by, evaluate_gate, failed_on
 from hub.promote import StageGit
 from hub.shapes import AuditJson
 from hub.store import AuditRow, NodeState, Pause, RolloutStore
@@ -108,23 +108,6 @@ class Rollout:
             raise RolloutRefused(f"stage {stage.name} has no promote_from: nothing to promote")
         return source
 
-    def _blocked(self, stage: Stage, pauses: Mapping[str, Pause]) -> str | None:
-        """Why automatic promotion into ``stage`` is paused, or None."""
-        pause = pauses.get(stage.name)
-        if pause is not None:
-            return (
-                f"stage {stage.name} is paused ({pause.kind} by {pause.who}: {pause.reason}); "
-                f"`edgefleet-hub resume {stage.name}` lifts it"
-            )
-        name = stage.promote_from
-        while name is not None:
-            pause = pauses.get(name)
-            if pause is not None and pause.kind == "halt":
-                return f"pipeline halted at {name}: {pause.reason}"
-            upstream = self._cfg.stage(name)
-            name = upstream.promote_from if upstream else None
-        return None
-
     async def status(self) -> dict[str, dict[str, Any]]:
         """Per stage: gate (if it has a source), pause, what blocks auto promotion."""
         pauses = await self._store.pauses()
@@ -136,7 +119,7 @@ class Rollout:
             info: dict[str, Any] = {
                 "auto_rollback": stage.auto_rollback,
                 "paused": None if pause is None else asdict(pause),
-                "blocked": self._blocked(stage, pauses),
+                "blocked": blocked_by(self._cfg, stage, pauses),
                 "in_window": stage.window is None or stage.window.contains(now),
                 "gate_status": None,
             }
@@ -193,7 +176,7 @@ class Rollout:
             if not (stage.auto and gate.open and gate.candidate is not None):
                 continue
             current = heads.get(stage.branch)
-            if current == gate.candidate or self._blocked(stage, pauses):
+            if current == gate.candidate or blocked_by(self._cfg, stage, pauses):
                 continue
             if stage.window is not None and not stage.window.contains(self._clock()):
                 continue
@@ -263,7 +246,7 @@ class Rollout:
         if current == gate.candidate:
             raise RolloutRefused(f"{name} is at {gate.candidate[:7]} already", gate.evidence())
         if not force:
-            blocked = self._blocked(stage, await self._store.pauses())
+            blocked = blocked_by(self._cfg, stage, await self._store.pauses())
             if blocked:
                 raise RolloutRefused(f"{blocked} (or use --force)", gate.evidence())
             if not gate.open:
