@@ -22,6 +22,8 @@ from hub.shapes import (
     NodeJson,
     NodePage,
     StageBucket,
+    StageJson,
+    StageRollout,
     Summary,
 )
 from hub.store import EventRow, NodeQueries, NodeRow
@@ -181,11 +183,11 @@ class Fleet:
         return {"drift": ordered}
 
     async def stages(
-        self, rollouts: Mapping[str, Mapping[str, object]] | None = None
-    ) -> dict[str, list[dict[str, object]]]:
+        self, rollouts: Mapping[str, StageRollout] | None = None
+    ) -> dict[str, list[StageJson]]:
         """Every stage's config and counts, joined with its rollout status (by name)."""
         summary = await self.summary()
-        out: list[dict[str, object]] = []
+        out: list[StageJson] = []
         for s in self._cfg.stages:
             counts = summary["stages"][s.name]
             out.append(

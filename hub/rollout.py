@@ -19,14 +19,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from hub.config import HubConfig, Stage
 from hub.errors import BranchMoved, HubError, PromoteError, RolloutRefused
 from hub.gate import GateResult, blocked_by, evaluate_gate, failed_on
 from hub.promote import StageGit
-from hub.shapes import AuditJson
+from hub.shapes import AuditJson, PauseJson, PromoteJson, ResumeJson, RollbackJson, StageRollout
 from hub.store import AuditRow, NodeState, Pause, RolloutStore
 
 log = logging.getLogger(__name__)
@@ -108,18 +108,19 @@ class Rollout:
             raise RolloutRefused(f"stage {stage.name} has no promote_from: nothing to promote")
         return source
 
-    async def status(self) -> dict[str, dict[str, Any]]:
+    async def status(self) -> dict[str, StageRollout]:
         """Per stage: gate (if it has a source), pause, what blocks auto promotion."""
         pauses = await self._store.pauses()
         heads = self._heads()
         now = self._clock()
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, StageRollout] = {}
         for stage in self._cfg.stages:
             pause = pauses.get(stage.name)
-            info: dict[str, Any] = {
+            blocked = blocked_by(self._cfg, stage, pauses)
+            info: StageRollout = {
                 "auto_rollback": stage.auto_rollback,
-                "paused": None if pause is None else asdict(pause),
-                "blocked": blocked_by(self._cfg, stage, pauses),
+                "paused": None if pause is None else _pause_json(pause),
+                "blocked": blocked,
                 "in_window": stage.window is None or stage.window.contains(now),
                 "gate_status": None,
             }
@@ -131,8 +132,8 @@ class Rollout:
                 status["up_to_date"] = up_to_date
                 if up_to_date:
                     status["reason"] = f"{stage.name} is at {candidate[:7]} already"
-                elif info["blocked"] and gate.open:
-                    status["reason"] = f"gate open, but {info['blocked']}"
+                elif blocked and gate.open:
+                    status["reason"] = f"gate open, but {blocked}"
                 info["gate_status"] = status
             out[stage.name] = info
         return out
@@ -234,9 +235,7 @@ class Rollout:
             raise RolloutRefused("no [git] url configured: the hub cannot move stage branches")
         return self._git
 
-    async def promote(
-        self, name: str, who: str, reason: str, force: bool = False
-    ) -> dict[str, Any]:
+    async def promote(self, name: str, who: str, reason: str, force: bool = False) -> PromoteJson:
         """Manual promotion into stage ``name``; RolloutRefused says why it was not done."""
         stage = self._stage(name)
         gate = await self.evaluate(stage)
@@ -271,7 +270,7 @@ class Rollout:
         who: str,
         reason: str,
         forced: bool,
-    ) -> dict[str, Any]:
+    ) -> PromoteJson:
         """Fast-forward ``stage`` from ``expected`` (the head the decision saw) to the
         candidate; a branch that moved since is reported, audited, never overwritten."""
         git = self._need_git()
@@ -331,7 +330,7 @@ class Rollout:
 
     async def rollback(
         self, name: str, who: str, reason: str, to: str | None = None, pause: bool = True
-    ) -> dict[str, Any]:
+    ) -> RollbackJson:
         """Move ``name`` back (a forced push, old value checked) and pause it."""
         stage = self._stage(name)
         git = self._need_git()
@@ -370,7 +369,7 @@ class Rollout:
                     reason)  # fmt: skip
         return {"stage": name, "from": head, "to": target, "paused": True}
 
-    async def resume(self, name: str, who: str, reason: str) -> dict[str, Any]:
+    async def resume(self, name: str, who: str, reason: str) -> ResumeJson:
         stage = self._stage(name)
         pause = (await self._store.pauses()).get(name)
         if pause is None:
@@ -378,10 +377,10 @@ class Rollout:
         await self._store.clear_pause(name)
         self._auto_failed.pop(name, None)
         await self._audit("resume", stage, who, None, None, "done", reason,
-                          {"lifted": asdict(pause)})  # fmt: skip
+                          {"lifted": _pause_json(pause)})  # fmt: skip
         log.info("resumed %s (was paused: %s) by %s", name, pause.reason, who)
         self._wake.set()
-        return {"stage": name, "resumed": True, "was": asdict(pause)}
+        return {"stage": name, "resumed": True, "was": _pause_json(pause)}
 
     async def history(self, stage: str | None = None, limit: int = 100) -> list[AuditJson]:
         return [
@@ -391,6 +390,11 @@ class Rollout:
              "evidence": json.loads(e.row.evidence)}
             for e in await self._store.history(stage, limit)
         ]  # fmt: skip
+
+
+def _pause_json(p: Pause) -> PauseJson:
+    return {"stage": p.stage, "kind": p.kind, "commit": p.commit, "at": p.at, "who": p.who,
+            "reason": p.reason}  # fmt: skip
 
 
 def _short(sha: str | None) -> str:

@@ -89,3 +89,61 @@ AuditJson = TypedDict(
     {"id": int, "at": float, "action": str, "stage": str, "who": str, "from": str | None,
      "to": str | None, "outcome": str, "forced": bool, "reason": str, "evidence": Any},
 )  # fmt: skip
+
+
+class PauseJson(TypedDict):
+    stage: str
+    kind: str
+    commit: str | None
+    at: float
+    who: str
+    reason: str
+
+
+class StageRollout(TypedDict, total=False):
+    """A stage's rollout status: all keys present when rollouts run, none otherwise."""
+
+    auto_rollback: bool
+    paused: PauseJson | None
+    blocked: str | None
+    in_window: bool
+    gate_status: dict[str, Any] | None
+    """The gate evaluation (free-form evidence, as audited) plus ``up_to_date``."""
+
+
+class GateConfigJson(TypedDict):
+    min_nodes: int
+    min_ready_ratio: float
+    max_failed: int
+    soak: float
+
+
+class WindowJson(TypedDict):
+    days: list[int]
+    start: int
+    end: int
+
+
+class StageJson(StageRollout):
+    name: str
+    branch: str
+    head: str | None
+    promote_from: str | None
+    auto: bool
+    gate: GateConfigJson
+    window: WindowJson | None
+    nodes: int
+    states: dict[str, int]
+
+
+PromoteJson = TypedDict(
+    "PromoteJson",
+    {"stage": str, "from": str | None, "to": str, "forced": bool, "gate": dict[str, Any]},
+)
+RollbackJson = TypedDict("RollbackJson", {"stage": str, "from": str, "to": str, "paused": bool})
+
+
+class ResumeJson(TypedDict):
+    stage: str
+    resumed: bool
+    was: PauseJson

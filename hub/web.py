@@ -15,7 +15,7 @@ import hmac
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,7 +215,7 @@ def _rollout_ctx(request: web.Request) -> tuple[Rollout, Stage]:
     return ctx.rollout, stage
 
 
-async def _rollout_call(call: Awaitable[dict[str, Any]]) -> web.Response:
+async def _rollout_call(call: Awaitable[Mapping[str, object]]) -> web.Response:
     try:
         return web.json_response(await call)
     except RolloutRefused as err:
