@@ -28,9 +28,9 @@ from hub.store.rows import (
 )
 from hub.store.states import (
     EFFECTIVE_STATE_SQL,
+    OVERRIDE_COUNTS_SQL,
     OVERRIDES,
     REPORTED_SQL,
-    override_counts_sql,
     stale_window_sql,
 )
 
@@ -136,7 +136,7 @@ class SqliteNodes(Db, IngestStore, NodeQueries):
         without a temporary B-tree; each group is split by the overrides' counts.
         """
         rows = await self._all(
-            f"SELECT branch, {REPORTED_SQL}, count(*), {override_counts_sql()} "  # noqa: S608
+            f"SELECT branch, {REPORTED_SQL}, count(*), {OVERRIDE_COUNTS_SQL} "  # noqa: S608
             "FROM nodes GROUP BY branch, online, state",
             {"now": now},
         )

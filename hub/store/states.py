@@ -41,13 +41,11 @@ EFFECTIVE_STATE_SQL: Final = (
 )
 
 
-def override_counts_sql() -> str:
-    """One ``sum(...)`` per override, each counting rows that no earlier one took."""
-    parts = []
-    for i, (_state, cond) in enumerate(OVERRIDES):
-        earlier = "".join(f"NOT ({c}) AND " for _s, c in OVERRIDES[:i])
-        parts.append(f"sum({earlier}{cond})")
-    return ", ".join(parts)
+OVERRIDE_COUNTS_SQL: Final = ", ".join(
+    "sum(" + "".join(f"NOT ({earlier}) AND " for _s, earlier in OVERRIDES[:i]) + f"{cond})"
+    for i, (_state, cond) in enumerate(OVERRIDES)
+)
+"""One aggregate per override, in order, each counting the rows no earlier one took."""
 
 
 def stale_window_sql(stale_after: str, heartbeat: str) -> str:
