@@ -26,7 +26,7 @@ from hub.apiclient import api_client
 from hub.config import DEFAULT_CONFIG_PATH, HubConfig, load_config
 from hub.enroll import options as enroll
 from hub.errors import ApiClientError, ConfigError, HubError
-from hub.fleet import ALL_STATES
+from hub.states import ALL_STATES
 
 log = logging.getLogger("hub")
 

@@ -397,12 +397,11 @@ class Ingest:
             if status.seq > known:
                 if not live and status.observed_at is not None:
                     heard = min(heard, status.observed_at)  # a replay proves nothing about now
-                window = max(self._stale_after, 3 * status.heartbeat)
                 batch.statuses.append(
                     StatusRow(
                         status.node, status.branch, status.state, status.seq, status.applied,
                         status.desired, status.drift_count, status.heartbeat,
-                        heard, heard + window, status.observed_at, status.doc, live,
+                        heard, self._stale_after, status.observed_at, status.doc, live,
                     )
                 )  # fmt: skip
                 seqs.append((status.node, status.seq))
