@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from hub.config import MqttSettings
 from hub.mqtt import HubMqtt, Message
 from tests.testbed.hubproc import HubProc, Publisher, status_doc
 from tests.testbed.mosquitto import Mosquitto, TlsFiles
+from tests.testbed.sockets import sockets_to
 
 
 def nodes(hub: HubProc) -> int:
@@ -142,19 +142,6 @@ async def redelivered(broker: Mosquitto, cfg: MqttSettings, topic: str) -> list[
         publish(broker, f"{topic}/marker", 1)
         await again.wait_for(1)
     return [m.topic for m in again.messages]
-
-
-def sockets_to(port: int) -> int:
-    """This process's open TCP sockets whose peer is 127.0.0.1:``port``."""
-    inodes = set()
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/self/fd/{fd}")
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    peer = f"0100007F:{port:04X}"
-    lines = Path("/proc/self/net/tcp").read_text().splitlines()[1:]
-    return sum(1 for ln in lines if ln.split()[2] == peer and ln.split()[9] in inodes)
 
 
 class LogWaiter(logging.Handler):

@@ -25,6 +25,7 @@ from common import wire
 from common.backoff import Backoff
 from tests.testbed.mosquitto import Mosquitto, TlsFiles
 from tests.testbed.mqtt import Watcher
+from tests.testbed.sockets import sockets_to
 
 HELPER = Path(__file__).parent / "testbed" / "report_proc.py"
 REPO = Path(__file__).parent.parent
@@ -224,6 +225,7 @@ async def test_tls_private_ca_and_wrong_ca(
     await wrong.start()
     assert not await wrong.wait_connected(1.5)
     assert "TLS certificate not trusted" in caplog.text
+    assert sockets_to(mosquitto_tls.port) == 1  # the trusted one; the refused one is closed
 
 
 async def test_ref_and_cmd_reach_callbacks_malformed_ignored(
