@@ -20,9 +20,7 @@ while the hub is down or its window is full. With MQTT 3.1.1, ``max_inflight_mes
 (default 20) bounds the messages in flight to the hub: with acks sent after each
 commit that caps ingest at ~200 messages/s, so set it to 0 (the hub bounds itself).
 
-Throughput (bench/bench_ingest.py): the receive path is paho's, made cheaper where
-profiling showed it spends more than the whole rest of the hub (see :class:`_Client`);
-acks of one committed batch leave as one socket write instead of one per message.
+Throughput: the receive path and the batched acks are :mod:`hub.mqttrecv`'s.
 """
 
 from __future__ import annotations
@@ -31,12 +29,10 @@ import asyncio
 import contextlib
 import functools
 import logging
-import struct
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 
 from common.backoff import Backoff
 from common.mqttclient import (
@@ -49,6 +45,9 @@ from common.mqttclient import (
 )
 from common.mqttloop import SocketBridge
 from hub.config import MqttSettings
+from hub.mqttrecv import Message, ReceiveClient
+
+__all__ = ["SHARE_GROUP", "HubMqtt", "Message"]  # Message: what ingest receives
 
 log = logging.getLogger(__name__)
 
@@ -56,101 +55,11 @@ SHARE_GROUP = "$share/edgefleet-hub/"
 _BACKOFF_MIN = 0.5
 _BACKOFF_MAX = 30.0
 _STOP_GRACE = 2.0
-"""Seconds a clean stop waits for its acks and DISCONNECT to be written."""
+"""Seconds a clean stop waits for the broker to confirm its acks, then for DISCONNECT."""
 _PACKETS_PER_WAKEUP = 2000
 """Packets handled per loop callback before other tasks (commit, API) get a turn."""
 _MAX_UNACKED = 20_000
 """Default of HubMqtt's ``max_unacked``."""
-_RECV_BYTES = 256 * 1024
-_PUBACK = 0x40
-_PUBACK_WORD = 0x40020000
-"""A PUBACK as one big-endian word: type, remaining length 2, packet id (low 16 bits).
-Valid for 3.1.1 and for MQTT 5 (no reason code = success), as paho sends it itself."""
-
-
-class Message(NamedTuple):  # a tuple: cheap to build for every message
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    mid: int
-
-
-class _Client(paho.Client):
-    """paho's client with a cheaper receive path for what the hub receives most.
-
-    Profiled on paho 2.2: for every incoming packet paho makes 3-4 ``recv`` calls (one
-    per header byte), and for every MQTT 5 PUBLISH it builds a ``Properties`` object
-    (~23 us, twice the hub's own validation of a status). Here the socket is read in
-    large chunks, and a QoS 0/1 PUBLISH without properties - every message the broker
-    sends to this client, as it asks for no topic aliases - is decoded in a few slices
-    and handed straight to ``deliver``. Anything else (properties, QoS 2, malformed)
-    goes through paho's own code, which also delivers through ``on_message``.
-    """
-
-    def __init__(self, deliver: Callable[[Message], None], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._deliver = deliver
-        self._rbuf = b""
-        self._rpos = 0
-        self._rsock: object = None
-        self.starved = False
-        """Set when a read found the socket empty (the event loop will call again)."""
-        self.paused = False
-        """Set while reading waits for acks (too many unacked messages)."""
-        self.unacked: set[int] = set()
-        """Packet ids of QoS 1 messages delivered on this connection and not acked yet."""
-        self.acks: list[int] = []
-        """Packet ids whose PUBACK goes out with the next :meth:`send_acks`."""
-        self.on_pong: Callable[[], None] | None = None
-        """Called when the broker answers :meth:`ping`."""
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        buf, pos = self._rbuf, self._rpos
-        if pos >= len(buf) or self._rsock is not self._sock:
-            try:
-                buf = super()._sock_recv(_RECV_BYTES)
-            except BlockingIOError:
-                self.starved = True
-                raise
-            self._rbuf, self._rsock, pos = buf, self._sock, 0
-        self._rpos = pos + bufsize
-        return buf[pos : pos + bufsize]
-
-    def _handle_publish(self) -> MQTTErrorCode:
-        header: int = self._in_packet["command"]
-        packet: bytearray = self._in_packet["packet"]
-        qos = (header & 0x06) >> 1
-        topic_end = 2 + int.from_bytes(packet[:2], "big")
-        mid = int.from_bytes(packet[topic_end : topic_end + 2], "big") if qos else 0
-        start = topic_end + 2 if qos else topic_end  # payload, or MQTT 5 properties length
-        if self._protocol == MQTTProtocolVersion.MQTTv5:
-            if start >= len(packet) or packet[start] != 0:  # properties: paho decodes them
-                return super()._handle_publish()
-            start += 1
-        if qos == 2 or topic_end == 2 or start > len(packet) or (qos and not mid):
-            return super()._handle_publish()
-        topic = packet[2:topic_end].decode("utf-8", "replace")
-        self._deliver(Message(topic, bytes(packet[start:]), qos, bool(header & 1), mid))
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def ping(self) -> None:
-        """Queue a PINGREQ. The broker handles one connection's packets in order, so its
-        PINGRESP means every packet sent before (the last PUBACKs) was handled."""
-        self._send_pingreq()
-
-    def _handle_pingresp(self) -> MQTTErrorCode:
-        rc = super()._handle_pingresp()
-        if self.on_pong is not None:
-            self.on_pong()
-        return rc
-
-    def send_acks(self) -> None:
-        """Queue the collected PUBACKs as one packet: one socket write for a batch."""
-        mids, self.acks = self.acks, []
-        if mids and self.is_connected():
-            blob = struct.pack(f"!{len(mids)}I", *[_PUBACK_WORD | mid for mid in mids])
-            self._packet_queue(_PUBACK, blob, 0, 0)
 
 
 class HubMqtt:
@@ -173,7 +82,7 @@ class HubMqtt:
         self._on_message = on_message
         self._on_ready = on_ready
         self._protocol = initial_protocol(cfg.protocol)
-        self._client: _Client | None = None
+        self._client: ReceiveClient | None = None
         self._bridge: SocketBridge | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lost: asyncio.Future[ConnectFailed] | None = None
@@ -207,7 +116,7 @@ class HubMqtt:
             self._loop.call_soon(self._send_acks, client)
         client.acks.append(mid)
 
-    def _send_acks(self, client: _Client) -> None:
+    def _send_acks(self, client: ReceiveClient) -> None:
         client.send_acks()
         if client.paused and len(client.unacked) < self._max_unacked:
             client.paused = False
@@ -298,7 +207,7 @@ class HubMqtt:
             with contextlib.suppress(asyncio.CancelledError):
                 await stopper
 
-    async def _disconnect(self, client: _Client) -> None:
+    async def _disconnect(self, client: ReceiveClient) -> None:
         """A clean stop: every ack given to :meth:`ack` is handled by the broker before
         this returns, then DISCONNECT; bounded by _STOP_GRACE.
 
@@ -336,13 +245,13 @@ class HubMqtt:
             await asyncio.sleep(1.0)
             client.loop_misc()
 
-    def _make_client(self) -> _Client:
+    def _make_client(self) -> ReceiveClient:
         client = make_client(
             self._cfg,
             self._cfg.client_id,
             self._protocol,
             persistent=True,
-            client_class=functools.partial(_Client, self._deliver),
+            client_class=functools.partial(ReceiveClient, self._deliver),
             manual_ack=True,
         )
         client.max_inflight_messages_set(1000)
@@ -355,7 +264,7 @@ class HubMqtt:
 
     # -- paho callbacks (on the loop) ----------------------------------------------
 
-    def _readable(self, client: _Client) -> None:
+    def _readable(self, client: ReceiveClient) -> None:
         """paho handles one packet per loop_read (its max_packets is ignored for QoS1):
         keep going until the socket is empty, so a burst costs one loop wake-up, not one
         per message. Bytes already read but not yet handled sit in the client's buffer,
@@ -369,7 +278,7 @@ class HubMqtt:
         self._loop.call_soon(self._readable, client)
 
     def _deliver(self, msg: Message) -> None:
-        """Every message of the current connection, decoded by _Client or by paho."""
+        """Every message of the current connection, decoded by ReceiveClient or by paho."""
         client = self._client
         assert client is not None
         if self._stopping:
