@@ -34,6 +34,7 @@ from agent.policy import check_move
 from agent.signcheck import SignatureChecker
 from agent.state import NodeState, Owned, StateStore
 from agent.targets.base import ApplyContext, HealthProblem, Target
+from common.backoff import ErrorKind
 from common.wire import DriftItem, State, StatusDoc
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class Outcome:
     message: str = ""
     commit: str | None = None
     changes: dict[str, ChangeSet] = field(default_factory=dict)
+    retry: ErrorKind | None = None
+    """Set when the failure may clear by itself (e.g. Git unreachable): retry with backoff."""
 
     @property
     def ok(self) -> bool:
@@ -191,7 +194,9 @@ class Reconciler:
                 self._fetch_failing = True
                 log.warning("git unreachable, keeping the applied state: %s", err)
                 self._event("error", None, reason="GitUnreachable", message=str(err))
-            return Outcome("error", "GitUnreachable", str(err), self.state.applied)
+            return Outcome(
+                "error", "GitUnreachable", str(err), self.state.applied, retry=ErrorKind.TRANSIENT
+            )
         except SourceError as err:
             return Outcome("error", "SourceError", str(err), self.state.applied)
         self.desired_head = head
@@ -214,7 +219,7 @@ class Reconciler:
             await self._check_trust(head)
             desired = await asyncio.to_thread(self.source.read_desired, head)
         except FetchError as err:
-            return Outcome("error", "GitUnreachable", str(err), head)
+            return Outcome("error", "GitUnreachable", str(err), head, retry=ErrorKind.TRANSIENT)
         except TrustError as err:
             return self._refuse(head, "Untrusted", str(err))
         except SourceError as err:

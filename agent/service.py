@@ -28,6 +28,7 @@ from agent.source import GitSource
 from agent.state import StateStore
 from agent.targets.base import Target
 from agent.targets.files import FilesTarget
+from common.backoff import Backoff
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0
@@ -143,7 +144,11 @@ class Agent:
     # -- daemon -------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
-        failures = 0
+        # Retry soon after a blip, then back off to spare a flaky or metered link.
+        interval = self.cfg.git.interval
+        backoff = Backoff(
+            initial=2 * min(interval, 5.0), maximum=max(interval, MAX_BACKOFF), jitter=0.2
+        )
         while True:
             hint, self.hint = self.hint, None
             applied = self.reconciler.state.applied
@@ -151,17 +156,14 @@ class Agent:
             if self.reconciler.state.applied != applied:  # never after a no-op reconcile
                 await self._repack_git_cache()
             sdnotify.notify(f"STATUS={outcome.state}: {outcome.message[:200]}")
-            if outcome.reason == "GitUnreachable":
-                # Retry soon after a blip, then back off to spare a flaky or metered link.
-                failures += 1
-                base = min(self.cfg.git.interval, 5.0)
-                delay = min(max(self.cfg.git.interval, MAX_BACKOFF), base * 2 ** min(failures, 10))
+            if outcome.retry is None:
+                backoff.success()
+                delay = jittered(interval)
             else:
-                failures = 0
-                delay = self.cfg.git.interval
+                delay = backoff.failure(outcome.retry)
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), jittered(delay, 0.2 if failures else 0.1))
+                await asyncio.wait_for(self.wake.wait(), delay)
 
     async def _repack_git_cache(self) -> None:
         """Repack the Git cache once packs piled up, keeping what is applied and last good

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import random
 import signal
 import socket
 import sys
@@ -21,18 +20,12 @@ import pytest
 
 from agent.config import MqttConfig
 from agent.outbox import Outbox
-from agent.report import (
-    MQTT5,
-    MQTT311,
-    UNSUPPORTED_PROTOCOL,
-    Reporter,
-    backoff_delay,
-    fallback_protocol,
-    fit_status,
-)
+from agent.report import Reporter, fit_status
 from common import wire
+from common.backoff import Backoff
 from tests.testbed.mosquitto import Mosquitto, TlsFiles
 from tests.testbed.mqtt import Watcher
+from tests.testbed.sockets import sockets_to
 
 HELPER = Path(__file__).parent / "testbed" / "report_proc.py"
 REPO = Path(__file__).parent.parent
@@ -54,7 +47,9 @@ async def make(tmp_path: Path, node: str) -> AsyncIterator[Callable[..., Reporte
     made: list[Reporter] = []
     inbox = Inbox()
 
-    def factory(cfg: MqttConfig, state: str = "state", name: str | None = None) -> Reporter:
+    def factory(
+        cfg: MqttConfig, state: str = "state", name: str | None = None, **kw: Any
+    ) -> Reporter:
         rep = Reporter(
             cfg,
             name or node,
@@ -62,6 +57,7 @@ async def make(tmp_path: Path, node: str) -> AsyncIterator[Callable[..., Reporte
             tmp_path / state,
             inbox.refs.put_nowait,
             inbox.cmds.put_nowait,
+            **kw,
         )
         rep.inbox = inbox  # type: ignore[attr-defined]
         made.append(rep)
@@ -87,21 +83,6 @@ async def watcher_factory() -> AsyncIterator[Callable[..., Watcher]]:
 
 
 # -- pure logic ---------------------------------------------------------------------
-
-
-def test_fallback_protocol_only_auto_v5_on_explicit_refusal() -> None:
-    assert fallback_protocol("auto", MQTT5, UNSUPPORTED_PROTOCOL) == MQTT311
-    assert fallback_protocol("auto", MQTT311, UNSUPPORTED_PROTOCOL) is None
-    assert fallback_protocol("5", MQTT5, UNSUPPORTED_PROTOCOL) is None
-    assert fallback_protocol("auto", MQTT5, 0x86) is None  # bad password: not a version issue
-    assert fallback_protocol("auto", MQTT5, None) is None  # network error: never flap
-
-
-def test_backoff_doubles_to_cap_with_jitter() -> None:
-    rng = random.Random(1)
-    for attempt, base in [(0, 1), (1, 2), (3, 8), (6, 60), (40, 60)]:
-        for _ in range(50):
-            assert 0.8 * base <= backoff_delay(attempt, rng) <= 1.2 * base
 
 
 def test_fit_status_truncates_drift_and_says_so() -> None:
@@ -204,13 +185,15 @@ async def test_password_good_bad_and_rotation(
     pw = tmp_path / "node.pw"
     pw.write_text("wrong\n")
     caplog.set_level(logging.DEBUG, logger="agent.report")
+    # A refused password waits the longest delay (it would be refused again): 1 s here.
     bad = make(
         MqttConfig(url=mosquitto_auth.url, username="node1", password_file=pw),
         state="s2",
         name="other",
+        backoff=Backoff(initial=1.0, maximum=1.0),
     )
     await bad.start()
-    assert not await bad.wait_connected(2.5)  # covers at least two attempts (1 s backoff)
+    assert not await bad.wait_connected(2.5)  # covers at least two attempts
     refusals = [
         r
         for r in caplog.records
@@ -242,6 +225,7 @@ async def test_tls_private_ca_and_wrong_ca(
     await wrong.start()
     assert not await wrong.wait_connected(1.5)
     assert "TLS certificate not trusted" in caplog.text
+    assert sockets_to(mosquitto_tls.port) == 1  # the trusted one; the refused one is closed
 
 
 async def test_ref_and_cmd_reach_callbacks_malformed_ignored(
