@@ -8,6 +8,7 @@ against the directory of fleet.toml, so an example fleet can live in one directo
 
 from __future__ import annotations
 
+import errno
 import re
 import socket
 import time
@@ -334,4 +335,8 @@ def load_config(path: Path = DEFAULT_CONFIG_PATH) -> HubConfig:
 
 def read_secret(path: Path) -> str:
     """First line of a secret file (token, password), read at use so it can rotate."""
-    return path.read_text().strip()
+    try:
+        return path.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError as err:
+        # Callers already report an unusable secret file as an OSError (missing, denied).
+        raise OSError(errno.EINVAL, "not UTF-8 text", str(path)) from err

@@ -175,3 +175,14 @@ def test_cli_exit_code_2_and_nothing_applied(tmp_path: Path) -> None:
     assert "targets.files.x: unknown key" in done.stderr
     assert done.stderr.count("\n") == 1, "one clear error line"
     assert not target.exists()
+
+
+def test_cli_config_that_is_a_directory_exits_2(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "--config", str(tmp_path), "status"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"{tmp_path}: (file): cannot be read: Is a directory" in done.stderr

@@ -143,3 +143,39 @@ def test_serve_exits_2_on_bad_config(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=30, check=False,
     )  # fmt: skip
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--url", "http://127.0.0.1:notaport"], "is not a URL"),
+        (["--url", "http://[::1"], "is not a URL"),
+        (["--url", "http://"], "must look like http://127.0.0.1:8080"),
+        (["--url", "http://a b/"], "must look like http://127.0.0.1:8080"),
+        (["--url", "ftp://hub"], "must start with http://"),
+        (["--url", "http://127.0.0.1:8080", "--timeout", "nan"], "--timeout must be between"),
+        (["--config", "."], ": (file): cannot be read: Is a directory"),
+    ],
+)
+def test_client_commands_refuse_bad_input_without_a_traceback(
+    argv: list[str], message: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "status", *argv],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode in (1, 2)
+    assert "Traceback" not in done.stderr
+    assert message in done.stderr
+
+
+def test_token_file_that_is_not_text_is_a_clear_error(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_bytes(b"\xff\xfe")
+    done = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "status", "--url", "http://127.0.0.1:1",
+         "--token-file", str(token)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert f"cannot read token file {token}: not UTF-8 text" in done.stderr
