@@ -16,6 +16,7 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
+from common.durations import DAY, HOUR
 from common.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/agent.toml")
@@ -24,7 +25,8 @@ NonFastForward = Literal["never", "known-good", "always"]
 DriftMode = Literal["correct", "report"]
 
 _GIT_SCHEMES = ("file", "git", "http", "https", "ssh")
-HOUR, DAY = 3600.0, 86400.0
+HEALTH_TIMEOUT_MAX = DAY
+"""Seconds; also the ceiling of a path's edgefleet.toml [health] timeout."""
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
     dsec.done()
     hsec = root.table("health")
     health = HealthConfig(
-        timeout=hsec.duration("timeout", 60.0, maximum=DAY),
+        timeout=hsec.duration("timeout", 60.0, maximum=HEALTH_TIMEOUT_MAX),
         settle=hsec.duration("settle", 5.0, maximum=HOUR),
     )
     hsec.done()

@@ -13,16 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.config import HEALTH_TIMEOUT_MAX
 from agent.errors import SourceError
+from common.durations import HOUR
 from common.tomlconf import Section
 
 OPTIONS_FILE = "edgefleet.toml"
 GIT_MODE_SYMLINK = 0o120000
 GIT_MODE_EXEC = 0o100755
 GIT_MODE_SUBMODULE = 0o160000
-HEALTH_TIMEOUT_MAX = 86400.0
-"""Seconds; the same ceiling as [health] timeout in agent.toml."""
-HTTP_TIMEOUT_MAX = 3600.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +123,7 @@ def _http(sec: Section) -> HttpCheck:
         url=url,
         status=sec.integer("status", 200, minimum=100, maximum=599),
         # Bounded: a huge timeout overflows the HTTP client's timer.
-        timeout=sec.duration("timeout", 5.0, minimum=0.001, maximum=HTTP_TIMEOUT_MAX),
+        timeout=sec.duration("timeout", 5.0, minimum=0.001, maximum=HOUR),
     )
     sec.done()
     return check

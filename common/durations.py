@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import re
 
-UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": MINUTE, "h": HOUR, "d": DAY}
 # Each unit at most once and in descending order ("1h30m", never "30m1h" or "1m1m"):
 # an operator's slip such as "5m5m" is refused rather than summed.
 _DURATION_RE = re.compile(

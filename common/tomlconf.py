@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
-from common.durations import DurationError, parse_duration
+from common.durations import DAY, DurationError, parse_duration
 
 T = TypeVar("T")
 ErrorFactory = Callable[[str, str, str], Exception]
 """(file, key, problem) -> the caller's ConfigError."""
-MAX_DURATION = 365 * 86400.0
+MAX_DURATION = 365 * DAY
 """Default ceiling of a duration key: longer is a slip (and overflows timers downstream)."""
 MQTT_KEEPALIVE_MAX = 65535
 """The MQTT keepalive field is 16 bits."""

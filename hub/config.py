@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from common.durations import DAY
 from common.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
 from hub.errors import ConfigError
 
@@ -31,7 +32,6 @@ _WINDOW_RE = re.compile(
     r"(?P<h1>\d\d):(?P<m1>\d\d)-(?P<h2>\d\d):(?P<m2>\d\d)$"
 )
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-DAY = 86400.0
 YEAR = 365 * DAY
 MQTT_SESSION_EXPIRY_MAX = 2**32 - 1
 """Seconds; MQTT 5 carries the session expiry interval in 32 bits."""
