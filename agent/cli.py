@@ -19,6 +19,7 @@ from typing import Any
 from agent import __version__
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
 from agent.errors import ConfigError, EdgefleetError
+from agent.roots import prepare_roots
 from agent.state import StateStore, iter_owned
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -76,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
         "verify",
         parents=[common],
         help="check config, Git access and the signature of the current head",
+    )
+    sub.add_parser(
+        "prepare-roots",
+        parents=[common],
+        help="create missing allowed roots (0755) before the unit's sandbox needs them",
     )
     return p
 
@@ -151,6 +157,12 @@ def _status(cfg: AgentConfig, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _prepare_roots(cfg: AgentConfig) -> int:
+    for path in prepare_roots(cfg.path, cfg.targets.files.allowed_roots):
+        print(f"created {path}")
+    return EXIT_OK
+
+
 async def _verify(cfg: AgentConfig) -> int:
     from agent.signcheck import SignatureChecker  # noqa: PLC0415
     from agent.source import GitSource  # noqa: PLC0415
@@ -196,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_sync(cfg, args.dry_run))
         if args.command == "status":
             return _status(cfg, args.json)
+        if args.command == "prepare-roots":
+            return _prepare_roots(cfg)
         return asyncio.run(_verify(cfg))
     except ConfigError as err:  # e.g. a malformed allowed_signers file
         print(f"edgefleet-agent: config error: {err}", file=sys.stderr)

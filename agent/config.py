@@ -7,6 +7,7 @@ errors too: a typo must not silently fall back to a default on a remote device.
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
+from common.durations import DAY, HOUR
 from common.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/agent.toml")
@@ -23,6 +25,8 @@ NonFastForward = Literal["never", "known-good", "always"]
 DriftMode = Literal["correct", "report"]
 
 _GIT_SCHEMES = ("file", "git", "http", "https", "ssh")
+HEALTH_TIMEOUT_MAX = DAY
+"""Seconds; also the ceiling of a path's edgefleet.toml [health] timeout."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,15 @@ class AgentConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
 
 
+def resolves_to_itself(path: Path) -> bool:
+    """True when no existing part of an absolute path is a symlink (a missing tail is fine):
+    a root that is a link could point the agent's writes anywhere, even at '/'."""
+    try:
+        return path.resolve() == path
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+        return False
+
+
 def _check_repo_path(sec: Section, key: str, value: str) -> str:
     parts = value.strip("/").split("/")
     if value.startswith("/") or any(p in ("", ".", "..") for p in parts):
@@ -160,8 +173,8 @@ def _git(root: Section) -> GitConfig:
         url=url,
         branch=branch,
         paths=tuple(_check_repo_path(sec, "paths", p) for p in paths),
-        interval=sec.number("interval", 60.0, minimum=1.0),
-        timeout=sec.number("timeout", 30.0, minimum=1.0),
+        interval=sec.duration("interval", 60.0, minimum=1.0, maximum=DAY),
+        timeout=sec.duration("timeout", 30.0, minimum=1.0, maximum=HOUR),
         ssh_key=sec.file("ssh_key"),
         known_hosts=sec.file("known_hosts"),
         token_file=sec.file("token_file"),
@@ -196,8 +209,8 @@ def _mqtt(root: Section) -> MqttConfig:
     sec = root.table("mqtt")
     cfg = MqttConfig(
         **mqtt_connection(sec),
-        heartbeat=sec.number("heartbeat", 30.0, minimum=1.0),
-        outbox_max=sec.integer("outbox_max", 10_000, minimum=10),
+        heartbeat=sec.duration("heartbeat", 30.0, minimum=1.0, maximum=DAY),
+        outbox_max=sec.integer("outbox_max", 10_000, minimum=10, maximum=10_000_000),
     )
     sec.done()
     return cfg
@@ -213,15 +226,23 @@ def _targets(root: Section) -> TargetsConfig:
             raise fsec.err("allowed_roots", f"{raw!r} must be an absolute path without '..'")
         if p == Path("/"):
             raise fsec.err("allowed_roots", "'/' is not allowed; name the directories to manage")
+        if not resolves_to_itself(p):
+            raise fsec.err(
+                "allowed_roots",
+                f"{raw!r} leads through a symlink; name the real directory",
+            )
         roots.append(p)
     files = FilesConfig(enabled=fsec.flag("enabled", True), allowed_roots=tuple(roots))
     fsec.done()
 
     ssec = sec.table("systemd")
+    systemctl = ssec.str_list("systemctl")
+    if systemctl == ():
+        raise ssec.err("systemctl", "must name a command, e.g. ['systemctl'] (or leave it out)")
     systemd = SystemdConfig(
         enabled=ssec.flag("enabled", False),
         unit_dir=ssec.dir("unit_dir", Path("/etc/systemd/system")),
-        systemctl=ssec.str_list("systemctl") or ("systemctl",),
+        systemctl=systemctl or ("systemctl",),
     )
     ssec.done()
 
@@ -233,6 +254,13 @@ def _targets(root: Section) -> TargetsConfig:
         namespaces=ksec.str_list("namespaces") or (),
         allow_cluster_scoped=ksec.flag("allow_cluster_scoped", False),
     )
+    # Checked here, not at the first apply: the daemon would crash on every start.
+    if k3s.enabled and importlib.util.find_spec("kubernetes_asyncio") is None:
+        raise ksec.err(
+            "enabled",
+            "the k3s target needs kubernetes_asyncio, which is not installed: "
+            "pip install 'edgefleet[k3s]' (or set [targets.k3s] enabled = false)",
+        )
     ksec.done()
     sec.done()
     return TargetsConfig(files=files, systemd=systemd, k3s=k3s)
@@ -256,13 +284,13 @@ def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
     dsec = root.table("drift")
     drift = DriftConfig(
         mode=cast(DriftMode, dsec.choice("mode", "correct", ("correct", "report"))),
-        interval=dsec.number("interval", 300.0, minimum=1.0),
+        interval=dsec.duration("interval", 300.0, minimum=1.0, maximum=7 * DAY),
     )
     dsec.done()
     hsec = root.table("health")
     health = HealthConfig(
-        timeout=hsec.number("timeout", 60.0, minimum=0.0),
-        settle=hsec.number("settle", 5.0, minimum=0.0),
+        timeout=hsec.duration("timeout", 60.0, maximum=HEALTH_TIMEOUT_MAX),
+        settle=hsec.duration("settle", 5.0, maximum=HOUR),
     )
     hsec.done()
     root.done()

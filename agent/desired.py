@@ -10,9 +10,13 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from agent.config import HEALTH_TIMEOUT_MAX
 from agent.errors import SourceError
+from common.durations import HOUR
+from common.tomlconf import Section
 
 OPTIONS_FILE = "edgefleet.toml"
 GIT_MODE_SYMLINK = 0o120000
@@ -75,8 +79,12 @@ class DesiredState:
         return {p[len(prefix) :]: f for p, f in self.files.items() if p.startswith(prefix)}
 
 
+def _error(file: str, key: str, problem: str) -> SourceError:
+    return SourceError(f"{file}: {key}: {problem}")
+
+
 def _err(origin: str, key: str, problem: str) -> SourceError:
-    return SourceError(f"{origin}/{OPTIONS_FILE}: {key}: {problem}")
+    return _error(f"{origin}/{OPTIONS_FILE}", key, problem)
 
 
 def _str_list(origin: str, key: str, value: Any) -> tuple[str, ...]:
@@ -107,23 +115,18 @@ def _unit(origin: str, name: str, raw: Any) -> UnitOptions:
     return opts
 
 
-def _http(origin: str, index: int, raw: Any) -> HttpCheck:
-    key = f"health.http[{index}]"
-    if not isinstance(raw, dict):
-        raise _err(origin, key, "must be a table")
-    raw = dict(raw)
-    url = raw.pop("url", None)
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise _err(origin, f"{key}.url", "must be an http:// or https:// URL")
-    status = raw.pop("status", 200)
-    timeout = raw.pop("timeout", 5.0)
-    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-        raise _err(origin, f"{key}.status", "must be an HTTP status code")
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-        raise _err(origin, f"{key}.timeout", "must be a positive number of seconds")
-    if raw:
-        raise _err(origin, f"{key}.{sorted(raw)[0]}", "unknown key")
-    return HttpCheck(url=url, status=status, timeout=float(timeout))
+def _http(sec: Section) -> HttpCheck:
+    url = sec.text("url")
+    if url is None or not url.startswith(("http://", "https://")):
+        raise sec.err("url", "must be an http:// or https:// URL")
+    check = HttpCheck(
+        url=url,
+        status=sec.integer("status", 200, minimum=100, maximum=599),
+        # Bounded: a huge timeout overflows the HTTP client's timer.
+        timeout=sec.duration("timeout", 5.0, minimum=0.001, maximum=HOUR),
+    )
+    sec.done()
+    return check
 
 
 def parse_options(origin: str, raw: bytes) -> Options:
@@ -136,28 +139,17 @@ def parse_options(origin: str, raw: bytes) -> Options:
     if not isinstance(units_raw, dict):
         raise _err(origin, "units", "must be a table of unit names")
     units = {name: _unit(origin, name, value) for name, value in units_raw.items()}
-    health = data.pop("health", {})
-    if not isinstance(health, dict):
-        raise _err(origin, "health", "must be a table")
-    health = dict(health)
-    http_raw = health.pop("http", [])
-    if not isinstance(http_raw, list):
-        raise _err(origin, "health.http", "must be an array of tables ([[health.http]])")
-    checks = tuple(_http(origin, i, c) for i, c in enumerate(http_raw))
-    timeout = health.pop("timeout", None)
-    if timeout is not None and (
-        not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0
-    ):
-        raise _err(origin, "health.timeout", "must be a number of seconds")
-    if health:
-        raise _err(origin, f"health.{sorted(health)[0]}", "unknown key")
-    if data:
-        raise _err(origin, sorted(data)[0], "unknown key")
-    return Options(
-        units=units,
-        http_checks=checks,
-        health_timeout=None if timeout is None else float(timeout),
+    root = Section(Path(origin) / OPTIONS_FILE, "", data, _error)
+    health = root.table("health")
+    checks = tuple(_http(sec) for sec in health.tables("http"))
+    timeout = (
+        health.duration("timeout", 0.0, maximum=HEALTH_TIMEOUT_MAX)
+        if "timeout" in health.data
+        else None
     )
+    health.done()
+    root.done()
+    return Options(units=units, http_checks=checks, health_timeout=timeout)
 
 
 def merge_options(layers: list[Options]) -> Options:

@@ -95,7 +95,19 @@ settle = 2
         (MINIMAL.replace("file:///", "ftp://"), "git.url", "unsupported scheme"),
         (MINIMAL + "[drift]\nmode = 'fix'\n", "drift.mode", "must be one of"),
         (MINIMAL + "[drift]\ninterval = true\n", "drift.interval", "boolean"),
-        (MINIMAL + "[health]\ntimeout = -1\n", "health.timeout", "at least"),
+        (MINIMAL + "[health]\ntimeout = -1\n", "health.timeout", "between 0 and"),
+        (MINIMAL + "[health]\ntimeout = nan\n", "health.timeout", "finite"),
+        (MINIMAL + "[health]\nsettle = '5 sec'\n", "health.settle", "is not a duration"),
+        (MINIMAL + "[drift]\ninterval = inf\n", "drift.interval", "finite"),
+        (MINIMAL.replace("paths =", "timeout = '2h'\npaths ="), "git.timeout", "between 1 and"),
+        (MINIMAL + "[mqtt]\nheartbeat = -inf\n", "mqtt.heartbeat", "finite"),
+        (MINIMAL + "[mqtt]\nkeepalive = 100000\n", "mqtt.keepalive", "between 5 and 65535"),
+        (MINIMAL + "[mqtt]\noutbox_max = 9223372036854775807\n", "mqtt.outbox_max", "between"),
+        (
+            MINIMAL + "[targets.systemd]\nsystemctl = []\n",
+            "targets.systemd.systemctl",
+            "must name a command",
+        ),
         (MINIMAL.replace("require_signed = false", ""), "trust.allowed_signers", "required"),
         (MINIMAL + "[mqtt]\nurl = 'http://x'\n", "mqtt.url", "mqtt://"),
         (MINIMAL + "[targets.files]\nallowed_roots = ['/']\n", "targets.files.allowed_roots", "/"),
@@ -117,6 +129,34 @@ def test_bad_config_names_key_and_problem(
     assert problem in message
 
 
+def test_durations_accept_seconds_and_unit_text(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(
+            tmp_path,
+            MINIMAL.replace("paths =", "interval = '5m'\ntimeout = 45\npaths =")
+            + "[mqtt]\nheartbeat = '30s'\n[drift]\ninterval = '1h30m'\n"
+            "[health]\ntimeout = '2m'\nsettle = '500ms'\n",
+        )
+    )
+    assert (cfg.git.interval, cfg.git.timeout, cfg.mqtt.heartbeat) == (300, 45, 30)
+    assert (cfg.drift.interval, cfg.health.timeout, cfg.health.settle) == (5400, 120, 0.5)
+
+
+def test_allowed_root_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "to-root").symlink_to("/")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for root in ("to-root", "link", "link/missing-below"):
+        text = MINIMAL + f"[targets.files]\nallowed_roots = ['{tmp_path / root}']\n"
+        with pytest.raises(ConfigError, match="leads through a symlink") as info:
+            load_config(write(tmp_path, text))
+        assert info.value.key == "targets.files.allowed_roots"
+    text = MINIMAL + f"[targets.files]\nallowed_roots = ['{tmp_path / 'real/missing'}']\n"
+    assert load_config(write(tmp_path, text)).targets.files.allowed_roots == (
+        tmp_path / "real/missing",
+    )
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
@@ -135,3 +175,14 @@ def test_cli_exit_code_2_and_nothing_applied(tmp_path: Path) -> None:
     assert "targets.files.x: unknown key" in done.stderr
     assert done.stderr.count("\n") == 1, "one clear error line"
     assert not target.exists()
+
+
+def test_cli_config_that_is_a_directory_exits_2(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "--config", str(tmp_path), "status"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"{tmp_path}: (file): cannot be read: Is a directory" in done.stderr
