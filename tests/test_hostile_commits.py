@@ -1,0 +1,74 @@
+"""Signed commits a red team built to crash or exhaust the agent, through the real CLI.
+
+Each one must end in a refused commit with a message naming the culprit, never a
+traceback, and a running daemon must stay up to refuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.testbed.agentcfg import AgentSetup, write_agent_config
+from tests.testbed.fleetrepo import FleetRepo, SigningKey
+
+
+def conf(setup: AgentSetup, name: str) -> str:
+    return f"common/files{setup.root}/{name}"
+
+
+@pytest.fixture
+def agent(tmp_path: Path, fleet_repo: FleetRepo, signing_key: SigningKey) -> AgentSetup:
+    return write_agent_config(
+        tmp_path / "agent", fleet_repo.url, allowed_signers=signing_key.allowed_signers
+    )
+
+
+def assert_refused(setup: AgentSetup, *words: str) -> str:
+    done = setup.cli("sync", "--once")
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "Traceback" not in out, out
+    assert "refused" in done.stdout, out
+    for word in words:
+        assert word in out, out
+    return out
+
+
+def test_regular_file_where_a_directory_is_needed_is_refused(
+    agent: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey
+) -> None:
+    (agent.root / "etc").write_text("a file, not a directory\n")
+    fleet_repo.commit({conf(agent, "etc/app.conf"): "v1\n"}, sign=signing_key)
+    assert_refused(agent, f"{agent.root}/etc", "not a directory")
+    assert (agent.root / "etc").read_text() == "a file, not a directory\n"
+
+
+def test_daemon_stays_up_after_refusing_a_commit(
+    agent: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey
+) -> None:
+    (agent.root / "etc").write_text("a file\n")
+    fleet_repo.commit({conf(agent, "etc/app.conf"): "v1\n"}, sign=signing_key)
+    daemon = agent.popen("run")
+    try:
+        assert daemon.stdout is not None
+        deadline = time.monotonic() + 30
+        seen: list[str] = []
+        while time.monotonic() < deadline:
+            line = daemon.stdout.readline()
+            seen.append(line)
+            if "refusing" in line or not line:
+                break
+        assert any("refusing" in line and "not a directory" in line for line in seen), seen
+        assert daemon.poll() is None, "".join(seen)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        out, _ = daemon.communicate(timeout=10)
+    assert daemon.returncode == 0, "".join(seen) + out
+    assert "Traceback" not in "".join(seen) + out
+    doc = json.loads(agent.cli("status", "--json").stdout)
+    assert doc["applied"] is None
