@@ -72,3 +72,35 @@ def test_daemon_stays_up_after_refusing_a_commit(
     assert "Traceback" not in "".join(seen) + out
     doc = json.loads(agent.cli("status", "--json").stdout)
     assert doc["applied"] is None
+
+
+@pytest.mark.parametrize(
+    ("name", "shown", "problem"),
+    [
+        ("bad\xff.conf", "bad\\xff.conf", "is not valid UTF-8"),
+        ("two\nlines.conf", "two\\nlines.conf", "contains a control character"),
+        ("esc\x1b[2J.conf", "esc\\x1b[2J.conf", "contains a control character"),
+    ],
+)
+def test_file_names_that_are_not_clean_text_are_refused(
+    agent: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey, name: str, shown: str,
+    problem: str,
+) -> None:
+    raw = name.encode("latin-1").decode("utf-8", "surrogateescape")
+    fleet_repo.commit(
+        {conf(agent, "fine.conf"): "fine\n", conf(agent, raw): "x\n"}, sign=signing_key
+    )
+    assert_refused(agent, shown, problem)
+    assert list(agent.root.iterdir()) == [], "a refused commit wrote something"
+
+
+def test_unit_and_manifest_names_are_checked_too(
+    agent: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey
+) -> None:
+    fleet_repo.commit({"common/systemd/a\nb.service": "[Service]\n"}, sign=signing_key)
+    assert_refused(agent, "common/systemd/a\\nb.service", "control character")
+    fleet_repo.commit(
+        {"common/systemd/a\nb.service": None, "common/manifests/\xe9\udcff.yaml": "{}\n"},
+        sign=signing_key,
+    )
+    assert_refused(agent, "common/manifests/\\xc3\\xa9\\xff.yaml", "not valid UTF-8")
