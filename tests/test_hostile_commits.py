@@ -83,7 +83,11 @@ def test_daemon_stays_up_after_refusing_a_commit(
     ],
 )
 def test_file_names_that_are_not_clean_text_are_refused(
-    agent: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey, name: str, shown: str,
+    agent: AgentSetup,
+    fleet_repo: FleetRepo,
+    signing_key: SigningKey,
+    name: str,
+    shown: str,
     problem: str,
 ) -> None:
     raw = name.encode("latin-1").decode("utf-8", "surrogateescape")

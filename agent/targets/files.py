@@ -103,11 +103,13 @@ class FilesTarget:
         for part in (*reversed(root.parents), root):
             try:
                 os.mkdir(part, 0o755)
-            except FileExistsError:
+            except FileExistsError as err:
                 if os.path.islink(part) or not os.path.isdir(part):
-                    raise ApplyError(f"{part} changed under the agent; not creating {root}")
+                    raise ApplyError(
+                        f"{part} changed under the agent; not creating {root}"
+                    ) from err
                 continue
-            os.chmod(part, 0o755)  # umask must not narrow an allowed root
+            os.chmod(part, 0o755)  # noqa: S103  # umask must not narrow an allowed root
         log.info("files: created missing allowed root %s", root)
 
     # -- Target protocol ---------------------------------------------------------------
