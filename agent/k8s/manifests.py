@@ -37,6 +37,58 @@ _VOLATILE_METADATA = (
 
 Obj = dict[str, Any]
 
+MAX_ALIAS_NODES = 100_000
+"""Nodes YAML aliases may add to one document once expanded. Anchors are legal YAML
+(``<<: *defaults``), but a few hundred bytes of nested aliases expand to gigabytes when
+the object is copied or serialised ("billion laughs"), so the expansion is bounded."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a document whose aliases expand beyond MAX_ALIAS_NODES."""
+
+    def compose_document(self) -> yaml.Node | None:
+        node: yaml.Node | None = super().compose_document()
+        if node is not None:
+            distinct, expanded = _sizes(node)
+            if expanded - distinct > MAX_ALIAS_NODES:
+                raise yaml.YAMLError(
+                    f"aliases expand to {expanded:,} nodes from {distinct:,} "
+                    f"(at most {MAX_ALIAS_NODES:,} added by aliases)"
+                )
+        return node
+
+
+def _sizes(root: yaml.Node) -> tuple[int, int]:
+    """(distinct nodes, nodes once every alias is expanded); YAMLError on a cycle.
+
+    Iterative, each node visited once: sizes of shared (aliased) nodes are memoized.
+    """
+    size: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if done:
+            open_.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+        elif key not in size:
+            if key in open_:
+                raise yaml.YAMLError("an alias refers to a node that contains it (a cycle)")
+            open_.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in size)
+    return len(size), size[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -103,7 +155,7 @@ def _documents(where: str, data: bytes) -> Iterator[Manifest]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise PlanError(f"{where}: not UTF-8 text") from err
-    docs = yaml.safe_load_all(text)
+    docs = yaml.load_all(text, Loader=_BoundedLoader)
     while True:
         try:
             doc = next(docs)
@@ -111,6 +163,8 @@ def _documents(where: str, data: bytes) -> Iterator[Manifest]:
             return
         except yaml.YAMLError as err:
             raise PlanError(f"{where}: document {index}: invalid YAML: {err}") from err
+        except RecursionError as err:
+            raise PlanError(f"{where}: document {index}: nested too deeply") from err
         if doc is not None:
             yield _check(f"{where}#{index}", doc)
         index += 1
