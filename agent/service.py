@@ -87,7 +87,7 @@ class Agent:
         self.lock.acquire()
         self.wake = asyncio.Event()
         self.hint: str | None = None
-        self.source = GitSource(cfg.git, cfg.state_dir)
+        self.source = GitSource(cfg.git, cfg.state_dir, cfg.targets.files)
         self.targets = build_targets(cfg)
         self.reporter: Reporter | None = None
         if with_reporter and cfg.mqtt.url:

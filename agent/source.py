@@ -56,7 +56,8 @@ from dulwich.protocol import Protocol
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
-from agent.config import GitConfig
+from agent.blobsize import SizeBudget, blob_size
+from agent.config import FilesConfig, GitConfig
 from agent.desired import (
     GIT_MODE_SUBMODULE,
     OPTIONS_FILE,
@@ -298,8 +299,9 @@ class GitSource:
     ``cfg.timeout``); the tree readers are plain methods the caller may run in a thread.
     """
 
-    def __init__(self, cfg: GitConfig, state_dir: Path) -> None:
+    def __init__(self, cfg: GitConfig, state_dir: Path, limits: FilesConfig | None = None) -> None:
         self._cfg = cfg
+        self._limits = limits or FilesConfig()  # only its max_file_size, max_total_size
         self._path = state_dir / "repo.git"
         self._ref = Ref(f"refs/heads/{cfg.branch}".encode())
         self._url = redact_url(cfg.url)
@@ -595,12 +597,13 @@ class GitSource:
         root = self._commit(commit).tree
         files: dict[str, DesiredFile] = {}
         layers: list[Options] = []
+        budget = SizeBudget(commit, self._limits.max_file_size, self._limits.max_total_size)
         for origin in self._cfg.paths:
             found = self._lookup(commit, root, origin)
             if found is None or not stat.S_ISDIR(found[0]):
                 what = "does not exist" if found is None else "is not a directory"
                 raise SourceError(f"path {origin!r} {what} in commit {commit[:12]}")
-            for rel, mode, data in self._walk(commit, origin, found[1]):
+            for rel, mode, data in self._walk(commit, origin, found[1], budget):
                 if rel == OPTIONS_FILE:
                     layers.append(parse_options(origin, data))
                 else:
@@ -612,8 +615,10 @@ class GitSource:
             options=merge_options(layers),
         )
 
-    def _walk(self, commit: str, origin: str, tree: ObjectID) -> Iterator[tuple[str, int, bytes]]:
-        """(relative path, git mode, bytes) of every blob below ``tree``."""
+    def _walk(
+        self, commit: str, origin: str, tree: ObjectID, budget: SizeBudget
+    ) -> Iterator[tuple[str, int, bytes]]:
+        """(relative path, git mode, bytes) of every blob below ``tree``, within ``budget``."""
         pending: list[tuple[str, ObjectID]] = [("", tree)]
         while pending:
             prefix, sha = pending.pop()
@@ -629,6 +634,9 @@ class GitSource:
                 if stat.S_ISDIR(entry.mode):
                     pending.append((name + "/", entry.sha))
                     continue
+                size = blob_size(self._open_repo().object_store, entry.sha)
+                if size is not None:  # a missing blob: _object names it
+                    budget.take(f"{origin}/{name}", size)
                 blob = self._object(entry.sha, commit)
                 assert isinstance(blob, Blob)
                 yield name, entry.mode, blob.as_raw_string()

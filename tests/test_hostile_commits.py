@@ -108,3 +108,44 @@ def test_unit_and_manifest_names_are_checked_too(
         sign=signing_key,
     )
     assert_refused(agent, "common/manifests/\\xc3\\xa9\\xff.yaml", "not valid UTF-8")
+
+
+def limit_files(setup: AgentSetup, keys: str) -> None:
+    text = setup.config.read_text()
+    setup.config.write_text(text.replace("[targets.files]\n", f"[targets.files]\n{keys}\n", 1))
+
+
+def test_file_over_max_file_size_is_refused_before_it_is_read(
+    agent: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey
+) -> None:
+    limit_files(agent, "max_file_size = 100_000")
+    big = bytes(range(256)) * 600  # 153,600 bytes that do not compress away
+    fleet_repo.commit(
+        {conf(agent, "fine.conf"): "fine\n", conf(agent, "big.bin"): big}, sign=signing_key
+    )
+    assert_refused(agent, f"{agent.root}/big.bin", "153,600 bytes", "max_file_size (100,000")
+    assert list(agent.root.iterdir()) == []
+
+    # The same file as a small edit of an earlier one: a delta in the Git cache.
+    agent.config.write_text(agent.config.read_text().replace("100_000", "200_000"))
+    assert agent.cli("sync", "--once").returncode == 0
+    fleet_repo.commit({conf(agent, "big.bin"): big + big[:60_000]}, sign=signing_key)
+    assert_refused(agent, f"{agent.root}/big.bin", "213,600 bytes", "max_file_size")
+    assert (agent.root / "big.bin").read_bytes() == big
+
+
+def test_files_over_max_total_size_are_refused(
+    agent: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey
+) -> None:
+    limit_files(agent, "max_total_size = 50_000")
+    files = {conf(agent, f"part{i}.bin"): bytes([i]) * 20_000 for i in range(3)}
+    fleet_repo.commit(files, sign=signing_key)
+    assert_refused(agent, "add up to 60,000 bytes", "max_total_size (50,000 bytes)")
+    assert list(agent.root.iterdir()) == []
+
+
+def test_size_limits_must_be_positive(agent: AgentSetup) -> None:
+    limit_files(agent, "max_file_size = 0")
+    done = agent.cli("sync", "--once")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "max_file_size" in done.stderr and "Traceback" not in done.stderr
