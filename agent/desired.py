@@ -147,6 +147,8 @@ def parse_options(origin: str, raw: bytes) -> Options:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise _err(origin, "(syntax)", f"invalid TOML: {err}") from err
+    except RecursionError as err:  # tomllib recurses per nesting level
+        raise _err(origin, "(syntax)", "nested too deeply") from err
     units_raw = data.pop("units", {})
     if not isinstance(units_raw, dict):
         raise _err(origin, "units", "must be a table of unit names")

@@ -149,3 +149,11 @@ def test_size_limits_must_be_positive(agent: AgentSetup) -> None:
     done = agent.cli("sync", "--once")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "max_file_size" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_deeply_nested_options_file_is_refused(
+    agent: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey
+) -> None:
+    nested = "x = " + "[" * 5000 + "]" * 5000 + "\n"
+    fleet_repo.commit({"common/edgefleet.toml": nested}, sign=signing_key)
+    assert_refused(agent, "common/edgefleet.toml", "nested too deeply")

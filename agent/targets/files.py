@@ -96,7 +96,10 @@ class FilesTarget:
         return None
 
     def _make_root(self, host: Path) -> None:
-        """Create the missing allowed root above ``host`` (0755), refusing any symlink."""
+        """Create the missing allowed root above ``host`` (0755), refusing any symlink.
+
+        Safe before the escape check: it only creates a root no symlink leads to.
+        """
         root = self._missing_root(host)
         if root is None:
             return
@@ -158,7 +161,6 @@ class FilesTarget:
         host = Path(subject)
         try:
             # Re-check right before writing: the host may have changed since plan.
-            self._check_no_escape(host, subject)
             self._make_root(host)
             self._check_no_escape(host, subject)
             if action is Action.CREATED and host.exists():
