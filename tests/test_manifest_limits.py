@@ -60,6 +60,15 @@ def test_aliases_within_the_bound_are_accepted() -> None:
     assert len(parse(manifest_files(laughs(3)))) == 1
 
 
+def test_alias_expansion_is_bounded_for_the_whole_commit() -> None:
+    """Many bombs each under the bound add up: 2 files of 9**5 nodes pass 100,000."""
+    one = manifest_files(laughs(5))
+    assert len(parse(one)) == 1
+    two = {**one, "more.yaml": DesiredFile("manifests/more.yaml", one["app.yaml"].data, 0, "c")}
+    with pytest.raises(PlanError, match=r"manifests/more\.yaml: document 0: .*aliases expand"):
+        parse(two)
+
+
 def test_alias_cycle_is_refused() -> None:
     text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata: &d\n  self: *d\n"
     with pytest.raises(PlanError, match="cycle"):

@@ -38,22 +38,33 @@ _VOLATILE_METADATA = (
 Obj = dict[str, Any]
 
 MAX_ALIAS_NODES = 100_000
-"""Nodes YAML aliases may add to one document once expanded. Anchors are legal YAML
-(``<<: *defaults``), but a few hundred bytes of nested aliases expand to gigabytes when
-the object is copied or serialised ("billion laughs"), so the expansion is bounded."""
+"""Nodes YAML aliases may add to the manifests of one commit once expanded. Anchors are
+legal YAML (``<<: *defaults``), but a few hundred bytes of nested aliases expand to
+gigabytes when the object is copied or serialised ("billion laughs"), so the expansion
+is bounded, for all documents together (many small bombs add up too)."""
+
+
+@dataclass
+class _AliasBudget:
+    left: int = MAX_ALIAS_NODES
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a document whose aliases expand beyond MAX_ALIAS_NODES."""
+    """SafeLoader that spends ``alias_budget`` on the nodes aliases add; YAMLError past it."""
+
+    def __init__(self, text: str, alias_budget: _AliasBudget) -> None:
+        super().__init__(text)
+        self.alias_budget = alias_budget
 
     def compose_document(self) -> yaml.Node | None:
         node: yaml.Node | None = super().compose_document()
         if node is not None:
             distinct, expanded = _sizes(node)
-            if expanded - distinct > MAX_ALIAS_NODES:
+            self.alias_budget.left -= expanded - distinct
+            if self.alias_budget.left < 0:
                 raise yaml.YAMLError(
-                    f"aliases expand to {expanded:,} nodes from {distinct:,} "
-                    f"(at most {MAX_ALIAS_NODES:,} added by aliases)"
+                    f"aliases expand to {expanded:,} nodes from {distinct:,}, past the "
+                    f"{MAX_ALIAS_NODES:,} nodes aliases may add to a commit's manifests"
                 )
         return node
 
@@ -141,26 +152,34 @@ def rank(group: str, kind: str) -> int:
 def parse(files: Mapping[str, DesiredFile]) -> list[Manifest]:
     """Every object of every manifest file, in file order; PlanError on anything odd."""
     out: list[Manifest] = []
+    alias_budget = _AliasBudget()
     for path in sorted(files):
         where = f"manifests/{path}"
         if not path.endswith(SUFFIXES):
             raise PlanError(f"{where}: only *.yaml and *.yml files may be under manifests/")
-        out.extend(_documents(where, files[path].data))
+        out.extend(_documents(where, files[path].data, alias_budget))
     return out
 
 
-def _documents(where: str, data: bytes) -> Iterator[Manifest]:
-    index = 0
+def _documents(where: str, data: bytes, alias_budget: _AliasBudget) -> Iterator[Manifest]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise PlanError(f"{where}: not UTF-8 text") from err
-    docs = yaml.load_all(text, Loader=_BoundedLoader)
+    loader = _BoundedLoader(text, alias_budget)
+    try:
+        yield from _checked(where, loader)
+    finally:
+        loader.dispose()
+
+
+def _checked(where: str, loader: _BoundedLoader) -> Iterator[Manifest]:
+    index = 0
     while True:
         try:
-            doc = next(docs)
-        except StopIteration:
-            return
+            if not loader.check_data():  # type: ignore[no-untyped-call]  # untyped stub
+                return
+            doc = loader.get_data()
         except yaml.YAMLError as err:
             raise PlanError(f"{where}: document {index}: invalid YAML: {err}") from err
         except RecursionError as err:
