@@ -170,7 +170,7 @@ async def _verify(cfg: AgentConfig) -> int:
     print(f"config     {cfg.path}: ok (node {cfg.node}, branch {cfg.git.branch})")
     # A scratch cache: verify must not touch the running daemon's Git cache.
     scratch = tempfile.TemporaryDirectory(prefix="edgefleet-verify-")
-    source = GitSource(cfg.git, Path(scratch.name))
+    source = GitSource(cfg.git, Path(scratch.name), cfg.targets.files)
     try:
         head = await source.remote_head()
         print(f"git        {cfg.git.url}: {cfg.git.branch} is at {head}")

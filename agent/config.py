@@ -93,6 +93,11 @@ class FilesConfig:
     enabled: bool = True
     allowed_roots: tuple[Path, ...] = ()
     """Absolute directories files may be written under; empty = no file may be placed."""
+    max_file_size: int = 32 * 1024 * 1024
+    """Bytes one file of the node's paths may have (units, manifests included); a commit
+    with a larger one is refused before it is read. 32 MiB fits small devices' RAM."""
+    max_total_size: int = 256 * 1024 * 1024
+    """Bytes all files of the node's paths may add up to, checked the same way."""
 
 
 @dataclass(frozen=True)
@@ -232,7 +237,12 @@ def _targets(root: Section) -> TargetsConfig:
                 f"{raw!r} leads through a symlink; name the real directory",
             )
         roots.append(p)
-    files = FilesConfig(enabled=fsec.flag("enabled", True), allowed_roots=tuple(roots))
+    files = FilesConfig(
+        enabled=fsec.flag("enabled", True),
+        allowed_roots=tuple(roots),
+        max_file_size=fsec.integer("max_file_size", FilesConfig.max_file_size, minimum=1),
+        max_total_size=fsec.integer("max_total_size", FilesConfig.max_total_size, minimum=1),
+    )
     fsec.done()
 
     ssec = sec.table("systemd")

@@ -8,6 +8,7 @@ are merged in path order (later wins per unit, health checks accumulate).
 from __future__ import annotations
 
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,20 @@ class DesiredFile:
     git_mode: int
     origin: str
     """The repository path this file came from (for messages)."""
+
+    def __post_init__(self) -> None:
+        # Names come from Git as bytes (decoded with surrogateescape): a name that is not
+        # UTF-8 or holds a newline or escape would be placed, logged and reported garbled.
+        raw = self.path.encode("utf-8", "surrogateescape")
+        problem = None
+        if any(unicodedata.category(c) == "Cc" for c in self.path):
+            problem = "contains a control character"
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            problem = "is not valid UTF-8"
+        if problem is not None:
+            raise SourceError(f"{self.origin}/{str(raw)[2:-1]}: file name {problem}")
 
     @property
     def mode(self) -> int:
@@ -135,6 +150,8 @@ def parse_options(origin: str, raw: bytes) -> Options:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise _err(origin, "(syntax)", f"invalid TOML: {err}") from err
+    except RecursionError as err:  # tomllib recurses per nesting level
+        raise _err(origin, "(syntax)", "nested too deeply") from err
     units_raw = data.pop("units", {})
     if not isinstance(units_raw, dict):
         raise _err(origin, "units", "must be a table of unit names")

@@ -146,15 +146,17 @@ class Reconciler:
                 log.error("event %s not stored: %s", type_, err)
 
     def _save(self) -> None:
+        """Write the whole state; this also compacts the inventory journal into it."""
         self.store.save(self.state)
 
     def _record(self, target: str, subject: str, owned: Owned | None) -> None:
+        # One journal line per object: an apply of N objects writes O(N) bytes, not O(N^2).
         objs = self.state.owned(target)
         if owned is None:
             objs.pop(subject, None)
         else:
             objs[subject] = owned
-        self._save()
+        self.store.record(target, subject, owned)
 
     def _ctx(self, commit: str, changes: dict[str, ChangeSet]) -> ApplyContext:
         return ApplyContext(commit=commit, record=self._record, changes=changes, log=log)
@@ -308,10 +310,16 @@ class Reconciler:
 
     async def _apply_plans(self, desired: DesiredState, plans: dict[str, ChangeSet]) -> None:
         ctx = self._ctx(desired.commit, plans)
-        for target in self.targets:
-            await target.apply(plans[target.name], desired, ctx)
-        for target in reversed(self.targets):
-            await target.prune(plans[target.name], ctx)
+        try:
+            for target in self.targets:
+                await target.apply(plans[target.name], desired, ctx)
+                self.store.sync()
+            for target in reversed(self.targets):
+                await target.prune(plans[target.name], ctx)
+                self.store.sync()
+        finally:
+            # What a failed step did record must be durable too: the rollback plans from it.
+            self.store.sync()
 
     async def _wait_healthy(
         self, desired: DesiredState, plans: dict[str, ChangeSet]

@@ -91,7 +91,7 @@ class Agent:
         self.lock.acquire()
         self.wake = asyncio.Event()
         self.hint: str | None = None
-        self.source = GitSource(cfg.git, cfg.state_dir)
+        self.source = GitSource(cfg.git, cfg.state_dir, cfg.targets.files)
         self.repack_after = REPACK_AFTER_PACKS
         self.targets = build_targets(cfg)
         self.reporter: Reporter | None = None
