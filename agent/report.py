@@ -33,13 +33,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent import __version__
 from agent.atomic import write_atomic
 from agent.config import MqttConfig
 from agent.errors import StateError
 from agent.outbox import Outbox
+from agent.state import load_incarnation
 from common import wire
 from common.mqttloop import SocketBridge, connect_persistent
+from common.status import NodeReport, Status, encode_status
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +84,6 @@ def backoff_delay(attempt: int, rng: random.Random) -> float:
     """Seconds to wait before retry ``attempt`` (0-based): 1 s doubling to 60 s, +-20%."""
     base = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** min(attempt, 16))
     return float(base * rng.uniform(0.8, 1.2))
-
-
-def fit_status(doc: wire.StatusDoc, limit: int = wire.MAX_PAYLOAD) -> bytes:
-    """Encode ``doc``, cutting its drift list (and saying so) until it fits in ``limit``."""
-    data = wire.encode(doc)
-    drift = doc.get("drift", [])
-    if len(data) <= limit or not drift:
-        return data
-    keep = len(drift)
-    while keep > 0:
-        keep //= 2
-        cut: wire.StatusDoc = {**doc, "drift": drift[:keep], "drift_omitted": len(drift) - keep}
-        data = wire.encode(cut)
-        if len(data) <= limit:
-            return data
-    return data
 
 
 class _ClosingSSLSocket(ssl.SSLSocket):
@@ -254,7 +239,8 @@ class Reporter:
         self.on_cmd = on_cmd
         self.outbox = Outbox(state_dir / "outbox", cfg.outbox_max)
         self._seq = _StatusSeq(state_dir / "status-seq.json")
-        self._status: wire.StatusDoc | None = None
+        self.incarnation = load_incarnation(state_dir)
+        self._status: NodeReport | None = None
         self._status_dirty = False
         self._conn: _Connection | None = None
         self._connected = asyncio.Event()
@@ -293,9 +279,9 @@ class Reporter:
             return False
         return True
 
-    def publish_status(self, doc: wire.StatusDoc) -> None:
-        """Make ``doc`` the latest status: sent now if connected, else on reconnect."""
-        self._status = doc
+    def publish_status(self, report: NodeReport) -> None:
+        """Make ``report`` the latest status: sent now if connected, else on reconnect."""
+        self._status = report
         self._status_dirty = True
         self.wake()
 
@@ -308,6 +294,7 @@ class Reporter:
             "type": type,
             "commit": commit,
             "details": details,
+            "incarnation": self.incarnation,
         }
         if len(wire.encode(event)) > wire.MAX_PAYLOAD - 64:
             event["details"] = {"truncated": True, "keys": sorted(details)[:100]}
@@ -512,21 +499,15 @@ class Reporter:
         """Publish the latest status once; a failure waits for the heartbeat or reconnect."""
         assert self._status is not None
         self._status_dirty = False
-        doc: wire.StatusDoc = {
-            "version": __version__,
-            "branch": self.branch,
-            **self._status,
-            "schema": wire.SCHEMA,
-            "node": self.node,
-            "heartbeat": self.cfg.heartbeat,
-            "observed_at": time.time(),
-        }
         try:
-            doc["seq"] = self._seq.take()
+            seq = self._seq.take()
         except StateError as err:
             log.warning("status not sent: %s", err)
             return
-        conn.publish(self._topics["status"], fit_status(doc), retain=True, seq=None)
+        status = Status(
+            self._status, seq, time.time(), self.cfg.heartbeat, incarnation=self.incarnation
+        )
+        conn.publish(self._topics["status"], encode_status(status), retain=True, seq=None)
 
     def _pump(self, conn: _Connection) -> None:
         """Publish pending outbox events while fewer than WINDOW are in flight."""

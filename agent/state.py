@@ -4,6 +4,7 @@ Format is versioned; every write goes through :func:`agent.atomic.write_atomic`,
 ``kill -9`` leaves either the previous or the next state, never a torn one. The
 inventory lists everything the agent owns, per target, with a content digest and the
 commit it came from; prune = owned before - desired now. A failed delete stays listed.
+``state_dir/incarnation`` holds the random id of this state dir (:func:`load_incarnation`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 from agent.atomic import write_atomic
 from agent.errors import StateError
+from common.wire import valid_incarnation
 
 FORMAT = 1
 MAX_HISTORY = 50
@@ -133,3 +136,26 @@ def iter_owned(state: NodeState) -> Iterator[tuple[str, str, Owned]]:
     for target, objs in sorted(state.inventory.items()):
         for subject, owned in sorted(objs.items()):
             yield target, subject, owned
+
+
+def load_incarnation(state_dir: Path) -> str:
+    """The random id of this state dir, created at the first start and kept.
+
+    Statuses and events carry it: when a node is re-imaged (state dir lost, seqs restart
+    at 1) the new id tells the hub that this is a new life, not a late replay.
+    """
+    path = state_dir / "incarnation"
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = secrets.token_hex(16)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_atomic(path, text.encode() + b"\n", 0o600)
+        except OSError as err:
+            raise StateError(f"cannot write {path}: {err.strerror}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise StateError(f"cannot read {path}: {err}") from err
+    if not valid_incarnation(text):
+        raise StateError(f"{path} is corrupt; remove it (the hub then sees a new life)")
+    return text

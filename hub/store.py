@@ -5,6 +5,10 @@ statement an ``executemany``) and housekeeping; API reads go through the reader 
 slow query never delays ingest. The schema is versioned (``schema_version``) and
 migrated forward on open.
 
+``doc`` is the hub's own strict re-encoding of a validated status (common.status:
+no duplicate keys, finite numbers, valid Unicode), never a node's raw payload, so
+reading fields back with SQLite's ``json_extract`` sees exactly what ingest validated.
+
 A node's effective state is computed in SQL from stored columns: ``online = 0`` ->
 offline, ``stale_at < now`` -> stale, else what it reported (``progressing`` before its
 first status). ``stale_at`` is precomputed at write time (last heard + the node's
@@ -98,6 +102,29 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (stage, commit_sha)
         )""",
     ),
+    (
+        # Events are unique per (node, incarnation, seq): a re-imaged node restarts its
+        # seqs under a new incarnation ('' for agents that send none).
+        """CREATE TABLE events_v3 (
+            id INTEGER PRIMARY KEY,
+            node TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            at REAL,
+            type TEXT NOT NULL,
+            commit_sha TEXT,
+            details TEXT NOT NULL,
+            received REAL NOT NULL,
+            incarnation TEXT NOT NULL DEFAULT '',
+            UNIQUE (node, incarnation, seq)
+        )""",
+        "INSERT INTO events_v3 (id, node, seq, at, type, commit_sha, details, received) "
+        "SELECT id, node, seq, at, type, commit_sha, details, received FROM events",
+        "DROP TABLE events",
+        "ALTER TABLE events_v3 RENAME TO events",
+        "CREATE INDEX events_node ON events(node, id)",
+        "CREATE INDEX events_type ON events(type, id)",
+        "CREATE INDEX events_received ON events(received)",
+    ),
 )
 
 _NODE_COLUMNS = (
@@ -129,8 +156,8 @@ ON CONFLICT(node) DO UPDATE SET online = excluded.online,
         ELSE nodes.stale_at END
 """
 _INSERT_EVENT = """
-INSERT OR IGNORE INTO events (node, seq, at, type, commit_sha, details, received)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT OR IGNORE INTO events (node, seq, at, type, commit_sha, details, received, incarnation)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
@@ -163,6 +190,7 @@ class EventRow(NamedTuple):
     commit: str | None
     details: str
     received: float
+    incarnation: str = ""
 
 
 @dataclass
@@ -276,6 +304,14 @@ class Store:
     async def node_seqs(self) -> dict[str, int]:
         """Last stored status seq per node (ingest keeps this in memory)."""
         async with self._w.execute("SELECT node, seq FROM nodes") as cur:
+            return {row[0]: row[1] for row in await cur.fetchall()}
+
+    async def node_incarnations(self) -> dict[str, str]:
+        """Incarnation of each node's stored status, for nodes whose agent sends one."""
+        async with self._w.execute(
+            "SELECT node, json_extract(doc, '$.incarnation') FROM nodes "
+            "WHERE json_extract(doc, '$.incarnation') IS NOT NULL"
+        ) as cur:
             return {row[0]: row[1] for row in await cur.fetchall()}
 
     async def restale(self, stale_after: float) -> None:
