@@ -168,7 +168,7 @@ def _health(value: object) -> Health:
         return Health()
     if type(value) is not dict:
         _bad("health must be an object")
-    items = value.get("problems") or []
+    items = value.get("problems", [])
     if type(items) is not list:
         _bad("health problems must be a list")
     problems: list[HealthProblem] = []
