@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from common import wire
 from common.status import NodeReport, Status, encode_status
+from hub import store as store_module
+from hub.store import Batch, EventRow, Store
 from tests.testbed.hubproc import HubProc, Publisher, event_doc, status_doc
 
 
@@ -181,3 +186,27 @@ def test_drift_count_is_the_true_total_when_the_list_is_cut(
     assert nodes["old"]["drift_count"] == 500
     big = hub.get("/api/v1/nodes/big")
     assert 0 < len(big["drift"]) < 500 and big["status"]["drift_total"] == 500
+
+
+async def test_events_migrate_to_per_incarnation_dedup(tmp_path: Path) -> None:
+    """A database of the previous schema keeps its events; dedup becomes per life."""
+    db = tmp_path / "hub.db"
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for version, statements in enumerate(store_module._MIGRATIONS[:2], start=1):
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
+        conn.execute(
+            "INSERT INTO events (node, seq, at, type, details, received) "
+            "VALUES ('pi', 1, 1.0, 'applied', '{}', 1.0)"
+        )
+    store = await Store.open(db)
+    try:
+        again = EventRow("pi", 1, 2.0, "applied", None, "{}", 2.0)  # an old agent's redelivery
+        new_life = EventRow("pi", 1, 3.0, "rollback", None, "{}", 3.0, "b" * 32)
+        assert await store.write_batch(Batch(events=[again, new_life])) == (1, 2)
+        rows = await store.events(node="pi")
+        assert [(r["type"], r["seq"]) for r in rows] == [("rollback", 1), ("applied", 1)]
+    finally:
+        await store.close()
