@@ -128,7 +128,10 @@ def status_doc(status: Status, keep: int | None = None) -> StatusDoc:
     return doc
 
 
-_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+# check_circular off: a status built from parsed JSON or dataclasses has no cycles.
+_encode = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, check_circular=False, separators=(",", ":")
+).encode
 
 
 def encode_status(status: Status, limit: int = MAX_PAYLOAD) -> bytes:

@@ -163,9 +163,13 @@ def _resources(value: object) -> dict[str, int]:
     _bad("resources must map strings to integers")
 
 
+_HEALTHY: Final = Health()
+"""Shared by the statuses of healthy nodes (nearly all): one object fewer to build each."""
+
+
 def _health(value: object) -> Health:
     if value is None:
-        return Health()
+        return _HEALTHY
     if type(value) is not dict:
         _bad("health must be an object")
     items = value.get("problems", [])
@@ -184,7 +188,7 @@ def _health(value: object) -> Health:
     ok = value.get("ok", not problems)
     if type(ok) is not bool:
         _bad("health ok must be true or false")
-    return Health(ok, tuple(problems))
+    return Health(ok, tuple(problems)) if problems or not ok else _HEALTHY
 
 
 def parse_status(node: str, payload: bytes) -> Status:
