@@ -42,6 +42,16 @@ def labelled(node: str, seq: int, first_labels: str) -> bytes:
     return b'{"labels":' + first_labels.encode() + b"," + doc[1:]
 
 
+def hub_with_victim(
+    hub_factory: Callable[..., HubProc], publisher: Publisher, **extra: Any
+) -> HubProc:
+    """A hub that has stored status seq 1 of node "victim"."""
+    hub = hub_factory()
+    publisher.status(status_doc("victim", 1, **extra))
+    hub.wait_for(lambda: hub.get("/api/v1/summary")["nodes"] == 1)
+    return hub
+
+
 def publish_then_marker(hub: HubProc, publisher: Publisher, topic: str, payload: bytes) -> None:
     publisher.publish(topic, payload)
     publisher.status(status_doc("marker", 1))  # ingested after the hostile message
@@ -55,9 +65,7 @@ def test_duplicate_keys_cannot_break_the_fleet_listing(
 ) -> None:
     """H1: ingest checked the last ``labels``, SQLite's json_extract read the first:
     /api/v1/nodes answered 500 for the whole fleet, or emitted Infinity."""
-    hub = hub_factory()
-    publisher.status(status_doc("victim", 1, labels={"site": "paris"}))
-    hub.wait_for(lambda: hub.get("/api/v1/summary")["nodes"] == 1)
+    hub = hub_with_victim(hub_factory, publisher, labels={"site": "paris"})
     topic = wire.status_topic("victim")
     publisher.publish(topic, labelled("victim", 2, '"not json"'))
     publish_then_marker(hub, publisher, topic, labelled("victim", 3, '{"site":1e999}'))
@@ -71,9 +79,7 @@ def test_lone_surrogate_label_cannot_break_the_label_summary(
     hub_factory: Callable[..., HubProc], publisher: Publisher
 ) -> None:
     """L1: a label value "\\ud800" made /api/v1/summary?label=site answer 500."""
-    hub = hub_factory()
-    publisher.status(status_doc("victim", 1, labels={"site": "paris"}))
-    hub.wait_for(lambda: hub.get("/api/v1/summary")["nodes"] == 1)
+    hub = hub_with_victim(hub_factory, publisher, labels={"site": "paris"})
     hostile = wire.encode(status_doc("victim", 2, labels={"site": "\ud800"}))
     assert b"\\ud800" in hostile
     publish_then_marker(hub, publisher, wire.status_topic("victim"), hostile)
@@ -87,9 +93,7 @@ def test_mistyped_paths_are_refused_and_the_node_page_keeps_working(
     hub_factory: Callable[..., HubProc], publisher: Publisher
 ) -> None:
     """L3: ``paths: {}`` was accepted; the dashboard's node page threw on it."""
-    hub = hub_factory()
-    publisher.status(status_doc("victim", 1))
-    hub.wait_for(lambda: hub.get("/api/v1/summary")["nodes"] == 1)
+    hub = hub_with_victim(hub_factory, publisher)
     publish_then_marker(
         hub, publisher, wire.status_topic("victim"), wire.encode(status_doc("victim", 2, paths={}))
     )
