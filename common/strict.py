@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from typing import Any, Final, NoReturn, cast
 
 from common.status import (
@@ -112,10 +113,19 @@ def _incarnation(value: object) -> str | None:
     _bad("incarnation must be 1 to 64 of A-Z a-z 0-9 _ -")
 
 
+def _only(values: Iterable[object], kind: type) -> bool:
+    """Every value is exactly a ``kind`` (bool is no int); a loop, as all() over a
+    generator costs several times more on this hot path."""
+    for v in values:  # noqa: SIM110 - see above
+        if type(v) is not kind:
+            return False
+    return True
+
+
 def _str_map(value: object, key: str) -> dict[str, str]:
     if value is None:
         return {}
-    if type(value) is dict and all(type(v) is str for v in value.values()):
+    if type(value) is dict and _only(value.values(), str):
         return value
     _bad(f"{key} must map strings to strings")
 
@@ -123,7 +133,7 @@ def _str_map(value: object, key: str) -> dict[str, str]:
 def _str_list(value: object, key: str) -> tuple[str, ...]:
     if value is None:
         return ()
-    if type(value) is list and all(type(v) is str for v in value):
+    if type(value) is list and _only(value, str):
         return tuple(value)
     _bad(f"{key} must be a list of strings")
 
@@ -158,7 +168,7 @@ def _count(value: object, key: str) -> int | None:
 def _resources(value: object) -> dict[str, int]:
     if value is None:
         return {}
-    if type(value) is dict and all(type(v) is int for v in value.values()):
+    if type(value) is dict and _only(value.values(), int):
         return value
     _bad("resources must map strings to integers")
 
@@ -182,7 +192,7 @@ def _health(value: object) -> Health:
             if type(item) is dict
             else ()
         )
-        if len(parts) != 3 or not all(type(p) is str for p in parts):
+        if len(parts) != 3 or not _only(parts, str):
             _bad("health problems must be objects with target, subject, reason")
         problems.append(HealthProblem(*cast(tuple[str, str, str], parts)))
     ok = value.get("ok", not problems)
