@@ -28,6 +28,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from common import wire
+from common.status import ContractError, status_doc
+from common.strict import parse_status
 from hub.config import DEFAULT_CONFIG_PATH, HubConfig, MqttSettings, load_config, read_secret
 from hub.errors import HubError
 
@@ -701,9 +703,9 @@ class StatusWatcher:
                     retained, payload = await self.queue.get()
                     if retained and not accept_retained:
                         continue
-                    try:
-                        doc: wire.StatusDoc = json.loads(payload)
-                    except ValueError:
+                    try:  # the contract's one strict parser, as for ingest
+                        doc = status_doc(parse_status(self.node, payload))
+                    except ContractError:
                         continue
                     _say("status", f"{doc.get('state')} {doc.get('message') or ''}".rstrip())
                     if doc.get("state") != "progressing":

@@ -14,8 +14,11 @@ from typing import Any
 from common import wire
 from common.status import NodeReport, Status, encode_status
 from hub import store as store_module
+from hub.config import MqttSettings
+from hub.enroll import StatusWatcher
 from hub.store import Batch, EventRow, Store
 from tests.testbed.hubproc import HubProc, Publisher, event_doc, status_doc
+from tests.testbed.mosquitto import Mosquitto
 
 
 def strict_get(hub: HubProc, path: str) -> Any:
@@ -214,3 +217,18 @@ async def test_events_migrate_to_per_incarnation_dedup(tmp_path: Path) -> None:
         assert [(r["type"], r["seq"]) for r in rows] == [("rollback", 1), ("applied", 1)]
     finally:
         await store.close()
+
+
+async def test_enrollment_reads_the_first_status_with_the_strict_parser(
+    mosquitto: Mosquitto, publisher: Publisher
+) -> None:
+    """`edgefleet-hub enroll` waits for the node's first status: a payload ingest would
+    drop (duplicate keys) is skipped there too, the next valid one is taken."""
+    watcher = await StatusWatcher.start(MqttSettings(url=mosquitto.url), "fresh")
+    try:
+        publisher.publish(wire.status_topic("fresh"), labelled("fresh", 1, '"not json"'))
+        publisher.status(status_doc("fresh", 2, "synced"), retain=False)
+        doc = await watcher.first(accept_retained=True, within=10)
+    finally:
+        watcher.close()
+    assert (doc["seq"], doc["state"], doc["labels"]) == (2, "synced", {})
