@@ -69,6 +69,8 @@ def load_object(payload: bytes) -> dict[str, Any]:
             json.dumps(doc, ensure_ascii=False).encode()
         except UnicodeEncodeError as err:
             raise ContractError("bad_type", "a string is not valid Unicode") from err
+        except RecursionError as err:
+            raise ContractError("bad_json", "nested too deeply") from err
     return doc
 
 
@@ -268,6 +270,6 @@ def parse_event(node: str, payload: bytes) -> Event:
     )
     try:
         details_json(event)  # 1e999 decodes as inf: refused here, not when stored
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         _bad(f"details cannot be stored: {str(err)[:80]}")
     return event
