@@ -16,6 +16,7 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
+from common import wire
 from common.durations import DAY, HOUR
 from common.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
 
@@ -279,9 +280,12 @@ def _targets(root: Section) -> TargetsConfig:
 def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
     """Validate an already-parsed TOML document (exposed for tests of pure logic)."""
     root = Section(path, "", data, ConfigError)
-    node = root.text("node") or socket.gethostname()
-    if "/" in node or "+" in node or "#" in node or not node.isprintable():
-        raise root.err("node", f"{node!r} may not contain '/', '+', '#' (it names MQTT topics)")
+    configured = root.text("node")
+    node = configured or socket.gethostname()
+    if not wire.valid_node_name(node):
+        # The hub drops every message of an invalid name (it is an MQTT topic level).
+        where = "" if configured else " (the hostname; set node to a valid name)"
+        raise root.err("node", f"{node[:64]!r}{where} is not {wire.NODE_NAME_RULE}")
     labels_sec = root.table("labels")
     labels: dict[str, str] = {}
     for key in list(labels_sec.data):

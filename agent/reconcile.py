@@ -35,11 +35,12 @@ from agent.signcheck import SignatureChecker
 from agent.state import NodeState, Owned, StateStore
 from agent.targets.base import ApplyContext, HealthProblem, Target
 from common.backoff import ErrorKind
-from common.wire import DriftItem, State, StatusDoc
+from common.status import Health, NodeReport
+from common.status import HealthProblem as ReportedProblem
+from common.wire import DriftItem, State
 
 log = logging.getLogger(__name__)
 HEALTH_POLL = 0.25
-MAX_DRIFT_REPORTED = 200
 
 
 class Source(Protocol):
@@ -57,7 +58,7 @@ class Source(Protocol):
 class Reporting(Protocol):
     """What the pipeline needs from agent.report.Reporter."""
 
-    def publish_status(self, doc: StatusDoc) -> None: ...
+    def publish_status(self, report: NodeReport) -> None: ...
     def emit_event(self, type: str, commit: str | None, details: dict[str, Any]) -> int: ...
 
 
@@ -72,10 +73,6 @@ class Outcome:
     changes: dict[str, ChangeSet] = field(default_factory=dict)
     retry: ErrorKind | None = None
     """Set when the failure may clear by itself (e.g. Git unreachable): retry with backoff."""
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "synced"
 
 
 class Reconciler:
@@ -106,35 +103,33 @@ class Reconciler:
 
     # -- status -------------------------------------------------------------------
 
-    def status_doc(self) -> StatusDoc:
+    def node_report(self) -> NodeReport:
+        """The node's side of its status; the reporter adds the delivery fields."""
         o = self.outcome
-        return StatusDoc(
-            schema=1,
+        return NodeReport(
             node=self.cfg.node,
+            state=o.state,
             labels=dict(self.cfg.labels),
             version=__version__,
             branch=self.cfg.git.branch,
-            paths=list(self.cfg.git.paths),
+            paths=tuple(self.cfg.git.paths),
             desired=self.desired_head,
             applied=self.state.applied,
             last_good=self.state.last_good,
-            state=o.state,
             reason=o.reason,
             message=o.message,
-            drift=self.drift[:MAX_DRIFT_REPORTED],
+            drift=tuple(self.drift),
+            drift_total=len(self.drift),
             resources=self.state.counts(),
-            health={
-                "ok": not self.health,
-                "problems": [
-                    {"target": p.target, "subject": p.subject, "reason": p.reason}
-                    for p in self.health
-                ],
-            },
+            health=Health(
+                ok=not self.health,
+                problems=tuple(ReportedProblem(p.target, p.subject, p.reason) for p in self.health),
+            ),
         )
 
     def _publish(self) -> None:
         if self.report is not None:
-            self.report.publish_status(self.status_doc())
+            self.report.publish_status(self.node_report())
 
     def _event(self, type_: str, commit: str | None, **details: Any) -> None:
         log.info("event %s %s %s", type_, (commit or "")[:12], details or "")

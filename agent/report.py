@@ -26,37 +26,22 @@ from typing import Any, Final
 
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent import __version__
 from agent.config import MqttConfig
 from agent.errors import StateError
 from agent.mqttconn import WINDOW, open_connection
 from agent.mqttconn import Connection as _Connection
 from agent.outbox import Outbox
+from agent.state import load_incarnation
 from agent.statusseq import StatusSeq
 from common import wire
 from common.backoff import Backoff
 from common.mqttclient import MQTT5, ConnectFailed, fallback_protocol, initial_protocol
+from common.status import NodeReport, Status, encode_status
 
 log = logging.getLogger(__name__)
 
 CLOSE_GRACE: Final = 2.0
 """Seconds close() waits for pending PUBACKs before disconnecting anyway."""
-
-
-def fit_status(doc: wire.StatusDoc, limit: int = wire.MAX_PAYLOAD) -> bytes:
-    """Encode ``doc``, cutting its drift list (and saying so) until it fits in ``limit``."""
-    data = wire.encode(doc)
-    drift = doc.get("drift", [])
-    if len(data) <= limit or not drift:
-        return data
-    keep = len(drift)
-    while keep > 0:
-        keep //= 2
-        cut: wire.StatusDoc = {**doc, "drift": drift[:keep], "drift_omitted": len(drift) - keep}
-        data = wire.encode(cut)
-        if len(data) <= limit:
-            return data
-    return data
 
 
 class Reporter:
@@ -80,7 +65,8 @@ class Reporter:
         self.on_cmd = on_cmd
         self.outbox = Outbox(state_dir / "outbox", cfg.outbox_max)
         self._seq = StatusSeq(state_dir / "status-seq.json")
-        self._status: wire.StatusDoc | None = None
+        self.incarnation = load_incarnation(state_dir)
+        self._status: NodeReport | None = None
         self._status_dirty = False
         self._conn: _Connection | None = None
         self._connected = asyncio.Event()
@@ -119,9 +105,9 @@ class Reporter:
             return False
         return True
 
-    def publish_status(self, doc: wire.StatusDoc) -> None:
-        """Make ``doc`` the latest status: sent now if connected, else on reconnect."""
-        self._status = doc
+    def publish_status(self, report: NodeReport) -> None:
+        """Make ``report`` the latest status: sent now if connected, else on reconnect."""
+        self._status = report
         self._status_dirty = True
         self.wake()
 
@@ -134,6 +120,7 @@ class Reporter:
             "type": type,
             "commit": commit,
             "details": details,
+            "incarnation": self.incarnation,
         }
         if len(wire.encode(event)) > wire.MAX_PAYLOAD - 64:
             event["details"] = {"truncated": True, "keys": sorted(details)[:100]}
@@ -281,21 +268,15 @@ class Reporter:
         """Publish the latest status once; a failure waits for the heartbeat or reconnect."""
         assert self._status is not None
         self._status_dirty = False
-        doc: wire.StatusDoc = {
-            "version": __version__,
-            "branch": self.branch,
-            **self._status,
-            "schema": wire.SCHEMA,
-            "node": self.node,
-            "heartbeat": self.cfg.heartbeat,
-            "observed_at": time.time(),
-        }
         try:
-            doc["seq"] = self._seq.take()
+            seq = self._seq.take()
         except StateError as err:
             log.warning("status not sent: %s", err)
             return
-        conn.publish(self._topics["status"], fit_status(doc), retain=True, seq=None)
+        status = Status(
+            self._status, seq, time.time(), self.cfg.heartbeat, incarnation=self.incarnation
+        )
+        conn.publish(self._topics["status"], encode_status(status), retain=True, seq=None)
 
     def _pump(self, conn: _Connection) -> None:
         """Publish pending outbox events while fewer than WINDOW are in flight."""

@@ -5,6 +5,7 @@ Format is versioned; state.json is written with :func:`agent.atomic.write_atomic
 changes between two such writes go to an append-only journal (see :class:`StateStore`). The
 inventory lists everything the agent owns, per target, with a content digest and the
 commit it came from; prune = owned before - desired now. A failed delete stays listed.
+``state_dir/incarnation`` holds the random id of this state dir (:func:`load_incarnation`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 
 from agent.atomic import fsync_dir, write_atomic
 from agent.errors import StateError
+from common.wire import valid_incarnation
 
 FORMAT = 1
 MAX_HISTORY = 50
@@ -236,3 +239,26 @@ def iter_owned(state: NodeState) -> Iterator[tuple[str, str, Owned]]:
     for target, objs in sorted(state.inventory.items()):
         for subject, owned in sorted(objs.items()):
             yield target, subject, owned
+
+
+def load_incarnation(state_dir: Path) -> str:
+    """The random id of this state dir, created at the first start and kept.
+
+    Statuses and events carry it: when a node is re-imaged (state dir lost, seqs restart
+    at 1) the new id tells the hub that this is a new life, not a late replay.
+    """
+    path = state_dir / "incarnation"
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        text = secrets.token_hex(16)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_atomic(path, text.encode() + b"\n", 0o600)
+        except OSError as err:
+            raise StateError(f"cannot write {path}: {err.strerror}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise StateError(f"cannot read {path}: {err}") from err
+    if not valid_incarnation(text):
+        raise StateError(f"{path} is corrupt; remove it (the hub then sees a new life)")
+    return text

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
+from agent.config import load_config, parse_config
 from agent.errors import ConfigError
+from common import wire
 
 MINIMAL = """
 node = "pi-01"
@@ -113,7 +116,7 @@ settle = 2
         (MINIMAL + "[targets.files]\nallowed_roots = ['/']\n", "targets.files.allowed_roots", "/"),
         (MINIMAL + "[targets.files]\nallowed_roots = ['etc']\n", "allowed_roots", "absolute"),
         (MINIMAL + "[git2]\n", "git2", "unknown key"),
-        (MINIMAL.replace('"pi-01"', '"a/b"', 1), "node", "may not contain"),
+        (MINIMAL.replace('"pi-01"', '"a/b"', 1), "node", "is not 1 to 128 ASCII"),
         ("node = [\n", "(syntax)", "invalid TOML"),
     ],
 )
@@ -186,3 +189,37 @@ def test_cli_config_that_is_a_directory_exits_2(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert f"{tmp_path}: (file): cannot be read: Is a directory" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["shop berlin", "büro-1", "n" * 129, "-lead", "a+b", "x\n"])
+def test_node_name_the_hub_would_drop_exits_2_naming_file_and_key(
+    tmp_path: Path, name: str
+) -> None:
+    """The hub drops every message of such a node as bad_topic: refuse it at start."""
+    path = write(tmp_path, MINIMAL.replace('"pi-01"', repr(name), 1))
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "--config", str(path), "sync", "--once"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"{path}: node: " in done.stderr
+    assert "is not 1 to 128 ASCII letters" in done.stderr
+
+
+def test_node_name_rule_is_the_hubs(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL.replace('"pi-01"', '"shop_7.berlin:a-1"', 1)))
+    assert wire.valid_node_name(cfg.node)
+    assert wire.valid_node_name("n" * 128) and not wire.valid_node_name("n" * 129)
+
+
+def test_invalid_hostname_default_is_refused_with_a_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(socket, "gethostname", lambda: "Büro PC")
+    data = tomllib.loads(MINIMAL.replace('node = "pi-01"\n', ""))
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, tmp_path / "agent.toml")
+    assert info.value.key == "node"
+    assert "the hostname" in str(info.value)

@@ -39,6 +39,10 @@ class IngestStore(Protocol):
         """Last stored status seq per node."""
         ...
 
+    async def node_incarnations(self) -> dict[str, str]:
+        """Incarnation of each node's stored status, for agents that send one."""
+        ...
+
     async def restale(self, stale_after: float) -> None:
         """Recompute every node's stale deadline for a (possibly new) ``stale_after``."""
         ...

@@ -62,8 +62,8 @@ ON CONFLICT(node) DO UPDATE SET online = excluded.online,
         ELSE nodes.stale_at END
 """  # noqa: S608
 _INSERT_EVENT = """
-INSERT OR IGNORE INTO events (node, seq, at, type, commit_sha, details, received)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT OR IGNORE INTO events (node, seq, at, type, commit_sha, details, received, incarnation)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
 _NODE_COLUMNS = (
     f"node, branch, {EFFECTIVE_STATE_SQL}, state, applied, desired, "
@@ -107,6 +107,15 @@ class SqliteNodes(Db, IngestStore, NodeQueries):
 
     async def node_seqs(self) -> dict[str, int]:
         async with self._w.execute("SELECT node, seq FROM nodes") as cur:
+            return {row[0]: row[1] for row in await cur.fetchall()}
+
+    async def node_incarnations(self) -> dict[str, str]:
+        # ``doc`` is the hub's strict re-encoding of a validated status, so json_extract
+        # reads exactly what ingest checked.
+        async with self._w.execute(
+            "SELECT node, json_extract(doc, '$.incarnation') FROM nodes "
+            "WHERE json_extract(doc, '$.incarnation') IS NOT NULL"
+        ) as cur:
             return {row[0]: row[1] for row in await cur.fetchall()}
 
     async def restale(self, stale_after: float) -> None:

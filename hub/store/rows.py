@@ -42,6 +42,8 @@ class EventRow(NamedTuple):
     details: str
     """JSON object text."""
     received: float
+    incarnation: str = ""
+    """The agent's life the seq belongs to ('' for agents that send none)."""
 
 
 @dataclass

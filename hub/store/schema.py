@@ -81,6 +81,30 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (stage, commit_sha)
         )""",
     ),
+    (
+        # Events are unique per (node, incarnation, seq): a re-imaged node restarts its
+        # seqs under a new incarnation ('' for agents that send none). SQLite cannot drop
+        # the old UNIQUE (node, seq) in place, hence the copy.
+        """CREATE TABLE events_v3 (
+            id INTEGER PRIMARY KEY,
+            node TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            at REAL,
+            type TEXT NOT NULL,
+            commit_sha TEXT,
+            details TEXT NOT NULL,
+            received REAL NOT NULL,
+            incarnation TEXT NOT NULL DEFAULT '',
+            UNIQUE (node, incarnation, seq)
+        )""",
+        "INSERT INTO events_v3 (id, node, seq, at, type, commit_sha, details, received) "
+        "SELECT id, node, seq, at, type, commit_sha, details, received FROM events",
+        "DROP TABLE events",
+        "ALTER TABLE events_v3 RENAME TO events",
+        "CREATE INDEX events_node ON events(node, id)",
+        "CREATE INDEX events_type ON events(type, id)",
+        "CREATE INDEX events_received ON events(received)",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -29,6 +29,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from common import wire
+from common.status import NodeReport, Status
+from common.status import status_doc as wire_status
 from tests.testbed.mosquitto import Mosquitto, free_port
 from tests.testbed.mqtt import stop_client
 
@@ -52,26 +54,24 @@ promote_from = "beta"
 
 
 def status_doc(node: str, seq: int, state: str = "synced", **extra: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "schema": 1,
-        "node": node,
-        "seq": seq,
-        "state": state,
-        "branch": "stable",
-        "labels": {},
-        "paths": ["common"],
-        "desired": "a" * 40,
-        "applied": "a" * 40,
-        "last_good": "a" * 40,
-        "reason": "",
-        "message": "",
-        "drift": [],
-        "resources": {},
-        "health": {},
-        "version": "0.1.0",
-        "observed_at": time.time(),
-    }
-    doc.update(extra)
+    """A status as an agent builds it (common.status); ``extra`` overrides wire fields
+    as they are, so tests can also send what no agent would (``drift`` goes through the
+    builder, which sets drift_total)."""
+    drift = extra.pop("drift", [])
+    report = NodeReport(
+        node=node,
+        state="synced",
+        branch="stable",
+        paths=("common",),
+        desired="a" * 40,
+        applied="a" * 40,
+        last_good="a" * 40,
+        version="0.1.0",
+        drift=tuple(drift),
+        drift_total=len(drift),
+    )
+    doc: dict[str, Any] = dict(wire_status(Status(report, 0, observed_at=time.time())))
+    doc.update(seq=seq, state=state, **extra)
     return doc
 
 
