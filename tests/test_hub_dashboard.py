@@ -15,6 +15,7 @@ import pytest
 
 from tests.testbed.hubproc import HubProc, Publisher, status_doc
 from tests.testbed.mosquitto import free_port
+from tests.testbed.wait import until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -55,9 +56,7 @@ class Page:
         ]  # fmt: skip
 
     async def wait(self, expression: str, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not await self.eval(expression):
-                await asyncio.sleep(0.05)
+        await until(lambda: self.eval(expression), timeout, f"the page: {expression}")
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from common.strict import parse_status
 from tests.testbed.mosquitto import Mosquitto, TlsFiles
 from tests.testbed.mqtt import Watcher
 from tests.testbed.sockets import sockets_to
+from tests.testbed.wait import until
 
 HELPER = Path(__file__).parent / "testbed" / "report_proc.py"
 REPO = Path(__file__).parent.parent
@@ -263,13 +264,6 @@ async def test_ref_and_cmd_reach_callbacks_malformed_ignored(
     await late.start()
     async with asyncio.timeout(10):
         assert await late.inbox.refs.get() == "c" * 40  # type: ignore[attr-defined]
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll state that has no event to await (the reporter's internals)."""
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
 
 
 async def spawn_reporter(

@@ -33,6 +33,7 @@ from common.status import NodeReport, Status
 from common.status import status_doc as wire_status
 from tests.testbed.mosquitto import Mosquitto, free_port
 from tests.testbed.mqtt import stop_client
+from tests.testbed.wait import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -196,14 +197,13 @@ class HubProc:
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         """Poll ``predicate`` (an API condition) until true; fail with the hub log."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def alive_and(predicate: Callable[[], bool]) -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"hub exited {self.proc.returncode}:\n{self.log_text()}")
-            if predicate():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"condition not met in {timeout}s; hub log:\n{self.log_text()}")
+            return predicate()
+
+        wait_until(lambda: alive_and(predicate), timeout, "the hub", details=self.log_text)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
