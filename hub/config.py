@@ -43,6 +43,14 @@ class HubSettings:
     listen: tuple[str, int] = ("127.0.0.1", 8080)
     """Address of the HTTP API and dashboard ("host:port")."""
     database: Path = Path("/var/lib/edgefleet-hub/hub.db")
+    """The SQLite file (unused when ``database_url`` is set)."""
+    database_url: str | None = None
+    """``postgresql://...``: the shared store of several hub replicas (instead of SQLite)."""
+    database_ca_file: Path | None = None
+    """CA the PostgreSQL server's certificate must chain to (TLS, verified)."""
+    state_dir: Path = Path("/var/lib/edgefleet-hub")
+    """Where the hub keeps local files (the stage mirror); defaults to the SQLite file's
+    directory."""
     token_file: Path | None = None
     """Bearer token for mutating API calls; unset = mutating calls are refused (403)."""
     heartbeat: float = 30.0
@@ -173,23 +181,32 @@ def _listen(sec: Section) -> tuple[str, int]:
     return (host.strip("[]") or "0.0.0.0", int(port))
 
 
-def _database(sec: Section) -> Path:
+def _database(sec: Section) -> tuple[Path, str | None]:
+    """(SQLite file, PostgreSQL URL or None): a ``postgresql://`` URL selects PostgreSQL."""
     raw = sec.data.get("database")
     if isinstance(raw, str) and "://" in raw:
-        # Taken as a path, "postgresql://..." would silently become a SQLite file.
-        raise sec.err(
-            "database",
-            f"{raw!r} is a URL; only SQLite is supported for now: give the database file's path",
-        )
-    return sec.path_value("database") or HubSettings.database
+        if not raw.startswith(("postgresql://", "postgres://")):
+            # Taken as a path, any other URL would silently become a SQLite file.
+            raise sec.err(
+                "database",
+                f"{raw.split('://')[0]!r} URLs are not supported: give a SQLite file's path "
+                "or a postgresql:// URL",
+            )
+        sec.text("database")
+        return HubSettings.database, raw
+    return sec.path_value("database") or HubSettings.database, None
 
 
 def _hub(root: Section) -> HubSettings:
     sec = root.table("hub")
     heartbeat = sec.duration("heartbeat", 30.0, minimum=0.1, maximum=DAY)
+    database, database_url = _database(sec)
     cfg = HubSettings(
         listen=_listen(sec),
-        database=_database(sec),
+        database=database,
+        database_url=database_url,
+        database_ca_file=sec.file("database_ca_file"),
+        state_dir=sec.dir("state_dir", HubSettings.state_dir if database_url else database.parent),
         token_file=sec.file("token_file"),
         heartbeat=heartbeat,
         stale_after=sec.duration("stale_after", 3 * heartbeat, minimum=0.1, maximum=7 * DAY),

@@ -33,7 +33,7 @@ from common.status import ContractError, Status, details_json, status_json
 from common.strict import parse_event, parse_status
 from hub.errors import HubError, StoreError
 from hub.mqtt import Message
-from hub.store import Batch, EventRow, StatusRow, Store
+from hub.store import Batch, EventRow, IngestStore, StatusRow
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class Ingest:
 
     def __init__(
         self,
-        store: Store,
+        store: IngestStore,
         stale_after: float,
         ack: Callable[[int, int], None],
         on_commit: Callable[[], None] = lambda: None,

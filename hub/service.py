@@ -20,7 +20,8 @@ from hub.mqtt import HubMqtt, Message
 from hub.promote import StageGit
 from hub.rollout import Rollout
 from hub.sse import Updates
-from hub.store import Store
+from hub.store import HubStore
+from hub.store.factory import open_store
 from hub.web import WebContext, make_app
 
 log = logging.getLogger(__name__)
@@ -28,14 +29,14 @@ log = logging.getLogger(__name__)
 
 async def serve(cfg: HubConfig, stop: asyncio.Event) -> None:
     """Run the hub until ``stop`` is set. Raises StoreError/OSError at startup."""
-    store = await Store.open(cfg.hub.database)
+    store = await open_store(cfg.hub.database, cfg.hub.database_url, cfg.hub.database_ca_file)
     try:
         await _serve(cfg, store, stop)
     finally:
         await store.close()
 
 
-async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
+async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
     ingest: Ingest | None = None
 
     def on_message(msg: Message) -> None:
@@ -53,7 +54,7 @@ async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
     fleet = Fleet(cfg, store, heads=lambda: gitwatch.heads)
     updates = Updates(fleet)
     stage_git = (
-        StageGit(cfg.git, cfg.hub.database.parent / "stages-mirror.git")
+        StageGit(cfg.git, cfg.hub.state_dir / "stages-mirror.git")
         if cfg.git.url is not None
         else None
     )

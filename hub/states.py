@@ -41,13 +41,22 @@ EFFECTIVE_STATE_SQL: Final = (
 )
 
 
-OVERRIDE_COUNTS_SQL: Final = ", ".join(
-    "sum(" + "".join(f"NOT ({earlier}) AND " for _s, earlier in OVERRIDES[:i]) + f"{cond})"
+_EXCLUSIVE_OVERRIDES: Final = tuple(
+    "".join(f"NOT ({earlier}) AND " for _s, earlier in OVERRIDES[:i]) + f"({cond})"
     for i, (_state, cond) in enumerate(OVERRIDES)
 )
+"""Each override's condition, excluding the rows an earlier one took."""
+
+OVERRIDE_COUNTS_SQL: Final = ", ".join(f"sum({cond})" for cond in _EXCLUSIVE_OVERRIDES)
 """One aggregate per override, in order, each counting the rows no earlier one took."""
 
+OVERRIDE_FILTERS_SQL: Final = ", ".join(
+    f"count(*) FILTER (WHERE {cond})" for cond in _EXCLUSIVE_OVERRIDES
+)
+""":data:`OVERRIDE_COUNTS_SQL` for PostgreSQL, which cannot sum booleans."""
 
-def stale_window_sql(stale_after: str, heartbeat: str) -> str:
-    """SQL for a node's stale window (seconds) from two SQL operands."""
-    return f"max({stale_after}, {HEARTBEAT_MISSES} * {heartbeat})"
+
+def stale_window_sql(stale_after: str, heartbeat: str, larger: str = "max") -> str:
+    """SQL for a node's stale window (seconds) from two SQL operands; ``larger`` is the
+    dialect's two-argument maximum (PostgreSQL: ``greatest``)."""
+    return f"{larger}({stale_after}, {HEARTBEAT_MISSES} * {heartbeat})"

@@ -1,4 +1,5 @@
-"""The SQLite store on a real file: migrations, ordering rules, retention."""
+"""The store on a real SQLite file and a real PostgreSQL database: migrations,
+ordering rules, retention (tests marked ``both_backends`` run on each)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import pytest
 from common import wire
 from hub.errors import StoreError
 from hub.states import ALL_STATES
-from hub.store import Batch, EventRow, Pause, StatusRow, Store
+from hub.store import AuditRow, Batch, EventRow, HubStore, Pause, StatusRow, Store
+from hub.store.pg import PgStore
 from hub.store.schema import MIGRATIONS, SCHEMA_VERSION
+from tests.testbed.postgres import Postgres
 
 
 def row(node: str, seq: int, state: str, heard: float, live: bool = True) -> StatusRow:
@@ -44,42 +47,38 @@ async def test_schema_migrated_once_and_newer_schema_refused(tmp_path: Path) -> 
         await Store.open(db)
 
 
-async def test_effective_states_and_offline_override(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "hub.db")
+@pytest.mark.both_backends
+async def test_effective_states_and_offline_override(any_store: HubStore) -> None:
+    store = any_store
     now = time.time()
-    try:
-        await store.write_batch(Batch(statuses=[
-            row("fresh", 1, "synced", now), row("old", 1, "synced", now - 1000),
-            row("down", 1, "failed", now),
-        ], onlines=[("down", 0, now, 90.0, False), ("new", 1, now, 90.0, True)]))  # fmt: skip
-        counts = {(c.branch, c.state): c.nodes for c in await store.state_counts(now)}
-        assert counts == {("stable", "synced"): 1, ("stable", "stale"): 1,
-                          ("stable", "offline"): 1, (None, "progressing"): 1}  # fmt: skip
-        # a heartbeat (same seq) revives the stale node
-        await store.write_batch(Batch(heartbeats=[(now, 90.0, "old")]))
-        counts = {(c.branch, c.state): c.nodes for c in await store.state_counts(now)}
-        assert counts[("stable", "synced")] == 2
-        total, rows = await store.list_nodes(now, labels={"site": "x"})
-        assert total == 3 and rows[0].node == "down" and rows[0].labels == {"site": "x"}
-    finally:
-        await store.close()
+    await store.write_batch(Batch(statuses=[
+        row("fresh", 1, "synced", now), row("old", 1, "synced", now - 1000),
+        row("down", 1, "failed", now),
+    ], onlines=[("down", 0, now, 90.0, False), ("new", 1, now, 90.0, True)]))  # fmt: skip
+    counts = {(c.branch, c.state): c.nodes for c in await store.state_counts(now)}
+    assert counts == {("stable", "synced"): 1, ("stable", "stale"): 1,
+                      ("stable", "offline"): 1, (None, "progressing"): 1}  # fmt: skip
+    # a heartbeat (same seq) revives the stale node
+    await store.write_batch(Batch(heartbeats=[(now, 90.0, "old")]))
+    counts = {(c.branch, c.state): c.nodes for c in await store.state_counts(now)}
+    assert counts[("stable", "synced")] == 2
+    total, rows = await store.list_nodes(now, labels={"site": "x"})
+    assert total == 3 and rows[0].node == "down" and rows[0].labels == {"site": "x"}
 
 
-async def test_event_dedup_and_retention(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "hub.db")
+@pytest.mark.both_backends
+async def test_event_dedup_and_retention(any_store: HubStore) -> None:
+    store = any_store
     now = time.time()
-    try:
-        inserted, seen = await store.write_batch(
-            Batch(events=[event("n", s, now - 100 + s) for s in (1, 2, 2, 3)])
-        )
-        assert (inserted, seen) == (3, 4)
-        assert await store.prune_events(before=now - 98.5, keep=10) == 1  # seq 1 too old
-        for seq in range(4, 20):
-            await store.write_batch(Batch(events=[event("n", seq, now)]))
-        assert await store.prune_events(before=0, keep=5) == 13
-        assert [r.seq for r in await store.events(node="n")] == [19, 18, 17, 16, 15]
-    finally:
-        await store.close()
+    inserted, seen = await store.write_batch(
+        Batch(events=[event("n", s, now - 100 + s) for s in (1, 2, 2, 3)])
+    )
+    assert (inserted, seen) == (3, 4)
+    assert await store.prune_events(before=now - 98.5, keep=10) == 1  # seq 1 too old
+    for seq in range(4, 20):
+        await store.write_batch(Batch(events=[event("n", seq, now)]))
+    assert await store.prune_events(before=0, keep=5) == 13
+    assert [r.seq for r in await store.events(node="n")] == [19, 18, 17, 16, 15]
 
 
 async def test_a_version_1_database_is_migrated_to_the_current_schema(tmp_path: Path) -> None:
@@ -106,35 +105,76 @@ async def test_a_version_1_database_is_migrated_to_the_current_schema(tmp_path: 
     assert versions == list(range(1, SCHEMA_VERSION + 1))
 
 
-async def test_summary_counts_and_state_filter_apply_the_same_rule(tmp_path: Path) -> None:
+@pytest.mark.both_backends
+async def test_summary_counts_and_state_filter_apply_the_same_rule(any_store: HubStore) -> None:
     """The summary folds per-override counts; listings filter with the SQL CASE: both
     come from states.OVERRIDES and must put every node in the same state."""
-    store = await Store.open(tmp_path / "hub.db")
+    store = any_store
     now = time.time()
-    try:
-        await store.write_batch(Batch(
-            statuses=[row(f"n{i}", 1, wire.STATES[i % len(wire.STATES)], now - 500 * (i % 3))
-                      for i in range(30)],
-            # offline and stale at once: offline wins; online without status: progressing
-            onlines=[("n1", 0, now, 90.0, False), ("n2", 0, now, 90.0, False),
-                     ("fresh", 1, now, 90.0, True), ("gone", 1, now - 900, 90.0, True)],
-        ))  # fmt: skip
-        summed = dict.fromkeys(ALL_STATES, 0)
-        for count in await store.state_counts(now):
-            summed[count.state] += count.nodes
-        for state in ALL_STATES:
-            total, rows = await store.list_nodes(now, state=state, limit=1000)
-            assert total == summed[state], state
-            assert all(r.state == state for r in rows)
-        assert summed["offline"] == 2 and summed["stale"] > 0 and sum(summed.values()) == 32
-    finally:
-        await store.close()
+    await store.write_batch(Batch(
+        statuses=[row(f"n{i}", 1, wire.STATES[i % len(wire.STATES)], now - 500 * (i % 3))
+                  for i in range(30)],
+        # offline and stale at once: offline wins; online without status: progressing
+        onlines=[("n1", 0, now, 90.0, False), ("n2", 0, now, 90.0, False),
+                 ("fresh", 1, now, 90.0, True), ("gone", 1, now - 900, 90.0, True)],
+    ))  # fmt: skip
+    summed = dict.fromkeys(ALL_STATES, 0)
+    for count in await store.state_counts(now):
+        summed[count.state] += count.nodes
+    for state in ALL_STATES:
+        total, rows = await store.list_nodes(now, state=state, limit=1000)
+        assert total == summed[state], state
+        assert all(r.state == state for r in rows)
+    assert summed["offline"] == 2 and summed["stale"] > 0 and sum(summed.values()) == 32
 
 
-_DRIVERS = ("sqlite3", "aiosqlite")
+async def test_postgres_schema_migrated_once_and_newer_schema_refused(
+    postgres: Postgres, pg_database: str
+) -> None:
+    store = await PgStore.open(pg_database)
+    await store.write_batch(Batch(statuses=[row("n1", 1, "synced", time.time())]))
+    await store.close()
+    store = await PgStore.open(pg_database)  # reopening keeps data, runs no migration twice
+    assert await store.node_seqs() == {"n1": 1}
+    await store.close()
+    database = pg_database.rsplit("/", 1)[1]
+    assert postgres.psql("SELECT count(*) FROM schema_version", database).strip() == "1"
+    postgres.psql("INSERT INTO schema_version VALUES (99)", database)
+    with pytest.raises(StoreError, match="newer"):
+        await PgStore.open(pg_database)
 
 
-def test_only_the_store_touches_sqlite() -> None:
+async def test_postgres_unreachable_is_a_clear_error(postgres: Postgres) -> None:
+    url = f"postgresql://postgres:hunter2@127.0.0.1:{postgres.port}/no_such_db"
+    with pytest.raises(StoreError, match="cannot open database") as err:
+        await PgStore.open(url)
+    assert "hunter2" not in str(err.value)
+
+
+@pytest.mark.both_backends
+async def test_rollout_records_round_trip(any_store: HubStore) -> None:
+    store = any_store
+    audit = AuditRow(1.0, "promote", "beta", "auto", "a" * 40, "b" * 40, "done", True, "ok", "{}")
+    first = await store.add_audit(audit)
+    assert await store.add_audit(audit._replace(outcome="refused")) == first + 1
+    assert [e.row.outcome for e in await store.history("beta")] == ["refused", "done"]
+    assert await store.promotion_origin("beta", "b" * 40) == "a" * 40
+    await store.set_pause(Pause("beta", "halt", None, 1.0, "auto", "why"))
+    await store.set_pause(Pause("beta", "rollback", "c" * 40, 2.0, "ops", "again"))
+    assert await store.pauses() == {
+        "beta": Pause("beta", "rollback", "c" * 40, 2.0, "ops", "again")
+    }
+    await store.clear_pause("beta")
+    assert await store.pauses() == {}
+    for at, commit in ((1.0, "x"), (2.0, "y"), (3.0, "x")):
+        await store.record_head("beta", commit, at)  # a head seen again keeps its first time
+    assert await store.head_history("beta") == ["y", "x"]
+
+
+_DRIVERS = ("sqlite3", "aiosqlite", "asyncpg")
+
+
+def test_only_the_store_touches_a_database_driver() -> None:
     """Rows leave the store typed: no other hub module may import the database driver."""
     hub = Path(__file__).resolve().parents[1] / "hub"
     offenders = []

@@ -137,6 +137,8 @@ class HubProc:
     token: str | None = "s3cret-token"
     mqtt_extra: str = ""
     """Extra [mqtt] lines (username, password_file, ca_file, protocol...)."""
+    database: str | None = None
+    """``[hub] database``; default: hub.db in ``directory``."""
     port: int = field(default_factory=free_port)
     client_id: str = field(default_factory=lambda: f"hub-test-{uuid.uuid4().hex[:8]}")
     proc: subprocess.Popen[bytes] | None = None
@@ -161,7 +163,7 @@ class HubProc:
         self.directory.mkdir(parents=True, exist_ok=True)
         hub = [
             f'listen = "127.0.0.1:{self.port}"',
-            f'database = "{self.directory / "hub.db"}"',
+            f'database = "{self.database or self.directory / "hub.db"}"',
             f"heartbeat = {self.heartbeat}",
         ]
         if self.stale_after is not None:
@@ -252,12 +254,14 @@ class HubProc:
 
 
 @pytest.fixture
-def hub_on(tmp_path: Path) -> Iterator[Callable[..., HubProc]]:
+def hub_on(tmp_path: Path, hub_database: Callable[[Path], str]) -> Iterator[Callable[..., HubProc]]:
     """Like hub_factory, for a broker the test chooses (auth, TLS): hub_on(broker, ...)."""
     hubs: list[HubProc] = []
 
     def make(broker: Mosquitto, start: bool = True, **options: Any) -> HubProc:
-        hub = HubProc(tmp_path / f"hub{len(hubs)}", broker, **options)
+        directory = tmp_path / f"hub{len(hubs)}"
+        options.setdefault("database", hub_database(directory))
+        hub = HubProc(directory, broker, **options)
         hubs.append(hub)
         if start:
             hub.start()
