@@ -20,6 +20,8 @@ from tests.testbed.hubproc import REPO_ROOT, HubProc, Publisher, event_doc, stat
 from tests.testbed.mosquitto import Mosquitto, free_port
 from tests.testbed.mqtt import stop_client
 
+pytestmark = pytest.mark.both_backends  # every hub here runs on SQLite, then PostgreSQL
+
 
 @pytest.fixture
 def fleet_hub(hub_factory: Callable[..., HubProc], publisher: Publisher) -> HubProc:

@@ -14,6 +14,8 @@ from common.strict import parse_event, parse_status
 from hub.ingest import Rejected, parse_online
 from tests.testbed.hubproc import HubProc, Publisher, event_doc, status_doc
 
+pytestmark = pytest.mark.both_backends  # every hub here runs on SQLite, then PostgreSQL
+
 
 def summary(hub: HubProc) -> dict[str, Any]:
     return hub.get("/api/v1/summary")

@@ -26,12 +26,14 @@ from hub.config import GitSettings, HubConfig, parse_config
 from hub.errors import RolloutRefused
 from hub.promote import StageGit
 from hub.rollout import Rollout
-from hub.store import Store
+from hub.store import HubStore
 from tests.testbed.fleetrepo import FleetRepo
 from tests.testbed.gitserver import GitDaemon
 from tests.testbed.hubproc import REPO_ROOT, HubProc, Publisher, status_doc
 from tests.testbed.mosquitto import Mosquitto
 from tests.testbed.mqtt import stop_client
+
+pytestmark = pytest.mark.both_backends  # every hub here runs on SQLite, then PostgreSQL
 
 STAGES = """
 [[stages]]
@@ -236,83 +238,80 @@ def _cfg(tmp_path: Path, url: str) -> HubConfig:
 
 
 async def test_concurrent_push_is_never_overwritten(
-    tmp_path: Path, daemon: tuple[FleetRepo, GitDaemon]
+    tmp_path: Path, daemon: tuple[FleetRepo, GitDaemon], any_store: HubStore
 ) -> None:
     repo, server = daemon
     c0 = repo.commit({"common/files/etc/motd": "v0\n"}, branch="canary")
     repo.push("beta", c0)
     c1 = repo.commit({"common/files/etc/motd": "v1\n"}, branch="canary")
     cfg = _cfg(tmp_path, server.url())
-    store = await Store.open(tmp_path / "hub.db")
+    store = any_store
     git = StageGit(GitSettings(url=server.url()), tmp_path / "mirror.git")
     heads = {"canary": c1, "beta": c0}
     moved: list[tuple[str, str]] = []
     rollout = Rollout(cfg, store, git, lambda: heads, lambda b, s: moved.append((b, s)))
-    try:
-        # 1. someone pushes to beta after the gate was checked (the hub saw c0)
-        theirs = repo.commit({"common/files/etc/hotfix": "1"}, branch="beta")
-        with pytest.raises(RolloutRefused, match="moved by someone else since the gate"):
-            await rollout.promote("beta", "alice", "race 1", force=True)
-        assert repo.head("beta") == theirs and not moved
+    # 1. someone pushes to beta after the gate was checked (the hub saw c0)
+    theirs = repo.commit({"common/files/etc/hotfix": "1"}, branch="beta")
+    with pytest.raises(RolloutRefused, match="moved by someone else since the gate"):
+        await rollout.promote("beta", "alice", "race 1", force=True)
+    assert repo.head("beta") == theirs and not moved
 
-        # 2. someone pushes while our update is on the wire (after the advertisement)
-        heads["beta"] = theirs
-        # a canary commit on top of theirs (made on the local beta branch, pushed to canary)
-        c2 = repo.commit({"common/files/etc/motd": "v2\n"}, branch="beta", push=False)
-        repo.push("canary", c2)
-        heads["canary"] = c2
-        rival: list[str] = []
+    # 2. someone pushes while our update is on the wire (after the advertisement)
+    heads["beta"] = theirs
+    # a canary commit on top of theirs (made on the local beta branch, pushed to canary)
+    c2 = repo.commit({"common/files/etc/motd": "v2\n"}, branch="beta", push=False)
+    repo.push("canary", c2)
+    heads["canary"] = c2
+    rival: list[str] = []
 
-        def push_first(branch: str, old: str | None, new: str) -> None:
-            rival.append(repo.commit({"common/files/etc/rival": "1"}, branch="beta"))
+    def push_first(branch: str, old: str | None, new: str) -> None:
+        rival.append(repo.commit({"common/files/etc/rival": "1"}, branch="beta"))
 
-        git.before_update = push_first
-        with pytest.raises(RolloutRefused, match="during the push"):
-            await rollout.promote("beta", "alice", "race 2", force=True)
-        assert repo.head("beta") == rival[0] and not moved
+    git.before_update = push_first
+    with pytest.raises(RolloutRefused, match="during the push"):
+        await rollout.promote("beta", "alice", "race 2", force=True)
+    assert repo.head("beta") == rival[0] and not moved
 
-        audit = await rollout.history("beta")
-        assert [(a["outcome"], a["reason"].split(":")[0]) for a in audit] == [
-            ("refused", "race 2"),
-            ("refused", "race 1"),
-        ]
-        assert "was not overwritten" in audit[0]["reason"]
+    audit = await rollout.history("beta")
+    assert [(a["outcome"], a["reason"].split(":")[0]) for a in audit] == [
+        ("refused", "race 2"),
+        ("refused", "race 1"),
+    ]
+    assert "was not overwritten" in audit[0]["reason"]
 
-        # 3. without a rival the same call goes through (fast-forward from the real head)
-        git.before_update = None
-        heads["beta"] = rival[0]
-        c3 = repo.commit({"common/files/etc/motd": "v3\n"}, branch="beta", push=False)
-        repo.push("canary", c3)
-        heads["canary"] = c3
-        result = await rollout.promote("beta", "alice", "ok now", force=True)
-        assert result["to"] == c3 and repo.head("beta") == c3 and moved == [("beta", c3)]
+    # 3. without a rival the same call goes through (fast-forward from the real head)
+    git.before_update = None
+    heads["beta"] = rival[0]
+    c3 = repo.commit({"common/files/etc/motd": "v3\n"}, branch="beta", push=False)
+    repo.push("canary", c3)
+    heads["canary"] = c3
+    result = await rollout.promote("beta", "alice", "ok now", force=True)
+    assert result["to"] == c3 and repo.head("beta") == c3 and moved == [("beta", c3)]
 
-        # 4. a candidate that does not descend from the stage head is refused
-        repo.push("beta", c0, force=True)
-        heads["beta"] = c0
-        orphan = subprocess.run(
-            ["git", "-C", str(repo.work), "commit-tree", "-m", "unrelated",
-             f"{c3}^{{tree}}"], capture_output=True, text=True, check=True,
-            env={"GIT_AUTHOR_NAME": "x", "GIT_AUTHOR_EMAIL": "x@x", "GIT_COMMITTER_NAME": "x",
-                 "GIT_COMMITTER_EMAIL": "x@x", "PATH": "/usr/bin:/bin"},
-        ).stdout.strip()  # fmt: skip
-        repo.push("canary", orphan, force=True)
-        heads["canary"] = orphan
-        with pytest.raises(RolloutRefused, match="not a fast-forward"):
-            await rollout.promote("beta", "alice", "history rewrite", force=True)
-        assert repo.head("beta") == c0
-    finally:
-        await store.close()
+    # 4. a candidate that does not descend from the stage head is refused
+    repo.push("beta", c0, force=True)
+    heads["beta"] = c0
+    orphan = subprocess.run(
+        ["git", "-C", str(repo.work), "commit-tree", "-m", "unrelated",
+         f"{c3}^{{tree}}"], capture_output=True, text=True, check=True,
+        env={"GIT_AUTHOR_NAME": "x", "GIT_AUTHOR_EMAIL": "x@x", "GIT_COMMITTER_NAME": "x",
+             "GIT_COMMITTER_EMAIL": "x@x", "PATH": "/usr/bin:/bin"},
+    ).stdout.strip()  # fmt: skip
+    repo.push("canary", orphan, force=True)
+    heads["canary"] = orphan
+    with pytest.raises(RolloutRefused, match="not a fast-forward"):
+        await rollout.promote("beta", "alice", "history rewrite", force=True)
+    assert repo.head("beta") == c0
 
 
 async def test_git_down_is_audited_as_failed(
-    tmp_path: Path, daemon: tuple[FleetRepo, GitDaemon]
+    tmp_path: Path, daemon: tuple[FleetRepo, GitDaemon], any_store: HubStore
 ) -> None:
     repo, server = daemon
     c0 = repo.commit({"a": "0"}, branch="canary")
     repo.push("beta", c0)
     c1 = repo.commit({"a": "1"}, branch="canary")
-    store = await Store.open(tmp_path / "hub.db")
+    store = any_store
     git = StageGit(GitSettings(url=server.url()), tmp_path / "mirror.git")
     rollout = Rollout(_cfg(tmp_path, server.url()), store, git,
                       lambda: {"canary": c1, "beta": c0}, lambda b, s: None)  # fmt: skip
@@ -325,28 +324,24 @@ async def test_git_down_is_audited_as_failed(
         (entry,) = await rollout.history()
         assert entry["outcome"] == "failed" and entry["forced"]
     finally:
-        await store.close()
         server.start()
 
 
 @pytest.mark.timeout(30)
 async def test_hung_git_server_fails_promotion_within_the_timeout(
-    tmp_path: Path, silent_git_url: str
+    tmp_path: Path, silent_git_url: str, any_store: HubStore
 ) -> None:
-    store = await Store.open(tmp_path / "hub.db")
+    store = any_store
     git = StageGit(GitSettings(url=silent_git_url, timeout=1.0), tmp_path / "mirror.git")
     heads = {"canary": "c" * 40, "beta": "b" * 40}
     rollout = Rollout(_cfg(tmp_path, silent_git_url), store, git, lambda: heads,
                       lambda b, s: None)  # fmt: skip
-    try:
-        # The second attempt fails the same way instead of waiting for a held lock.
-        for attempt in ("first", "second"):
-            with pytest.raises(RolloutRefused, match=r"git fetch git://\S+: no answer within 1s"):
-                await rollout.promote("beta", "bob", attempt, force=True)
-        audit = await rollout.history()
-        assert [(a["outcome"], a["reason"].split(":")[0]) for a in audit] == [
-            ("failed", "second"),
-            ("failed", "first"),
-        ]
-    finally:
-        await store.close()
+    # The second attempt fails the same way instead of waiting for a held lock.
+    for attempt in ("first", "second"):
+        with pytest.raises(RolloutRefused, match=r"git fetch git://\S+: no answer within 1s"):
+            await rollout.promote("beta", "bob", attempt, force=True)
+    audit = await rollout.history()
+    assert [(a["outcome"], a["reason"].split(":")[0]) for a in audit] == [
+        ("failed", "second"),
+        ("failed", "first"),
+    ]
