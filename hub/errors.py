@@ -18,7 +18,7 @@ class ConfigError(HubError):
 
 
 class StoreError(HubError):
-    """The SQLite database cannot be opened, migrated or written."""
+    """The database (SQLite or PostgreSQL) cannot be opened, migrated or written."""
 
 
 class GitWatchError(HubError):
