@@ -83,10 +83,11 @@ class MqttSettings(MqttEndpoint):
     keepalive: int = 60
     client_id: str = field(default_factory=lambda: f"edgefleet-hub-{socket.gethostname()}")
     """Stable id: the broker keeps this hub's persistent session (queued QoS1) under it."""
-    shared: bool = True
-    """Subscribe as $share/edgefleet-hub/... so several hubs split the load. Brokers do
-    not send retained messages to shared subscriptions: nodes appear at their next
-    heartbeat after a hub starts with an empty database."""
+    shared: bool = False
+    """Subscribe as $share/edgefleet-hub/... so several hubs split the load (the default
+    with a PostgreSQL database; a SQLite hub is alone). Brokers do not send retained
+    messages to shared subscriptions: nodes appear at their next heartbeat after a hub
+    starts with an empty database."""
     session_expiry: int = 7 * 86400
     """Seconds the broker keeps the hub's session (and queues messages) while it is down."""
 
@@ -219,7 +220,7 @@ def _hub(root: Section) -> HubSettings:
     return cfg
 
 
-def _mqtt(root: Section) -> MqttSettings:
+def _mqtt(root: Section, shared: bool) -> MqttSettings:
     sec = root.table("mqtt")
     keys = mqtt_connection(sec, MqttSettings.url)
     client_id = sec.text("client_id")
@@ -227,7 +228,7 @@ def _mqtt(root: Section) -> MqttSettings:
         keys["client_id"] = client_id
     cfg = MqttSettings(
         **keys,
-        shared=sec.flag("shared", True),
+        shared=sec.flag("shared", shared),
         session_expiry=round(
             sec.duration("session_expiry", 7 * DAY, maximum=MQTT_SESSION_EXPIRY_MAX)
         ),
@@ -353,9 +354,10 @@ def _stages(root: Section) -> tuple[Stage, ...]:
 def parse_config(data: Mapping[str, Any], path: Path) -> HubConfig:
     """Validate an already-parsed TOML document (exposed for tests of pure logic)."""
     root = Section(path, "", data, ConfigError, relative_paths=True)
-    cfg = HubConfig(
-        path=path, hub=_hub(root), mqtt=_mqtt(root), git=_git(root), stages=_stages(root)
-    )
+    hub = _hub(root)
+    # One SQLite hub takes everything; PostgreSQL replicas split the load.
+    mqtt = _mqtt(root, shared=hub.database_url is not None)
+    cfg = HubConfig(path=path, hub=hub, mqtt=mqtt, git=_git(root), stages=_stages(root))
     root.done()
     return cfg
 

@@ -79,6 +79,8 @@ class HubMqtt:
         self._cfg = cfg
         self._max_unacked = max_unacked
         self._topics = [SHARE_GROUP + t if cfg.shared else t for t in topics]
+        # The other form, which a hub configured the other way left in the session.
+        self._old_topics = [t if cfg.shared else SHARE_GROUP + t for t in topics]
         self._on_message = on_message
         self._on_ready = on_ready
         self._protocol = initial_protocol(cfg.protocol)
@@ -302,6 +304,9 @@ class HubMqtt:
             client.disconnect()
             return
         log.debug("MQTT connected (session present: %s)", flags.session_present)
+        if flags.session_present:
+            # Else the session keeps both forms and the broker delivers everything twice.
+            client.unsubscribe(self._old_topics)
         client.subscribe([(t, 1) for t in self._topics])
 
     def _handle_subscribe(

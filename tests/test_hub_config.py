@@ -32,7 +32,7 @@ def test_defaults() -> None:
     cfg = parse("[hub]\nheartbeat = 10\n")
     assert cfg.hub.stale_after == 30.0  # 3 x heartbeat
     assert cfg.hub.listen == ("127.0.0.1", 8080)
-    assert cfg.mqtt.shared and cfg.mqtt.protocol == "auto"
+    assert not cfg.mqtt.shared and cfg.mqtt.protocol == "auto"  # one SQLite hub: plain
     assert cfg.git.url is None and cfg.stages == ()
 
 
@@ -56,7 +56,7 @@ TWO_X = STAGE.format(name="a", branch="x", extra="") + STAGE.format(name="b", br
         ("[hub]\nheartbeat = nan\n", "hub.heartbeat", "finite"),
         ("[hub]\nstale_after = inf\n", "hub.stale_after", "finite"),
         ("[hub]\nevents_max_age = '20y'\n", "hub.events_max_age", "is not a duration"),
-        ("[hub]\ndatabase = 'postgresql://hub@db/edgefleet'\n", "hub.database", "only SQLite"),
+        ("[hub]\ndatabase = 'mysql://hub@db/edgefleet'\n", "hub.database", "'mysql' URLs"),
         ("[hub]\nevents_max = 9223372036854775807\n", "hub.events_max", "between 100 and"),
         ("[mqtt]\nkeepalive = 100000\n", "mqtt.keepalive", "between 5 and 65535"),
         ("[mqtt]\nsession_expiry = 99999999999\n", "mqtt.session_expiry", "4294967295"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -276,3 +277,29 @@ async def test_acks_given_before_a_clean_stop_hold_for_the_next_session(tmp_path
         assert await redelivered(broker, cfg, "st") == ["st/marker"]
     finally:
         broker.stop()
+
+
+@pytest.mark.parametrize("was_shared", [True, False])
+async def test_a_hub_switching_subscription_form_drops_the_old_one(
+    mosquitto: Mosquitto, was_shared: bool
+) -> None:
+    """The persistent session keeps the subscription a hub configured the other way made
+    (e.g. shared before the SQLite default became a plain one): the hub drops it at
+    connect, else every message would arrive twice."""
+    client_id = f"hub-switch-{uuid.uuid4().hex[:8]}"
+    before = dataclasses.replace(settings(mosquitto, "5", client_id), shared=was_shared)
+    async with running(HubMqtt(before, ["sw/+"], Inbox())) as mqtt:
+        await asyncio.wait_for(mqtt.ready.wait(), 10)
+    inbox = Inbox()
+    after = dataclasses.replace(before, shared=not was_shared)
+    async with running(HubMqtt(after, ["sw/+"], inbox)) as mqtt:
+        await asyncio.wait_for(mqtt.ready.wait(), 10)
+        publish(mosquitto, "sw/a", 1)
+        await inbox.wait_for(1)
+        # The broker queues a message for every matching subscription as it takes it:
+        # once a later one arrived, any second copy of the first would have too.
+        publish(mosquitto, "sw/b", 1)
+        await inbox.wait_for(2)
+        for msg in inbox.messages:
+            mqtt.ack(msg.mid, msg.qos)
+    assert [m.topic for m in inbox.messages] == ["sw/a", "sw/b"]

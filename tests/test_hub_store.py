@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from hub.states import ALL_STATES
 from hub.store import AuditRow, Batch, EventRow, HubStore, Pause, StatusRow, Store
 from hub.store.pg import PgStore
 from hub.store.schema import MIGRATIONS, SCHEMA_VERSION
+from tests.testbed.hubproc import HubProc
 from tests.testbed.postgres import Postgres
 
 
@@ -188,3 +191,30 @@ def test_only_the_store_touches_a_database_driver() -> None:
             )  # fmt: skip
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in _DRIVERS]
     assert offenders == []
+
+
+async def test_a_second_store_on_one_sqlite_file_is_refused_with_the_holders_pid(
+    tmp_path: Path,
+) -> None:
+    first = await Store.open(tmp_path / "hub.db")
+    try:
+        with pytest.raises(StoreError) as err:
+            await Store.open(tmp_path / "hub.db")
+        assert str(err.value) == (
+            f"{tmp_path}/hub.db is in use by hub pid {os.getpid()} (lock {tmp_path}/hub.db.lock): "
+            "one hub per SQLite database; several hubs need a PostgreSQL database"
+        )
+    finally:
+        await first.close()
+    await (await Store.open(tmp_path / "hub.db")).close()  # released at close
+
+
+def test_a_second_hub_process_on_one_sqlite_file_exits_with_a_clear_error(
+    hub_factory: Callable[..., HubProc],
+) -> None:
+    first = hub_factory()
+    second = hub_factory(start=False, database=str(first.directory / "hub.db"))
+    second.start(wait=False)
+    assert second.proc is not None and second.proc.wait(30) == 1
+    assert f"hub.db is in use by hub pid {first.proc.pid}" in second.log_text()
+    assert first.try_get("/api/v1/health").get("mqtt") == "connected"

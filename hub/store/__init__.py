@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hub.store.db import Db
+from hub.store.filelock import DatabaseLock
 from hub.store.interface import HubStore, IngestStore, NodeQueries, RolloutRecords, RolloutStore
 from hub.store.nodes import SqliteNodes
 from hub.store.rollouts import SqliteRollouts
@@ -54,8 +55,26 @@ __all__ = [
 
 
 class Store(SqliteNodes, SqliteRollouts, HubStore):
-    """The SQLite store. Open with :meth:`open`; close with :meth:`close`."""
+    """The SQLite store. Open with :meth:`open`; close with :meth:`close`.
+
+    Open, it holds the database's :class:`DatabaseLock`: a second hub is refused."""
+
+    _lock: DatabaseLock | None = None
 
     @classmethod
     async def open(cls, path: Path) -> Store:
-        return cls(*await Db.connect(path))
+        lock = DatabaseLock.acquire(path)
+        try:
+            store = cls(*await Db.connect(path))
+        except BaseException:
+            lock.release()
+            raise
+        store._lock = lock
+        return store
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
