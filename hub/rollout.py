@@ -1,14 +1,15 @@
 """Staged rollouts: the promotion engine, halt, rollback and the audit log.
 
 A stage with ``promote_from`` takes the head of its source stage (the candidate) when
-:func:`hub.gate.evaluate_gate` opens; the soak is tracked per candidate in memory (a
-hub restart starts the soak over, which is safe).
+:func:`hub.gate.evaluate_gate` opens; the soak is tracked per candidate in the store,
+so a restarted hub or a new leader continues it (no restart, no double promotion).
 
 :class:`Rollout` runs the loop: it records stage heads, halts a pipeline whose stage
 fails on its head beyond ``max_failed`` (and with ``auto_rollback`` moves that stage
 back to its previous commit), promotes ``auto`` stages whose gate is open inside their
 window, and serves the manual promote/rollback/resume calls. Every decision that moves
-or blocks a branch lands in the audit table with the evidence behind it.
+or blocks a branch lands in the audit table with the evidence behind it. Only the
+leader (:mod:`hub.leader`) runs the loop; every branch move and resume is fenced.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from hub.config import HubConfig, Stage
 from hub.errors import BranchMoved, HubError, PromoteError, RolloutRefused
 from hub.gate import GateResult, blocked_by, evaluate_gate, failed_on
+from hub.leader import Leadership, NotLeader
 from hub.promote import StageGit
 from hub.shapes import AuditJson, PauseJson, PromoteJson, ResumeJson, RollbackJson, StageRollout
 from hub.store import AuditRow, NodeState, Pause, RolloutStore
@@ -45,12 +46,6 @@ class AlreadyThere(RolloutRefused):
     """The stage branch is at the candidate already (nothing to do, nothing audited)."""
 
 
-@dataclass
-class _Holding:
-    candidate: str
-    since: float
-
-
 class Rollout:
     def __init__(
         self,
@@ -61,6 +56,7 @@ class Rollout:
         moved: Moved,
         clock: Callable[[], float] = time.time,
         tick: float = 0.5,
+        leader: Leadership | None = None,
     ) -> None:
         self._cfg = cfg
         self._store = store
@@ -69,7 +65,7 @@ class Rollout:
         self._moved = moved
         self._clock = clock
         self._tick = tick
-        self._holding: dict[str, _Holding] = {}
+        self._leader = leader or Leadership()
         self._recorded: dict[str, str] = {}
         self._auto_failed: dict[str, tuple[str, str | None]] = {}
         """stage -> (candidate, stage head) of an automatic promotion that failed: not
@@ -90,16 +86,19 @@ class Rollout:
         """The gate into ``stage``; ``track`` (the loop) advances the soak bookkeeping."""
         source = self._source(stage)
         candidate = self._heads().get(source.branch)
-        held = self._holding.get(stage.name)
-        since = held.since if held is not None and held.candidate == candidate else None
+        held = (await self._store.gate_holding()).get(stage.name)
+        since = held[1] if held is not None and held[0] == candidate else None
         result = evaluate_gate(
             stage.gate, candidate, await self._nodes(source), since, self._clock()
         )
         if track:
-            if result.holding_since is None or result.candidate is None:
-                self._holding.pop(stage.name, None)
-            else:
-                self._holding[stage.name] = _Holding(result.candidate, result.holding_since)
+            holding = (
+                None
+                if result.holding_since is None or result.candidate is None
+                else (result.candidate, result.holding_since)
+            )
+            if holding != held:
+                await self._store.set_gate_holding(stage.name, holding)
         return result
 
     def _source(self, stage: Stage) -> Stage:
@@ -145,7 +144,8 @@ class Rollout:
             return
         while not stop.is_set():
             try:
-                await self.tick()
+                if self._leader.is_leader():
+                    await self.tick()
             except HubError as err:
                 log.warning("rollout check failed: %s", err)
             waiter = asyncio.ensure_future(self._wake.wait())
@@ -187,6 +187,8 @@ class Rollout:
                 await self._promote(stage, gate, current, AUTO, "gate open", forced=False)
             except AlreadyThere:
                 continue
+            except NotLeader:
+                return  # the new leader decides
             except (RolloutRefused, PromoteError) as err:
                 self._auto_failed[stage.name] = (gate.candidate, current)
                 log.warning("automatic promotion into %s not done: %s", stage.name, err)
@@ -281,7 +283,7 @@ class Rollout:
         async with self._lock:
             try:
                 await self._push_promotion(git, source, stage, expected, candidate)
-            except AlreadyThere:
+            except (AlreadyThere, NotLeader):
                 raise
             except (PromoteError, RolloutRefused) as err:
                 outcome = "refused" if isinstance(err, BranchMoved | RolloutRefused) else "failed"
@@ -318,6 +320,7 @@ class Rollout:
                 f"{candidate[:7]} does not descend from {stage.branch} head "
                 f"{expected[:7]}: not a fast-forward (promotion never rewrites history)"
             )
+        await self._leader.fence()
         await asyncio.to_thread(git.update, stage.branch, expected, candidate)
 
     async def _previous(self, stage: Stage, head: str) -> str | None:
@@ -350,6 +353,7 @@ class Rollout:
                     f"{target[:12]} is neither a previous head of {name} nor in its history"
                 )
             evidence = {"head": head, "target": target, "previous_head": known}
+            await self._leader.fence()
             try:
                 await asyncio.to_thread(git.update, stage.branch, head, target)
             except PromoteError as err:
@@ -374,6 +378,7 @@ class Rollout:
         pause = (await self._store.pauses()).get(name)
         if pause is None:
             raise RolloutRefused(f"stage {name} is not paused")
+        await self._leader.fence()
         await self._store.clear_pause(name)
         self._auto_failed.pop(name, None)
         await self._audit("resume", stage, who, None, None, "done", reason,

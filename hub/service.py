@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -16,12 +17,14 @@ from hub.config import HubConfig
 from hub.fleet import Fleet
 from hub.gitwatch import GitWatch
 from hub.ingest import TOPICS, Ingest
+from hub.leader import Leadership, LeaseLeadership
 from hub.mqtt import HubMqtt, Message
 from hub.promote import StageGit
 from hub.rollout import Rollout
 from hub.sse import Updates
 from hub.store import HubStore
 from hub.store.factory import open_store
+from hub.store.pglease import PgLease
 from hub.web import WebContext, make_app
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,20 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
             gitwatch.announce(force=True)  # the broker may have lost retained refs
 
     mqtt = HubMqtt(cfg.mqtt, TOPICS, on_message, on_ready)
-    gitwatch = GitWatch(cfg.git, [s.branch for s in cfg.stages], mqtt.publish)
+    rollout: Rollout | None = None
+
+    def on_elected() -> None:
+        assert gitwatch is not None and rollout is not None  # set before the lease task
+        gitwatch.announce(force=True)  # a standby never published: refresh every ref
+        rollout.poke()
+
+    leader = leadership(cfg, store, on_elected)
+
+    def publish_ref(topic: str, payload: bytes, qos: int, retain: bool) -> bool:
+        # Ref notifications are the leader's: two replicas must not race on retained refs.
+        return leader.is_leader() and mqtt.publish(topic, payload, qos, retain)
+
+    gitwatch = GitWatch(cfg.git, [s.branch for s in cfg.stages], publish_ref)
     fleet = Fleet(cfg, store, heads=lambda: gitwatch.heads)
     updates = Updates(fleet)
     stage_git = (
@@ -58,7 +74,7 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
         if cfg.git.url is not None
         else None
     )
-    rollout = Rollout(cfg, store, stage_git, lambda: gitwatch.heads, gitwatch.moved)
+    rollout = Rollout(cfg, store, stage_git, lambda: gitwatch.heads, gitwatch.moved, leader=leader)
 
     def on_commit() -> None:
         updates.changed()
@@ -75,6 +91,7 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
     await ingest.start()
     ctx = WebContext(cfg, fleet, ingest.counters, mqtt.publish, mqtt.ready.is_set, updates, rollout)
     ctx.refresh_git = gitwatch.refresh
+    ctx.role = lambda: leader.role
     runner = web.AppRunner(make_app(ctx), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     host, port = cfg.hub.listen
@@ -92,6 +109,7 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
         tg.create_task(gitwatch.run(stop), name="gitwatch")
         tg.create_task(updates.run(stop), name="sse-updates")
         tg.create_task(rollout.run(stop), name="rollout")
+        tg.create_task(leader.run(stop), name="leader-lease")
 
         async def shutdown() -> None:
             await stop.wait()
@@ -102,3 +120,10 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
             mqtt_stop.set()
 
         tg.create_task(shutdown(), name="shutdown")
+
+
+def leadership(cfg: HubConfig, store: HubStore, on_elected: Callable[[], None]) -> Leadership:
+    """Replicas on PostgreSQL compete for the lease; a SQLite hub leads alone."""
+    if isinstance(store, PgLease):
+        return LeaseLeadership(store, cfg.hub.api_url, on_elected)
+    return Leadership()

@@ -28,6 +28,7 @@ from hub.config import HubConfig, Stage, read_secret
 from hub.errors import HubError, RolloutRefused
 from hub.fleet import Fleet
 from hub.ingest import IngestCounters
+from hub.leader import LEADER, leader_metric
 from hub.metrics import prometheus_text
 from hub.rollout import Rollout
 from hub.sse import Updates
@@ -54,6 +55,8 @@ class WebContext:
     updates: Updates
     rollout: Rollout | None = None
     refresh_git: Refresh | None = None
+    role: Callable[[], str] = lambda: LEADER
+    """leader | standby (:mod:`hub.leader`)."""
 
 
 CTX: web.AppKey[WebContext] = web.AppKey("ctx", WebContext)
@@ -285,7 +288,7 @@ async def health(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     return web.json_response(
         {"mqtt": "connected" if ctx.mqtt_ready() else "disconnected",
-         "last_commit_at": ctx.counters.last_commit_at or None}
+         "last_commit_at": ctx.counters.last_commit_at or None, "role": ctx.role()}
     )  # fmt: skip
 
 
@@ -324,6 +327,7 @@ async def sync_node(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     text = prometheus_text(ctx.counters, ctx.mqtt_ready(), await ctx.fleet.summary())
+    text += leader_metric(ctx.role())
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 

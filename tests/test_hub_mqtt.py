@@ -37,7 +37,11 @@ def test_password_auth_good_and_bad(
     )
     refused.start(wait=False)
     refused.wait_for(lambda: "unavailable" in refused.log_text())
-    assert refused.try_get("/api/v1/health") == {"mqtt": "disconnected", "last_commit_at": None}
+    assert refused.try_get("/api/v1/health") == {
+        "mqtt": "disconnected",
+        "last_commit_at": None,
+        "role": "leader",
+    }
 
     hub = hub_on(mosquitto_auth, mqtt_extra=f'username = "hub"\npassword_file = "{good}"\n')
     pub = Publisher(mosquitto_auth, user=("node1", "secret1")).connect(mosquitto_auth)

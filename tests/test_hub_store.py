@@ -41,8 +41,8 @@ async def test_schema_migrated_once_and_newer_schema_refused(tmp_path: Path) -> 
     assert await store.node_seqs() == {"n1": 1}
     await store.close()
     with contextlib.closing(sqlite3.connect(db)) as conn:
-        # one schema_version row per migration (2: rollout audit, 3: event incarnation)
-        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (3,)
+        # one schema_version row per migration (2: audit, 3: incarnation, 4: soak clocks)
+        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (4,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         conn.execute("INSERT INTO schema_version VALUES (99)")
         conn.commit()
@@ -141,7 +141,7 @@ async def test_postgres_schema_migrated_once_and_newer_schema_refused(
     assert await store.node_seqs() == {"n1": 1}
     await store.close()
     database = pg_database.rsplit("/", 1)[1]
-    assert postgres.psql("SELECT count(*) FROM schema_version", database).strip() == "1"
+    assert postgres.psql("SELECT count(*) FROM schema_version", database).strip() == "2"
     postgres.psql("INSERT INTO schema_version VALUES (99)", database)
     with pytest.raises(StoreError, match="newer"):
         await PgStore.open(pg_database)

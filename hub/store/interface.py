@@ -127,11 +127,24 @@ class RolloutRecords(Protocol):
         ...
 
 
-class RolloutStore(NodeQueries, RolloutRecords, Protocol):
+class GateClocks(Protocol):
+    """Since when each stage's gate holds, kept in the database so a restarted hub (or
+    a new leader) continues a soak instead of restarting it."""
+
+    async def gate_holding(self) -> dict[str, tuple[str, float]]:
+        """stage -> (candidate, holding since)."""
+        ...
+
+    async def set_gate_holding(self, stage: str, holding: tuple[str, float] | None) -> None:
+        """Record (candidate, since) for ``stage``, or forget it (None)."""
+        ...
+
+
+class RolloutStore(NodeQueries, RolloutRecords, GateClocks, Protocol):
     """What the rollout engine reads and writes."""
 
 
-class HubStore(IngestStore, NodeQueries, RolloutRecords, Protocol):
+class HubStore(IngestStore, NodeQueries, RolloutRecords, GateClocks, Protocol):
     """Everything, for the service that opens one store and hands it around."""
 
     async def close(self) -> None: ...

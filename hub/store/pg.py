@@ -6,11 +6,12 @@ from pathlib import Path
 
 from hub.store.interface import HubStore
 from hub.store.pgdb import PgDb
+from hub.store.pglease import PgLease
 from hub.store.pgnodes import PgNodes
 from hub.store.pgrollouts import PgRollouts
 
 
-class PgStore(PgNodes, PgRollouts, HubStore):
+class PgStore(PgNodes, PgRollouts, PgLease, HubStore):
     """Open with :meth:`open`; close with :meth:`close`."""
 
     @classmethod

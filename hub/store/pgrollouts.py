@@ -4,13 +4,30 @@ from __future__ import annotations
 
 from dataclasses import astuple
 
-from hub.store.interface import RolloutRecords
+from hub.store.interface import GateClocks, RolloutRecords
 from hub.store.pgdb import PgDb
 from hub.store.rows import AuditEntry, AuditRow, Pause
 
 
-class PgRollouts(PgDb, RolloutRecords):
-    """Contract: :class:`~hub.store.interface.RolloutRecords`."""
+class PgRollouts(PgDb, RolloutRecords, GateClocks):
+    """Contracts: :class:`~hub.store.interface.RolloutRecords` and
+    :class:`~hub.store.interface.GateClocks`."""
+
+    async def gate_holding(self) -> dict[str, tuple[str, float]]:
+        rows = await self._all("SELECT stage, candidate, since FROM gate_holding")
+        return {stage: (candidate, since) for stage, candidate, since in rows}
+
+    async def set_gate_holding(self, stage: str, holding: tuple[str, float] | None) -> None:
+        if holding is None:
+            await self._write("DELETE FROM gate_holding WHERE stage = $1", (stage,), "soak clock")
+        else:
+            await self._write(
+                "INSERT INTO gate_holding (stage, candidate, since) VALUES ($1, $2, $3) "
+                "ON CONFLICT (stage) DO UPDATE SET candidate = excluded.candidate, "
+                "since = excluded.since",
+                (stage, *holding),
+                f"recording the soak of {stage}",
+            )
 
     async def add_audit(self, row: AuditRow) -> int:
         return int(

@@ -80,6 +80,22 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (stage, commit_sha)
         )""",
     ),
+    (
+        """CREATE TABLE gate_holding (
+            stage text PRIMARY KEY,
+            candidate text NOT NULL,
+            since double precision NOT NULL
+        )""",
+        # One row: who leads, under which fencing token, until when (database clock).
+        """CREATE TABLE leader_lease (
+            name text PRIMARY KEY,
+            holder text NOT NULL,
+            api_url text NOT NULL,
+            token bigint NOT NULL,
+            expires_at double precision NOT NULL
+        )""",
+        "INSERT INTO leader_lease VALUES ('hub', '', '', 0, 0)",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

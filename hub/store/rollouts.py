@@ -5,12 +5,27 @@ from __future__ import annotations
 from dataclasses import astuple
 
 from hub.store.db import Db
-from hub.store.interface import RolloutRecords
+from hub.store.interface import GateClocks, RolloutRecords
 from hub.store.rows import AuditEntry, AuditRow, Pause
 
 
-class SqliteRollouts(Db, RolloutRecords):
-    """Contract: :class:`~hub.store.interface.RolloutRecords`."""
+class SqliteRollouts(Db, RolloutRecords, GateClocks):
+    """Contracts: :class:`~hub.store.interface.RolloutRecords` and
+    :class:`~hub.store.interface.GateClocks`."""
+
+    async def gate_holding(self) -> dict[str, tuple[str, float]]:
+        rows = await self._all("SELECT stage, candidate, since FROM gate_holding")
+        return {stage: (candidate, since) for stage, candidate, since in rows}
+
+    async def set_gate_holding(self, stage: str, holding: tuple[str, float] | None) -> None:
+        if holding is None:
+            await self._write("DELETE FROM gate_holding WHERE stage = ?", (stage,), "soak clock")
+        else:
+            await self._write(
+                "INSERT OR REPLACE INTO gate_holding (stage, candidate, since) VALUES (?, ?, ?)",
+                (stage, *holding),
+                f"recording the soak of {stage}",
+            )
 
     async def add_audit(self, row: AuditRow) -> int:
         return await self._write(

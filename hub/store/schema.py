@@ -105,6 +105,15 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX events_type ON events(type, id)",
         "CREATE INDEX events_received ON events(received)",
     ),
+    (
+        # Since when each stage's gate holds for its candidate: the soak clock survives
+        # a hub restart (and, on PostgreSQL, a change of leader).
+        """CREATE TABLE gate_holding (
+            stage TEXT PRIMARY KEY,
+            candidate TEXT NOT NULL,
+            since REAL NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
