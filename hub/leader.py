@@ -109,7 +109,7 @@ class LeaseLeadership(Leadership):
     async def run(self, stop: asyncio.Event) -> None:
         try:
             while not stop.is_set():
-                await self._claim()
+                await self.renew()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._renew)
         finally:
@@ -118,7 +118,8 @@ class LeaseLeadership(Leadership):
                     await self._lease.resign(self.holder)
             self._token = None
 
-    async def _claim(self) -> None:
+    async def renew(self) -> None:
+        """One claim or renewal of the lease (the loop runs it every ``renew`` seconds)."""
         started = self._clock()
         was = self._token if self.is_leader() else None
         try:

@@ -1,0 +1,175 @@
+"""Several hub replicas on one real PostgreSQL and a real mosquitto: ingest split by
+the shared subscription, every replica answering for the whole fleet, one leader, a
+leader killed mid-soak, a stalled leader fenced off."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hub.leader import LeaseLeadership, NotLeader
+from hub.store.pg import PgStore
+from tests.testbed.fleetrepo import FleetRepo
+from tests.testbed.gitserver import GitDaemon
+from tests.testbed.hubproc import HubProc, Publisher, event_doc, status_doc
+from tests.testbed.wait import until, wait_until
+
+SOAKED = """
+[[stages]]
+name = "canary"
+
+[[stages]]
+name = "beta"
+promote_from = "canary"
+auto = true
+gate = { min_nodes = 2, soak = 8 }
+"""
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[tuple[FleetRepo, GitDaemon]]:
+    repo = FleetRepo(tmp_path / "repos")
+    server = GitDaemon(repo.root, tmp_path / "git-daemon.log")
+    server.start()
+    yield repo, server
+    server.stop()
+
+
+def role(hub: HubProc) -> str | None:
+    return hub.try_get("/api/v1/health").get("role")
+
+
+def the_leader(hubs: list[HubProc]) -> HubProc:
+    """Waits until exactly one replica says it leads; returns it."""
+
+    def one() -> HubProc | None:
+        leading = [h for h in hubs if role(h) == "leader"]
+        return leading[0] if len(leading) == 1 else None
+
+    found = wait_until(one, 20, "exactly one leader")
+    assert all(role(h) == "standby" for h in hubs if h is not found)
+    return found
+
+
+def beta_gate(hub: HubProc) -> dict[str, Any]:
+    stages = hub.get("/api/v1/stages")["stages"]
+    return dict(next(s for s in stages if s["name"] == "beta")["gate_status"])
+
+
+def test_replicas_split_ingest_and_each_answers_for_the_whole_fleet(
+    hub_factory: Callable[..., HubProc], publisher: Publisher, pg_database: str
+) -> None:
+    hubs = [hub_factory(database=pg_database) for _ in range(2)]
+    for i in range(300):
+        publisher.status(status_doc(f"n{i:03}", 1, "failed" if i % 10 == 0 else "synced"))
+        publisher.event(event_doc(f"n{i:03}", 1))
+    for hub in hubs:
+        hub.wait_for(lambda h=hub: h.get("/api/v1/summary")["nodes"] == 300)
+        summary = hub.get("/api/v1/summary")
+        assert (summary["states"]["synced"], summary["states"]["failed"]) == (270, 30)
+        hub.wait_for(lambda h=hub: len(h.get("/api/v1/events?limit=1000")["events"]) == 300)
+    committed = [_metric(h, "edgefleet_hub_messages_committed_total") for h in hubs]
+    assert sum(committed) == 600 and all(c > 0 for c in committed), committed  # split
+    leader = the_leader(hubs)
+    assert _metric(leader, "edgefleet_hub_leader") == 1
+
+
+def _metric(hub: HubProc, name: str) -> int:
+    for line in hub.get("/metrics").splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[1]))
+    raise AssertionError(f"{name} missing")
+
+
+def test_killing_the_leader_mid_soak_hands_the_rollout_over_once(
+    hub_factory: Callable[..., HubProc],
+    publisher: Publisher,
+    pg_database: str,
+    daemon: tuple[FleetRepo, GitDaemon],
+) -> None:
+    repo, server = daemon
+    c0 = repo.commit({"common/files/etc/motd": "v0\n"}, branch="canary")
+    repo.push("beta", c0)
+    options = {"database": pg_database, "git_url": server.url(), "stages": SOAKED}
+    hubs = [hub_factory(**options) for _ in range(2)]
+    first = the_leader(hubs)
+    c1 = repo.commit({"common/files/etc/motd": "v1\n"}, branch="canary")
+    for seq, node in enumerate(("c1", "c2"), start=1):
+        publisher.status(status_doc(node, seq, "synced", branch="canary", applied=c1))
+    first.wait_for(lambda: beta_gate(first)["holding_since"] is not None, timeout=15)
+    since = beta_gate(first)["holding_since"]
+
+    first.kill()  # kill -9 during the soak
+    (second,) = [h for h in hubs if h is not first]
+    second.wait_for(lambda: role(second) == "leader", timeout=15)
+    assert beta_gate(second)["holding_since"] == since  # the soak goes on, not over
+    second.wait_for(lambda: repo.head("beta") == c1, timeout=30)
+    promotions = [
+        h for h in second.get("/api/v1/history?stage=beta")["history"] if h["action"] == "promote"
+    ]
+    assert [(p["outcome"], p["to"]) for p in promotions] == [("done", c1)]
+    assert promotions[0]["evidence"]["holding_since"] == since
+
+    first.start()  # back as a standby: nothing is promoted twice
+    first.wait_for(lambda: role(first) == "standby")
+    assert len(first.get("/api/v1/history?stage=beta")["history"]) == 1
+
+
+def test_a_stalled_leader_is_standby_when_it_wakes_and_refuses_to_act(
+    hub_factory: Callable[..., HubProc], pg_database: str, daemon: tuple[FleetRepo, GitDaemon]
+) -> None:
+    repo, server = daemon
+    c0 = repo.commit({"common/files/etc/motd": "v0\n"}, branch="canary")
+    repo.push("beta", c0)
+    options = {"database": pg_database, "git_url": server.url(), "stages": SOAKED}
+    hubs = [hub_factory(**options) for _ in range(2)]
+    first = the_leader(hubs)
+    (second,) = [h for h in hubs if h is not first]
+    assert first.proc is not None
+    os.kill(first.proc.pid, signal.SIGSTOP)
+    try:
+        second.wait_for(lambda: role(second) == "leader", timeout=15)
+    finally:
+        os.kill(first.proc.pid, signal.SIGCONT)
+    first.wait_for(lambda: role(first) == "standby")
+    status, body = first.request(
+        "POST", "/api/v1/stages/beta/promote", token="s3cret-token",
+        body=b'{"force": true, "reason": "from the old leader"}',
+    )  # fmt: skip
+    assert status == 409 and f"the leader at {second.url}" in body["error"], body
+    assert repo.head("beta") == c0
+
+
+async def test_the_fencing_token_refuses_a_leader_whose_lease_lapsed(pg_database: str) -> None:
+    """A leader stalled past its lease still believes it leads (its clock stood still);
+    the token check in the database refuses it once another replica took over."""
+    store = await PgStore.open(pg_database)
+    try:
+        frozen = LeaseLeadership(store, "http://a", lambda: None, ttl=2.0, clock=lambda: 0.0)
+        other = LeaseLeadership(store, "http://b", lambda: None, ttl=2.0)
+        await frozen.renew()
+        await frozen.fence()  # leads, and the database agrees
+        await other.renew()
+        assert not other.is_leader()
+
+        async def other_leads() -> bool:
+            await other.renew()
+            return other.is_leader()
+
+        await until(other_leads, 10, "the lease to lapse and pass to the other replica")
+        assert frozen.is_leader()  # its own view is stale...
+        with pytest.raises(NotLeader, match="lost the leader lease"):
+            await frozen.fence()  # ...the database's is not
+        assert not frozen.is_leader()
+        await frozen.renew()
+        assert not frozen.is_leader()
+        await other.fence()
+    finally:
+        await store.close()
+        await asyncio.sleep(0)
