@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,8 @@ def test_a_stalled_leader_is_standby_when_it_wakes_and_refuses_to_act(
     finally:
         os.kill(first.proc.pid, signal.SIGCONT)
     first.wait_for(lambda: role(first) == "standby")
+    c1 = repo.commit({"common/files/etc/motd": "v1\n"}, branch="canary")
+    first.wait_for(lambda: beta_gate(first)["candidate"] == c1)
     status, body = first.request(
         "POST", "/api/v1/stages/beta/promote", token="s3cret-token",
         body=b'{"force": true, "reason": "from the old leader"}',
@@ -173,3 +176,29 @@ async def test_the_fencing_token_refuses_a_leader_whose_lease_lapsed(pg_database
     finally:
         await store.close()
         await asyncio.sleep(0)
+
+
+def test_a_replica_killed_during_a_burst_loses_nothing(
+    hub_factory: Callable[..., HubProc], publisher: Publisher, pg_database: str
+) -> None:
+    hubs = [hub_factory(database=pg_database) for _ in range(2)]
+    victim = hubs[1]
+    burst = threading.Thread(
+        target=lambda: [
+            publisher.status(status_doc(f"n{i:02}", seq, retain=False))
+            for seq in range(1, 21)
+            for i in range(50)
+        ]
+    )
+    burst.start()
+    try:
+        victim.wait_for(lambda: _metric(victim, "edgefleet_hub_messages_committed_total") > 100)
+        victim.kill()  # kill -9 with messages delivered to it but not yet acked
+    finally:
+        burst.join()
+    victim.start()  # same client id: the broker redelivers what it never acked
+    for hub in hubs:
+        hub.wait_for(
+            lambda h=hub: {n["seq"] for n in h.get("/api/v1/nodes?limit=100")["nodes"]} == {20}
+        )
+        assert hub.get("/api/v1/summary")["nodes"] == 50
