@@ -40,7 +40,8 @@ class NotLeader(RolloutRefused):
 
 
 class LeaseStore(Protocol):
-    async def claim(self, holder: str, api_url: str, ttl: float) -> int | None: ...
+    async def claim(self, holder: str, api_url: str, ttl: float) -> tuple[int, float] | None: ...
+    async def request_refresh(self) -> None: ...
     async def holds(self, holder: str, token: int) -> bool: ...
     async def leader_url(self) -> str | None: ...
     async def resign(self, holder: str) -> None: ...
@@ -59,6 +60,10 @@ class Leadership:
     async def fence(self) -> None:
         """Raise :class:`NotLeader` unless this replica may act now."""
 
+    async def request_refresh(self) -> None:
+        """This replica re-read Git (a push webhook): a standby has the leader re-read it
+        and announce, within one lease renewal."""
+
     async def run(self, stop: asyncio.Event) -> None:
         """Keep the role up to date until ``stop``."""
 
@@ -69,6 +74,7 @@ class LeaseLeadership(Leadership):
         lease: LeaseStore,
         api_url: str,
         on_elected: Callable[[], None],
+        on_refresh: Callable[[], None] = lambda: None,
         renew: float = RENEW,
         ttl: float = TTL,
         clock: Callable[[], float] = time.monotonic,
@@ -76,6 +82,8 @@ class LeaseLeadership(Leadership):
         self._lease = lease
         self._api_url = api_url
         self._on_elected = on_elected
+        self._on_refresh = on_refresh
+        self._refreshed = 0.0
         self._renew = renew
         self._ttl = ttl
         self._clock = clock
@@ -98,6 +106,14 @@ class LeaseLeadership(Leadership):
         if not held:
             self._token = None
             raise NotLeader("this replica lost the leader lease; nothing was done")
+
+    async def request_refresh(self) -> None:
+        if self.is_leader():
+            return  # the caller's own refresh announced already
+        try:
+            await self._lease.request_refresh()
+        except StoreError as err:
+            log.warning("cannot forward the Git refresh to the leader: %s", err)
 
     async def _standby_reason(self) -> str:
         with contextlib.suppress(StoreError):
@@ -123,21 +139,26 @@ class LeaseLeadership(Leadership):
         started = self._clock()
         was = self._token if self.is_leader() else None
         try:
-            token = await self._lease.claim(self.holder, self._api_url, self._ttl)
+            claimed = await self._lease.claim(self.holder, self._api_url, self._ttl)
         except StoreError as err:
             if was is not None:
                 log.warning("cannot renew the leader lease: %s", err)
             return  # the role lapses locally at _valid_until
-        if token is None:
+        if claimed is None:
             if was is not None:
                 log.warning("lost the leader lease; now standby")
             self._token = None
             return
+        token, refresh_requested = claimed
         self._token = token
         self._valid_until = started + self._ttl - _MARGIN
         if token != was:
             log.info("this replica is the leader (fencing token %d)", token)
+            self._refreshed = refresh_requested  # election announces everything anyway
             self._on_elected()
+        elif refresh_requested > self._refreshed:
+            self._refreshed = refresh_requested
+            self._on_refresh()
 
 
 def leader_metric(role: str) -> str:

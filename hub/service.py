@@ -8,12 +8,14 @@ from the broker (anything still unacknowledged is redelivered to the next hub ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
 from aiohttp import web
 
 from hub.config import HubConfig
+from hub.errors import GitWatchError
 from hub.fleet import Fleet
 from hub.gitwatch import GitWatch
 from hub.ingest import TOPICS, Ingest
@@ -60,7 +62,8 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
         gitwatch.announce(force=True)  # a standby never published: refresh every ref
         rollout.poke()
 
-    leader = leadership(cfg, store, on_elected)
+    git_wanted = asyncio.Event()
+    leader = leadership(cfg, store, on_elected, git_wanted.set)
 
     def publish_ref(topic: str, payload: bytes, qos: int, retain: bool) -> bool:
         # Ref notifications are the leader's: two replicas must not race on retained refs.
@@ -90,7 +93,20 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
     )
     await ingest.start()
     ctx = WebContext(cfg, fleet, ingest.counters, mqtt.publish, mqtt.ready.is_set, updates, rollout)
-    ctx.refresh_git = gitwatch.refresh
+
+    async def refresh_git() -> dict[str, str]:
+        heads = await gitwatch.refresh()
+        await leader.request_refresh()  # the leader announces (a standby does not)
+        return heads
+
+    async def forward_refreshes() -> None:
+        while not stop.is_set():
+            await git_wanted.wait()
+            git_wanted.clear()
+            with contextlib.suppress(GitWatchError):
+                await gitwatch.refresh()
+
+    ctx.refresh_git = refresh_git
     ctx.role = lambda: leader.role
     runner = web.AppRunner(make_app(ctx), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
@@ -110,6 +126,7 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
         tg.create_task(updates.run(stop), name="sse-updates")
         tg.create_task(rollout.run(stop), name="rollout")
         tg.create_task(leader.run(stop), name="leader-lease")
+        refresher = tg.create_task(forward_refreshes(), name="git-refresh-requests")
 
         async def shutdown() -> None:
             await stop.wait()
@@ -118,12 +135,15 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
             ingest_stop.set()
             await ingest_task
             mqtt_stop.set()
+            refresher.cancel()
 
         tg.create_task(shutdown(), name="shutdown")
 
 
-def leadership(cfg: HubConfig, store: HubStore, on_elected: Callable[[], None]) -> Leadership:
+def leadership(
+    cfg: HubConfig, store: HubStore, on_elected: Callable[[], None], on_refresh: Callable[[], None]
+) -> Leadership:
     """Replicas on PostgreSQL compete for the lease; a SQLite hub leads alone."""
     if isinstance(store, PgLease):
-        return LeaseLeadership(store, cfg.hub.api_url, on_elected)
+        return LeaseLeadership(store, cfg.hub.api_url, on_elected, on_refresh)
     return Leadership()

@@ -5,6 +5,9 @@ leader killed mid-soak, a stalled leader fenced off."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import os
 import signal
 import threading
@@ -14,11 +17,14 @@ from typing import Any
 
 import pytest
 
+from common import wire
 from hub.leader import LeaseLeadership, NotLeader
 from hub.store.pg import PgStore
 from tests.testbed.fleetrepo import FleetRepo
-from tests.testbed.gitserver import GitDaemon
+from tests.testbed.gitserver import GitDaemon, GitRemote
 from tests.testbed.hubproc import HubProc, Publisher, event_doc, status_doc
+from tests.testbed.mosquitto import Mosquitto
+from tests.testbed.mqtt import Watcher
 from tests.testbed.wait import until, wait_until
 
 SOAKED = """
@@ -202,3 +208,39 @@ def test_a_replica_killed_during_a_burst_loses_nothing(
             lambda h=hub: {n["seq"] for n in h.get("/api/v1/nodes?limit=100")["nodes"]} == {20}
         )
         assert hub.get("/api/v1/summary")["nodes"] == 50
+
+
+async def test_a_push_webhook_reaching_a_standby_is_announced_by_the_leader(
+    hub_factory: Callable[..., HubProc],
+    git_remote: GitRemote,
+    mosquitto: Mosquitto,
+    pg_database: str,
+    tmp_path: Path,
+) -> None:
+    """Git is polled hourly here: only the webhook, forwarded through the lease row to
+    the leader, can get the new head announced."""
+    secret = tmp_path / "hook-secret"
+    secret.write_text("s3cret-hook\n")
+    first = git_remote.repo.commit({"common/files/etc/a": "1"}, branch="canary")
+    options = {"database": pg_database, "git_url": git_remote.url, "git_interval": 3600,
+               "git_extra": f'webhook_secret_file = "{secret}"'}  # fmt: skip
+    hubs = [hub_factory(**options) for _ in range(2)]
+    leader = await asyncio.to_thread(the_leader, hubs)
+    (standby,) = [h for h in hubs if h is not leader]
+    watcher = Watcher(mosquitto.port, [wire.ref_topic("canary")])
+    await watcher.ready()
+    try:
+        assert wire.parse_ref_payload((await watcher.next(10)).payload) == first
+        pushed = git_remote.repo.commit({"common/files/etc/a": "2"}, branch="canary")
+        body = json.dumps({"ref": "refs/heads/canary", "after": pushed}).encode()
+        signature = hmac.new(b"s3cret-hook", body, hashlib.sha256).hexdigest()
+        status, _ = await asyncio.to_thread(
+            standby.request, "POST", "/api/v1/hooks/git", None, body,
+            {"X-GitHub-Event": "push", "X-Hub-Signature-256": f"sha256={signature}",
+             "Content-Type": "application/json"},
+        )  # fmt: skip
+        assert status == 200
+        announced = await watcher.next(15)
+        assert wire.parse_ref_payload(announced.payload) == pushed
+    finally:
+        watcher.close()

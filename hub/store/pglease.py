@@ -15,16 +15,24 @@ UPDATE leader_lease SET
     token = CASE WHEN holder = $1 AND expires_at > {_NOW} THEN token ELSE token + 1 END,
     holder = $1, api_url = $2, expires_at = {_NOW} + $3
 WHERE name = 'hub' AND (holder = $1 OR expires_at <= {_NOW})
-RETURNING token
+RETURNING token, refresh_requested
 """  # noqa: S608
 
 
 class PgLease(PgDb):
-    async def claim(self, holder: str, api_url: str, ttl: float) -> int | None:
-        """Take or renew the lease for ``ttl`` seconds: its fencing token, or None
-        while another holder's lease runs."""
-        token = await self._write(_CLAIM, (holder, api_url, ttl), "claiming the leader lease")
-        return None if token is None else int(token)
+    async def claim(self, holder: str, api_url: str, ttl: float) -> tuple[int, float] | None:
+        """Take or renew the lease for ``ttl`` seconds: (fencing token, when a Git
+        refresh was last requested), or None while another holder's lease runs."""
+        rows = await self._all(_CLAIM, (holder, api_url, ttl))
+        return (int(rows[0][0]), float(rows[0][1])) if rows else None
+
+    async def request_refresh(self) -> None:
+        """Ask the leader to re-read Git and announce new heads (at its next renewal)."""
+        await self._write(
+            f"UPDATE leader_lease SET refresh_requested = {_NOW} WHERE name = 'hub'",  # noqa: S608
+            (),
+            "asking the leader for a Git refresh",
+        )
 
     async def holds(self, holder: str, token: int) -> bool:
         """Is ``holder`` still the leader under ``token``?"""

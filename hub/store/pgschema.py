@@ -86,15 +86,18 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             candidate text NOT NULL,
             since double precision NOT NULL
         )""",
-        # One row: who leads, under which fencing token, until when (database clock).
+        # One row: who leads, under which fencing token, until when (database clock),
+        # and when a standby last asked the leader to re-read Git (a push webhook).
         """CREATE TABLE leader_lease (
             name text PRIMARY KEY,
             holder text NOT NULL,
             api_url text NOT NULL,
             token bigint NOT NULL,
-            expires_at double precision NOT NULL
+            expires_at double precision NOT NULL,
+            refresh_requested double precision NOT NULL DEFAULT 0
         )""",
-        "INSERT INTO leader_lease VALUES ('hub', '', '', 0, 0)",
+        "INSERT INTO leader_lease (name, holder, api_url, token, expires_at) "
+        "VALUES ('hub', '', '', 0, 0)",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -211,9 +211,16 @@ class HubProc:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
     def request(
-        self, method: str, path: str, token: str | None = None, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
-        req = urllib.request.Request(self.url + path, method=method, data=body)
+        req = urllib.request.Request(
+            self.url + path, method=method, data=body, headers=headers or {}
+        )
         if token is not None:
             req.add_header("Authorization", f"Bearer {token}")
         try:
