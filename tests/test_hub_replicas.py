@@ -94,6 +94,11 @@ def _metric(hub: HubProc, name: str) -> int:
     raise AssertionError(f"{name} missing")
 
 
+def _recorded_soak(hub: HubProc) -> float | None:
+    since = beta_gate(hub)["holding_since"]
+    return since if since is not None and beta_gate(hub)["holding_since"] == since else None
+
+
 def test_killing_the_leader_mid_soak_hands_the_rollout_over_once(
     hub_factory: Callable[..., HubProc],
     publisher: Publisher,
@@ -109,8 +114,8 @@ def test_killing_the_leader_mid_soak_hands_the_rollout_over_once(
     c1 = repo.commit({"common/files/etc/motd": "v1\n"}, branch="canary")
     for seq, node in enumerate(("c1", "c2"), start=1):
         publisher.status(status_doc(node, seq, "synced", branch="canary", applied=c1))
-    first.wait_for(lambda: beta_gate(first)["holding_since"] is not None, timeout=15)
-    since = beta_gate(first)["holding_since"]
+    # Until the leader's loop records it, the API shows "since now", new at every call.
+    since = wait_until(lambda: _recorded_soak(first), 15, "the leader to record the soak")
 
     first.kill()  # kill -9 during the soak
     (second,) = [h for h in hubs if h is not first]
