@@ -8,21 +8,19 @@ fragments (hence the S608 noqa markers); every value is bound.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable
-from typing import Any
 
 from hub.errors import StoreError
 from hub.states import (
     EFFECTIVE_STATE_SQL,
     OVERRIDE_COUNTS_SQL,
-    OVERRIDES,
     REPORTED_SQL,
     stale_window_sql,
 )
 from hub.store.db import Db
 from hub.store.interface import IngestStore, NodeQueries
+from hub.store.rowparts import event_filter, fold_state_counts, node_row
 from hub.store.rows import (
     Batch,
     DriftedNode,
@@ -149,14 +147,7 @@ class SqliteNodes(Db, IngestStore, NodeQueries):
             "FROM nodes GROUP BY branch, online, state",
             {"now": now},
         )
-        counts: dict[tuple[str | None, str], int] = {}
-        for branch, reported, n, *overridden in rows:
-            parts = [*zip((state for state, _cond in OVERRIDES), overridden, strict=True)]
-            parts.append((reported, n - sum(overridden)))
-            for state, count in parts:
-                if count:
-                    counts[branch, state] = counts.get((branch, state), 0) + count
-        return [StateCount(b, s, n) for (b, s), n in counts.items()]
+        return fold_state_counts(rows)
 
     async def label_counts(self, key: str, now: float) -> list[LabelCount]:
         rows = await self._all(
@@ -190,7 +181,7 @@ class SqliteNodes(Db, IngestStore, NodeQueries):
             "ORDER BY node LIMIT :limit OFFSET :offset",
             {**params, "limit": limit, "offset": offset},
         )
-        return int(total[0][0]), [_node_row(r) for r in rows]
+        return int(total[0][0]), [node_row(r) for r in rows]
 
     async def get_node(self, node: str, now: float) -> NodeDetail | None:
         rows = await self._all(
@@ -200,7 +191,7 @@ class SqliteNodes(Db, IngestStore, NodeQueries):
         if not rows:
             return None
         *columns, doc, stale_at = rows[0]
-        return NodeDetail(_node_row(columns), doc, stale_at)
+        return NodeDetail(node_row(columns), doc, stale_at)
 
     async def drifted(self, now: float) -> list[DriftedNode]:
         rows = await self._all(
@@ -216,31 +207,13 @@ class SqliteNodes(Db, IngestStore, NodeQueries):
         since: float | None = None,
         limit: int = 100,
     ) -> list[EventRow]:
-        clauses: list[str] = []
-        params: dict[str, object] = {"limit": limit}
-        for column, value in (("node", node), ("type", type_)):
-            if value is not None:
-                clauses.append(f"{column} = :{column}")
-                params[column] = value
-        if since is not None:
-            clauses.append("at >= :since")
-            params["since"] = since
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = event_filter(node, type_, since, limit)
         rows = await self._all(
             "SELECT node, seq, at, type, commit_sha, details, received FROM events "  # noqa: S608
             f"{where} ORDER BY id DESC LIMIT :limit",
             params,
         )
         return [EventRow(*r) for r in rows]
-
-
-def _node_row(r: Any) -> NodeRow:
-    labels = json.loads(r[6]) if r[6] else {}
-    return NodeRow(
-        node=r[0], branch=r[1], state=r[2], reported=r[3], applied=r[4], desired=r[5],
-        labels=labels if isinstance(labels, dict) else {}, drift_count=r[7],
-        online=bool(r[8]), last_heard=r[9], observed_at=r[10], seq=r[11],
-    )  # fmt: skip
 
 
 def _json_path(key: str) -> str:

@@ -6,6 +6,7 @@ from dataclasses import astuple
 
 from hub.store.interface import GateClocks, RolloutRecords
 from hub.store.pgdb import PgDb
+from hub.store.rowparts import audit_entries
 from hub.store.rows import AuditEntry, AuditRow, Pause
 
 
@@ -89,8 +90,4 @@ class PgRollouts(PgDb, RolloutRecords, GateClocks):
             "ORDER BY id DESC LIMIT $2",
             (stage, limit),
         )
-        return [
-            AuditEntry(id_, AuditRow(at, action, stage_, who, from_, to, outcome, bool(forced),
-                                     reason, evidence))
-            for id_, at, action, stage_, who, from_, to, outcome, forced, reason, evidence in rows
-        ]  # fmt: skip
+        return audit_entries(rows)

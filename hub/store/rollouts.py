@@ -6,6 +6,7 @@ from dataclasses import astuple
 
 from hub.store.db import Db
 from hub.store.interface import GateClocks, RolloutRecords
+from hub.store.rowparts import audit_entries
 from hub.store.rows import AuditEntry, AuditRow, Pause
 
 
@@ -81,8 +82,4 @@ class SqliteRollouts(Db, RolloutRecords, GateClocks):
             f"reason, evidence FROM audit {where} ORDER BY id DESC LIMIT :limit",
             {"stage": stage, "limit": limit},
         )
-        return [
-            AuditEntry(id_, AuditRow(at, action, stage_, who, from_, to, outcome, bool(forced),
-                                     reason, evidence))
-            for id_, at, action, stage_, who, from_, to, outcome, forced, reason, evidence in rows
-        ]  # fmt: skip
+        return audit_entries(rows)

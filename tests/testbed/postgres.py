@@ -46,6 +46,17 @@ class Postgres:
             check=True, capture_output=True, timeout=60, cwd="/",
         )  # fmt: skip
 
+    @classmethod
+    def create(cls) -> Postgres:
+        """A new cluster in its own temp dir (owned by ``postgres``), started."""
+        directory = Path(tempfile.mkdtemp(prefix="edgefleet-pg-"))
+        shutil.chown(directory, "postgres", "postgres")
+        os.chmod(directory, 0o700)
+        server = cls(directory, free_port())
+        server.as_postgres(f"{PG_BIN}/initdb -D {directory}/data -A trust -U postgres")
+        server.start()
+        return server
+
     def start(self) -> None:
         data = self.directory / "data"
         options = (
@@ -70,15 +81,10 @@ class Postgres:
 def postgres() -> Iterator[Postgres]:
     if not (PG_BIN / "initdb").exists():
         pytest.fail("PostgreSQL 15 is missing: run ./dev test (it installs postgresql)")
-    directory = Path(tempfile.mkdtemp(prefix="edgefleet-pg-"))
-    shutil.chown(directory, "postgres", "postgres")
-    os.chmod(directory, 0o700)
-    server = Postgres(directory, free_port())
-    server.as_postgres(f"{PG_BIN}/initdb -D {directory}/data -A trust -U postgres")
-    server.start()
+    server = Postgres.create()
     yield server
     server.stop()
-    shutil.rmtree(directory, ignore_errors=True)
+    shutil.rmtree(server.directory, ignore_errors=True)
 
 
 @pytest.fixture
