@@ -4,8 +4,10 @@ migrations), :mod:`~hub.states` (state names and the effective-state rule),
 :mod:`~hub.store.rollouts` (audit, pauses, stage heads). Everything crossing this
 boundary is a typed row from :mod:`~hub.store.rows`.
 
-:mod:`~hub.store.interface` is the contract (Protocols) a second backend implements;
-:class:`Store` is the SQLite implementation.
+:mod:`~hub.store.interface` is the contract (Protocols) both backends implement:
+:class:`Store` is the SQLite implementation, :class:`hub.store.pg.PgStore` the
+PostgreSQL one (``pg*.py``); :func:`hub.store.factory.open_store` picks by
+``[hub] database``.
 """
 
 from __future__ import annotations
