@@ -166,7 +166,8 @@ def test_gate_auto_promotion_halt_rollback_resume(
     assert out.returncode == 0 and "resumed" in out.stdout, out.stderr
     hub.wait_for(lambda: repo.head("beta") == c1, timeout=15)
     resumed = next(h for h in history(hub, "beta") if h["action"] == "resume")
-    assert resumed["who"].startswith("cli:") and resumed["reason"] == "fixed the beta hosts"
+    assert resumed["who"] == "admin" and resumed["on_behalf"].startswith("cli:")
+    assert resumed["reason"] == "fixed the beta hosts"
     out = cli(hub, "history", "--stage", "beta")
     assert out.returncode == 0 and out.stdout.count("promote") == 2, out.stdout
 
@@ -199,7 +200,8 @@ def test_manual_promote_force_rollback_and_bad_requests(
     assert out.returncode == 0 and "(forced)" in out.stdout, out.stderr
     assert repo.head("beta") == c1
     forced = history(hub, "beta")[0]
-    assert forced["forced"] and forced["reason"] == "hotfix" and forced["who"].startswith("cli:")
+    assert forced["forced"] and forced["reason"] == "hotfix" and forced["who"] == "admin"
+    assert forced["on_behalf"].startswith("cli:")
 
     # promote stable from beta (gate: min 1 node, soak 0)
     nodes = Nodes(publisher)
@@ -207,7 +209,10 @@ def test_manual_promote_force_rollback_and_bad_requests(
     hub.wait_for(lambda: stage(hub, "stable")["gate_status"]["open"])
     status, body = post(hub, "/api/v1/stages/stable/promote", {"reason": "go", "who": "alice"})
     assert status == 200 and body["to"] == c1, body
-    assert history(hub, "stable")[0]["who"] == "api:alice"
+    assert (history(hub, "stable")[0]["who"], history(hub, "stable")[0]["on_behalf"]) == (
+        "admin",
+        "alice",
+    )
 
     # rollback: to an unrelated commit is refused; default goes to the previous commit
     stray = repo.commit({"other": "x"}, branch="stray")
