@@ -30,8 +30,10 @@ from hub.fleet import Fleet
 from hub.ingest import IngestCounters
 from hub.metrics import prometheus_text
 from hub.rollout import Rollout
+from hub.sampler import SAMPLES, samples
 from hub.sse import Updates
 from hub.states import ALL_STATES
+from hub.store.samples import SampleStore
 from hub.webhook import GitPushHooks, Refresh
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class WebContext:
     updates: Updates
     rollout: Rollout | None = None
     refresh_git: Refresh | None = None
+    samples: SampleStore | None = None
 
 
 CTX: web.AppKey[WebContext] = web.AppKey("ctx", WebContext)
@@ -343,6 +346,8 @@ async def _security_headers(_request: web.Request, response: web.StreamResponse)
 def make_app(ctx: WebContext) -> web.Application:
     app = web.Application(middlewares=[_errors, read_guard], client_max_size=64 * 1024)
     app[CTX] = ctx
+    if ctx.samples is not None:
+        app[SAMPLES] = ctx.samples
     app[AUTH] = Authenticator(
         ctx.cfg.users, ctx.cfg.hub.public_read, tuple(s.name for s in ctx.cfg.stages)
     )
@@ -365,5 +370,6 @@ def make_app(ctx: WebContext) -> web.Application:
     app.router.add_get("/api/v1/stream", stream)
     app.router.add_post("/api/v1/stream-ticket", stream_ticket)
     app.router.add_get("/api/v1/whoami", whoami)
+    app.router.add_get("/api/v1/samples", samples)
     app.router.add_post("/api/v1/hooks/git", GitPushHooks(ctx.cfg, ctx.refresh_git).handle)
     return app
