@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 
 TICKET_TTL = 60.0
 """Seconds a stream ticket may be used to open the stream."""
-_OPEN_PATHS = ("/api/v1/health", "/api/v1/hooks/git")
-"""Answer without a token even when reads need one: liveness probes, signed webhooks."""
+_OPEN_PATHS = ("/api/v1/health", "/api/v1/hooks/git", "/api/v1/whoami")
+"""Answer without a token even when reads need one: liveness probes, signed webhooks,
+and the dashboard asking whether it must ask for a token."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -149,11 +150,16 @@ async def read_guard(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 async def whoami(request: web.Request) -> web.Response:
+    """The caller's user and what it may do; without a token, name null (and whether
+    reads are public); a token that is not valid gets 401."""
     auth = request.app[AUTH]
+    if "Authorization" not in request.headers:
+        return web.json_response({"name": None, "role": None, "stages": [], "may_operate": [],
+                                  "public_read": auth.public_read})  # fmt: skip
     user = auth.require_user(request)
     return web.json_response(
         {"name": user.name, "role": user.role, "stages": list(user.stages),
-         "may_operate": auth.operable(user)}
+         "may_operate": auth.operable(user), "public_read": auth.public_read}
     )  # fmt: skip
 
 

@@ -135,6 +135,8 @@ class StageJson(StageRollout):
     window: WindowJson | None
     nodes: int
     states: dict[str, int]
+    on_head: int
+    """Nodes of the stage that applied its head."""
 
 
 PromoteJson = TypedDict(

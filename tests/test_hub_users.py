@@ -129,10 +129,11 @@ def test_roles_decide_who_may_act_where_and_the_audit_names_the_user(
 
     assert whoami("operator-token") == {
         "name": "olga", "role": "operator", "stages": ["beta"], "may_operate": ["beta"],
+        "public_read": True,
     }  # fmt: skip
     assert whoami(ADMIN)["may_operate"] == ["canary", "beta"]
     assert whoami("viewer-token")["may_operate"] == []
-    assert hub.request("GET", "/api/v1/whoami")[0] == 401
+    assert hub.request("GET", "/api/v1/whoami", token="wrong")[0] == 401
 
     # the self-declared name never becomes the identity, even in a header
     status, _ = hub.request(
@@ -162,6 +163,9 @@ def test_reads_need_a_token_when_not_public(hub_factory: Callable[..., HubProc])
     assert hub.request("GET", "/")[0] == 200
     assert hub.request("GET", "/static/app.js")[0] == 200
     assert hub.request("GET", "/api/v1/health")[0] == 200
+    assert hub.request("GET", "/api/v1/whoami") == (200, {
+        "name": None, "role": None, "stages": [], "may_operate": [], "public_read": False,
+    })  # fmt: skip
 
     assert stream_first_line(hub)[0] == 401
     assert stream_first_line(hub, "?ticket=forged.0000")[0] == 401
