@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.test_hub_dashboard import Page, browser, count  # noqa: F401 (browser: fixture)
-from tests.test_hub_users import daemon, users_hub  # noqa: F401 (daemon: fixture)
+from tests.test_hub_users import beta_behind_canary, daemon, users_hub  # noqa: F401 (a fixture)
 from tests.testbed.fleetrepo import FleetRepo
 from tests.testbed.gitserver import GitDaemon
 from tests.testbed.hubproc import HubProc, Publisher, status_doc
@@ -38,9 +38,7 @@ async def test_operator_promotes_from_the_dashboard_viewer_sees_no_buttons(
     browser: Callable[[str], Any],  # noqa: F811
 ) -> None:
     repo, server = daemon
-    c0 = repo.commit({"common/files/etc/motd": "v0\n"}, branch="canary")
-    repo.push("beta", c0)
-    c1 = repo.commit({"common/files/etc/motd": "v1\n"}, branch="canary")
+    c0, c1 = beta_behind_canary(repo)
     hub = users_hub(hub_factory, git_url=server.url())
     publisher.status(status_doc("pi-c", 1, branch="canary", applied=c1, desired=c1))
     health = {"ok": False, "problems": [PROBLEM]}

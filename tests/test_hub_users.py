@@ -10,7 +10,7 @@ import sys
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytest
 from hub.config import parse_config
 from hub.errors import ConfigError
 from hub.users import token_digest
+from tests.test_rollout import daemon  # noqa: F401 (a fixture)
 from tests.testbed.fleetrepo import FleetRepo
 from tests.testbed.gitserver import GitDaemon
 from tests.testbed.hubproc import REPO_ROOT, HubProc, Publisher, status_doc
@@ -53,13 +54,11 @@ token_sha256 = "{token_digest("canary-token").upper()}"
 """
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[tuple[FleetRepo, GitDaemon]]:
-    repo = FleetRepo(tmp_path / "repos")
-    server = GitDaemon(repo.root, tmp_path / "git-daemon.log")
-    server.start()
-    yield repo, server
-    server.stop()
+def beta_behind_canary(repo: FleetRepo) -> tuple[str, str]:
+    """beta at c0, canary at c1 (its child): a candidate to promote into beta."""
+    c0 = repo.commit({"common/files/etc/motd": "v0\n"}, branch="canary")
+    repo.push("beta", c0)
+    return c0, repo.commit({"common/files/etc/motd": "v1\n"}, branch="canary")
 
 
 def users_hub(hub_factory: Callable[..., HubProc], **options: Any) -> HubProc:
@@ -76,13 +75,11 @@ def post(hub: HubProc, path: str, token: str | None, body: dict[str, Any]) -> tu
 
 def test_roles_decide_who_may_act_where_and_the_audit_names_the_user(
     hub_factory: Callable[..., HubProc],
-    daemon: tuple[FleetRepo, GitDaemon],
+    daemon: tuple[FleetRepo, GitDaemon],  # noqa: F811
     publisher: Publisher,
 ) -> None:
     repo, server = daemon
-    c0 = repo.commit({"common/files/etc/motd": "v0\n"}, branch="canary")
-    repo.push("beta", c0)
-    c1 = repo.commit({"common/files/etc/motd": "v1\n"}, branch="canary")
+    c0, c1 = beta_behind_canary(repo)
     hub = users_hub(hub_factory, git_url=server.url())
     publisher.status(status_doc("pi-c", 1, branch="canary"))
     hub.wait_for(lambda: hub.get("/api/v1/summary")["nodes"] == 1)
