@@ -133,7 +133,7 @@ class Authenticator:
         takes a ticket instead); the page and its static files stay open so it can ask."""
         path = request.path
         guarded = (path.startswith("/api/v1/") and path not in _OPEN_PATHS) or path == "/metrics"
-        if self.public_read or request.method != "GET" or not guarded:
+        if self.public_read or request.method not in ("GET", "HEAD") or not guarded:
             return
         if path == "/api/v1/stream" and self.ticket_user(request.query.get("ticket")):
             return

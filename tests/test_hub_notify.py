@@ -17,6 +17,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hub.notify.events import HUB_EVENTS_TOPIC
+from tests.test_hub_users import STAGES, beta_behind_canary
+from tests.test_rollout import daemon  # noqa: F401 (a fixture)
+from tests.testbed.fleetrepo import FleetRepo
+from tests.testbed.gitserver import GitDaemon
 from tests.testbed.hubproc import HubProc, Publisher, status_doc
 from tests.testbed.mosquitto import Mosquitto, free_port
 from tests.testbed.mqtt import stop_client
@@ -185,3 +189,27 @@ def test_fifty_nodes_going_stale_make_one_notification(
     assert (stale[0]["nodes"]["count"], stale[0]["nodes"]["total"]) == (50, 50)
     assert len(stale[0]["nodes"]["examples"]) == 5
     assert stale[0]["reason"].startswith("50 nodes went stale")
+
+
+def test_rollout_decisions_are_notified_with_user_and_commits(
+    hub_factory: Callable[..., HubProc],
+    receiver: Receiver,
+    daemon: tuple[FleetRepo, GitDaemon],  # noqa: F811
+) -> None:
+    repo, server = daemon
+    c0, c1 = beta_behind_canary(repo)
+    receiver.start()
+    hub = notify_hub(hub_factory, receiver, git_url=server.url(), stages=STAGES)
+    hub.wait_for(lambda: hub.get("/api/v1/summary")["stages"]["canary"]["head"] == c1)
+    body = json.dumps({"force": True, "who": "alice", "reason": "hotfix"}).encode()
+    assert hub.request("POST", "/api/v1/stages/beta/promote", "s3cret-token", body)[0] == 200
+    body = json.dumps({"reason": "bad release"}).encode()
+    assert hub.request("POST", "/api/v1/stages/beta/rollback", "s3cret-token", body)[0] == 200
+    wait_until(lambda: len(receiver.events()) == 2, 20, "the two rollout notifications")
+    (promo,) = receiver.of_type("promotion")
+    assert (promo["stage"], promo["commits"], promo["who"], promo["on_behalf"]) == (
+        "beta", {"from": c0, "to": c1}, "admin", "alice"
+    )  # fmt: skip
+    assert promo["reason"] == "hotfix" and promo["outcome"] == "done"
+    (back,) = receiver.of_type("rollback")
+    assert back["commits"] == {"from": c1, "to": c0} and back["reason"] == "bad release"

@@ -41,17 +41,15 @@ class Notifier:
         self._store = store
         self._clock = clock
         self._deliverer = Deliverer(cfg.notify, store, publish, clock)
-        self._watch = NodeWatch(cfg, store, self._queue, clock)
-        self._pending: list[Event] = []
-        self._queued = asyncio.Event()
+        self._watch = NodeWatch(cfg, store, clock)
 
     async def audited(self, row: AuditRow) -> None:
-        """Hook of the rollout engine: each stored audit row becomes an event."""
-        await self.send([from_audit(row)])
-
-    def _queue(self, events: list[Event]) -> None:
-        self._pending.extend(events)
-        self._queued.set()
+        """Hook of the rollout engine: each stored audit row becomes an event. The
+        decision is made and audited already: a failure here must not undo it."""
+        try:
+            await self.send([from_audit(row)])
+        except HubError as err:
+            log.error("notification of %s %s lost: %s", row.action, row.stage, err)
 
     async def send(self, events: list[Event]) -> None:
         """Queue ``events`` in the outbox for every sink that wants them (and MQTT)."""
@@ -77,9 +75,8 @@ class Notifier:
         interval = self._cfg.hub.notify_interval
         while not stop.is_set():
             try:
-                await self._watch.check()
-                if self._pending:
-                    events, self._pending = self._pending, []
+                events = await self._watch.check()
+                if events:
                     await self.send(events)
                 await self._store.outbox_prune(self._clock() - KEEP)
             except HubError as err:

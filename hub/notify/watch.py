@@ -9,15 +9,12 @@ sent as ONE event once they held still for an interval: a broker restart that ma
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from hub.config import HubConfig
 from hub.notify.events import Event, NodeCounts
 from hub.store import NodeQueries
-
-log = logging.getLogger(__name__)
 
 Key = tuple[str | None, str]
 """(stage name or None for nodes of no stage, effective state)"""
@@ -36,16 +33,9 @@ class _Burst:
 
 
 class NodeWatch:
-    def __init__(
-        self,
-        cfg: HubConfig,
-        store: NodeQueries,
-        emit: Callable[[list[Event]], object],
-        clock: Callable[[], float],
-    ) -> None:
+    def __init__(self, cfg: HubConfig, store: NodeQueries, clock: Callable[[], float]) -> None:
         self._cfg = cfg
         self._store = store
-        self._emit = emit
         self._clock = clock
         self._last: dict[Key, int] | None = None
         """Counts of the previous check; None until the first (a baseline, no events)."""
@@ -60,7 +50,7 @@ class NodeWatch:
         return counts
 
     async def check(self) -> list[Event]:
-        """One comparison; returns (and emits) the bursts that ended."""
+        """One comparison; returns the events of the bursts that ended."""
         now = self._clock()
         counts = await self._counts(now)
         last, self._last = self._last, counts
@@ -81,8 +71,6 @@ class NodeWatch:
                 continue
             del self._bursts[key]
             events.append(await self._event(key, burst.count, counts.get(key, 0), now))
-        if events:
-            self._emit(events)
         return events
 
     @staticmethod
