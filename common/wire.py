@@ -15,7 +15,7 @@ PREFIX: Final = "edgefleet/v1"
 MAX_PAYLOAD: Final = 256 * 1024
 """Larger payloads are dropped by the hub; the agent truncates drift lists to stay below."""
 
-State = Literal["synced", "progressing", "failed", "drifted", "refused", "error"]
+State = Literal["synced", "progressing", "failed", "drifted", "refused", "error", "deferred"]
 STATES: Final[tuple[State, ...]] = (
     "synced",
     "progressing",
@@ -23,6 +23,7 @@ STATES: Final[tuple[State, ...]] = (
     "drifted",
     "refused",
     "error",
+    "deferred",
 )
 DriftKind = Literal["modified", "missing", "stopped", "extra", "disabled", "masked"]
 
@@ -87,6 +88,8 @@ class StatusDoc(TypedDict, total=False):
     """Drift items cut from ``drift`` to keep the payload under MAX_PAYLOAD."""
     resources: dict[str, int]
     health: dict[str, Any]
+    deferred_until: float | None
+    """State ``deferred``: when the node expects to apply (window opening, lock expiry)."""
     heartbeat: float
     observed_at: float
     seq: int

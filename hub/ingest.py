@@ -146,7 +146,7 @@ def _number(value: object, key: str) -> float | None:
 
 _OTHER_STR = ("last_good", "reason", "message", "version")
 _DICT_OR_NONE = ("resources", "health")
-_STATE_SET = frozenset(wire.STATES)
+_MAX_STATE = 32
 
 
 def parse_status(node: str, payload: bytes) -> Status:
@@ -157,9 +157,11 @@ def parse_status(node: str, payload: bytes) -> Status:
     doc, text = _load(payload)
     seq = _check_header(doc, node)
     get = doc.get
-    state = get("state")
-    if type(state) is not str or state not in _STATE_SET:
-        raise Rejected("bad_type", f"state {str(state)[:32]!r} is not one of {wire.STATES}")
+    # A state this hub does not know (a newer agent) is stored as sent: the effective
+    # state is then ``unknown`` (hub.states), the raw value the node's reported_state.
+    state = _column(get("state"), "state")
+    if not state or len(state) > _MAX_STATE:
+        raise Rejected("bad_type", f"state {str(state)[:32]!r} is not a short string")
     branch = _column(get("branch"), "branch")
     applied = _column(get("applied"), "applied")
     desired = _column(get("desired"), "desired")
