@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
+from agent.activationconf import ActivationConfig, parse_activation
 from agent.errors import ConfigError
 from common.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
 
@@ -134,6 +135,7 @@ class AgentConfig:
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    activation: ActivationConfig = field(default_factory=ActivationConfig)
 
 
 def _check_repo_path(sec: Section, key: str, value: str) -> str:
@@ -265,6 +267,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
         settle=hsec.number("settle", 5.0, minimum=0.0),
     )
     hsec.done()
+    activation = parse_activation(root)
     root.done()
     return AgentConfig(
         path=path,
@@ -277,6 +280,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
         targets=targets,
         drift=drift,
         health=health,
+        activation=activation,
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent import __version__, httpcheck
+from agent.activation import ActivationGate
 from agent.changeset import ChangeSet
 from agent.config import AgentConfig
 from agent.desired import DesiredState
@@ -69,6 +70,8 @@ class Outcome:
     message: str = ""
     commit: str | None = None
     changes: dict[str, ChangeSet] = field(default_factory=dict)
+    until: float | None = None
+    """State ``deferred``: when the hold is expected to end."""
 
     @property
     def ok(self) -> bool:
@@ -84,8 +87,10 @@ class Reconciler:
         targets: Sequence[Target],
         store: StateStore,
         report: Reporting | None = None,
+        activation: ActivationGate | None = None,
     ) -> None:
         self.cfg = cfg
+        self.activation = activation
         self.source = source
         self.verifier = verifier
         self.targets = list(targets)
@@ -120,6 +125,7 @@ class Reconciler:
             message=o.message,
             drift=self.drift[:MAX_DRIFT_REPORTED],
             resources=self.state.counts(),
+            deferred_until=o.until,
             health={
                 "ok": not self.health,
                 "problems": [
@@ -235,6 +241,9 @@ class Reconciler:
             return Outcome("error", "PlanFailed", str(err), head)
         if dry_run:
             return Outcome("progressing", "DryRun", f"would apply {head[:12]}", head, plans)
+        hold = None if self.activation is None else self.activation.hold(desired)
+        if hold is not None:  # pre-staged: fetched, verified and planned, nothing applied
+            return Outcome(hold.state, hold.reason, hold.message, head, plans, hold.until)
         return await self._apply(head, desired, plans)
 
     def _steady(self, head: str) -> Outcome:

@@ -2,9 +2,9 @@
 
 A node reports one of :data:`common.wire.STATES`; the hub overrides that with
 ``offline`` (its LWT said 0), ``stale`` (not heard within its stale window) and
-``unknown`` (a state this hub does not know), in that order. :data:`OVERRIDES` is the rule: the store generates its SQL from it (one
-CASE expression, and per-override counts for the summary's single index scan), so no
-other module re-implements it.
+``unknown`` (a state this hub does not know), in that order. :data:`OVERRIDES` is the
+rule: the store generates its SQL from it (one CASE expression, and per-override counts
+for the summary's single index scan), so no other module re-implements it.
 """
 
 from __future__ import annotations
