@@ -1,0 +1,205 @@
+"""Update locks and maintenance windows end to end: the real agent daemon, a real hub,
+mosquitto and a git daemon. Windows are chosen relative to the current time in a
+non-UTC zone; nothing fakes the clock."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tests.testbed.agentcfg import AgentSetup, write_agent_config
+from tests.testbed.gitserver import GitRemote
+from tests.testbed.hubproc import REPO_ROOT, HubProc
+from tests.testbed.mosquitto import Mosquitto
+
+NODE = "till-01"
+ZONE = "Asia/Kathmandu"  # UTC+5:45: a window read in UTC by mistake is off by hours
+
+
+def activation(tmp_path: Path, extra: str = "") -> str:
+    return (
+        f'[activation]\ninhibit_dir = "{tmp_path / "inhibit"}"\n'
+        f'persistent_inhibit_dir = "{tmp_path / "inhibit-persistent"}"\npoll = 0.5\n{extra}'
+    )
+
+
+def agent_setup(tmp_path: Path, remote: GitRemote, mosquitto: Mosquitto, extra: str) -> AgentSetup:
+    return write_agent_config(
+        tmp_path / "agent", remote.url, node=NODE, mqtt_url=mosquitto.url,
+        interval=1, heartbeat=1, extra=activation(tmp_path, extra),
+    )  # fmt: skip
+
+
+class Daemon:
+    """``edgefleet-agent run`` as a process; stop() checks it exited cleanly."""
+
+    def __init__(self, setup: AgentSetup) -> None:
+        self.setup = setup
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.proc = self.setup.popen("run")
+
+    def stop(self) -> str:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=20)
+        self.proc = None
+        assert "Traceback" not in out, out
+        return out
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[[AgentSetup], Daemon]]:
+    started: list[Daemon] = []
+
+    def start(setup: AgentSetup) -> Daemon:
+        daemon = Daemon(setup)
+        daemon.start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.proc is not None:
+            daemon.stop()
+
+
+def node(hub: HubProc) -> dict[str, Any]:
+    data: dict[str, Any] = hub.try_get(f"/api/v1/nodes/{NODE}")
+    return data
+
+
+def conf(setup: AgentSetup) -> str:
+    return f"common/files{setup.root}/app.conf"
+
+
+def hub_cli(hub: HubProc, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hub.cli", *args, "--config", str(hub.config)],
+        capture_output=True, text=True, timeout=30, check=False, cwd=REPO_ROOT,
+    )  # fmt: skip
+
+
+def test_lock_defers_then_release_applies_with_git_down(
+    tmp_path: Path,
+    git_remote: GitRemote,
+    mosquitto: Mosquitto,
+    hub_factory: Callable[..., HubProc],
+    daemons: Callable[[AgentSetup], Daemon],
+) -> None:
+    hub = hub_factory()
+    setup = agent_setup(tmp_path, git_remote, mosquitto, "max_ttl = 3600\n")
+    c1 = git_remote.repo.commit({conf(setup): "v1\n"})
+    daemons(setup)
+    hub.wait_for(lambda: node(hub).get("applied") == c1, timeout=30)
+
+    locked = setup.cli("inhibit", "--reason", "sale in progress", "--name", "till", "--ttl", "600")
+    assert locked.returncode == 0, locked.stderr
+    c2 = git_remote.repo.commit({conf(setup): "v2\n"})
+    hub.wait_for(lambda: node(hub).get("state") == "deferred", timeout=30)
+    status = node(hub)["status"]
+    assert (status["reason"], status["message"]) == ("Locked", "locked: sale in progress (till)")
+    assert status["desired"] == c2 and status["applied"] == c1
+    assert 0 < status["deferred_until"] - time.time() <= 600
+    assert hub.get("/api/v1/summary")["states"]["deferred"] == 1
+    assert (setup.root / "app.conf").read_text() == "v1\n"  # pre-staged, nothing applied
+
+    git_remote.server.stop()  # the release must not need Git: c2 is in the cache
+    released = setup.cli("inhibit", "--release", "--name", "till")
+    assert released.returncode == 0, released.stderr
+    hub.wait_for(lambda: node(hub).get("applied") == c2, timeout=30)
+    assert node(hub)["state"] == "synced"
+    assert (setup.root / "app.conf").read_text() == "v2\n"
+
+
+def _local_window(start: timedelta, end: timedelta) -> tuple[str, float]:
+    """A daily window from now+start to now+end in ZONE, and its next opening (Unix time)."""
+    now = datetime.now(ZoneInfo(ZONE)).replace(second=0, microsecond=0)
+    a, b = now + start, now + end
+    opening = a if a > datetime.now(ZoneInfo(ZONE)) else a + timedelta(days=1)
+    return f"{a:%H:%M}-{b:%H:%M}", opening.timestamp()
+
+
+def test_window_in_local_time_defers_then_opens(
+    tmp_path: Path,
+    git_remote: GitRemote,
+    mosquitto: Mosquitto,
+    hub_factory: Callable[..., HubProc],
+    daemons: Callable[[AgentSetup], Daemon],
+) -> None:
+    hub = hub_factory()
+    closed, opening = _local_window(timedelta(hours=3), timedelta(hours=4))
+    setup = agent_setup(
+        tmp_path, git_remote, mosquitto, f'window = "{closed}"\ntimezone = "{ZONE}"\n'
+    )
+    c1 = git_remote.repo.commit({conf(setup): "v1\n"})
+    daemon = daemons(setup)
+    hub.wait_for(lambda: node(hub).get("state") == "deferred", timeout=30)
+    status = node(hub)["status"]
+    assert status["reason"] == "OutsideWindow" and status["desired"] == c1
+    assert status["message"] == f"outside window {closed} {ZONE}"
+    assert abs(status["deferred_until"] - opening) <= 1.0
+    assert not (setup.root / "app.conf").exists()
+
+    # The operator widens the window to include now: a restart with it applies the commit.
+    daemon.stop()
+    open_now, _ = _local_window(timedelta(hours=-1), timedelta(hours=2))
+    setup = agent_setup(
+        tmp_path, git_remote, mosquitto, f'window = "{open_now}"\ntimezone = "{ZONE}"\n'
+    )
+    daemons(setup)
+    hub.wait_for(lambda: node(hub).get("applied") == c1, timeout=30)
+    assert node(hub)["state"] == "synced"
+    assert (setup.root / "app.conf").read_text() == "v1\n"
+
+
+def test_lock_expiry_and_hub_override(
+    tmp_path: Path,
+    git_remote: GitRemote,
+    mosquitto: Mosquitto,
+    hub_factory: Callable[..., HubProc],
+    daemons: Callable[[AgentSetup], Daemon],
+) -> None:
+    hub = hub_factory()
+    setup = agent_setup(tmp_path, git_remote, mosquitto, "")
+    c1 = git_remote.repo.commit({conf(setup): "v1\n"})
+    daemons(setup)
+    hub.wait_for(lambda: node(hub).get("applied") == c1, timeout=30)
+
+    # A lock a local app dropped, expiring in 5 s: deferred until then, applied after.
+    lock = tmp_path / "inhibit" / "pump.json"
+    lock.parent.mkdir(exist_ok=True)
+    lock.write_text(json.dumps({"reason": "filling tank 3", "expires": time.time() + 5}))
+    c2 = git_remote.repo.commit({conf(setup): "v2\n"})
+    hub.wait_for(lambda: node(hub).get("state") == "deferred", timeout=30)
+    hub.wait_for(lambda: node(hub).get("applied") == c2, timeout=30)
+    expired = hub.get(f"/api/v1/events?node={NODE}&type=lock_expired")["events"]
+    assert [e["details"]["name"] for e in expired] == ["pump"]
+
+    # A lock with no end in sight: the hub's override applies now, and is audited.
+    setup.cli("inhibit", "--reason", "stocktaking", "--name", "till")
+    c3 = git_remote.repo.commit({conf(setup): "v3\n"})
+    hub.wait_for(lambda: node(hub).get("state") == "deferred", timeout=30)
+    done = hub_cli(hub, "sync", NODE, "--override", "hotfix INC-42")
+    assert done.returncode == 0, done.stderr
+    hub.wait_for(lambda: node(hub).get("applied") == c3, timeout=30)
+    entry = hub.get("/api/v1/history")["history"][0]
+    assert (entry["action"], entry["reason"], entry["evidence"]) == (
+        "sync-override",
+        "hotfix INC-42",
+        {"node": NODE},
+    )
+    used = hub.get(f"/api/v1/events?node={NODE}&type=override")["events"]
+    assert used[0]["details"]["held_by"] == "locked: stocktaking (till)"
