@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.testbed.agentcfg import AgentSetup, write_agent_config
+from tests.testbed.fleetrepo import FleetRepo
 from tests.testbed.gitserver import GitRemote
 from tests.testbed.hubproc import REPO_ROOT, HubProc
 from tests.testbed.mosquitto import Mosquitto
@@ -203,3 +204,53 @@ def test_lock_expiry_and_hub_override(
     )
     used = hub.get(f"/api/v1/events?node={NODE}&type=override")["events"]
     assert used[0]["details"]["held_by"] == "locked: stocktaking (till)"
+
+
+# -- `sync --once` and `inhibit` as an operator runs them (file:// repo, no broker) -------
+
+
+def test_repo_window_wins_unless_pinned(tmp_path: Path, fleet_repo: FleetRepo) -> None:
+    open_now, _ = _local_window(timedelta(hours=-1), timedelta(hours=2))
+    closed, _ = _local_window(timedelta(hours=3), timedelta(hours=4))
+    window = f'window = "{open_now}"\ntimezone = "{ZONE}"\n'
+    setup = write_agent_config(tmp_path / "a", fleet_repo.url, extra=activation(tmp_path, window))
+    repo_says = f'[activation]\nwindow = "{closed}"\n'
+    fleet_repo.commit({conf(setup): "v1\n", "common/edgefleet.toml": repo_says})
+    run = setup.cli("sync", "--once")
+    assert run.returncode == 1 and run.stdout.startswith(
+        f"deferred: outside window {closed} {ZONE}"
+    ), run.stdout + run.stderr
+    assert not (setup.root / "app.conf").exists()
+
+    pinned = activation(tmp_path, window + "pin = true\n")
+    setup = write_agent_config(tmp_path / "a", fleet_repo.url, extra=pinned)
+    run = setup.cli("sync", "--once")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (setup.root / "app.conf").read_text() == "v1\n"
+
+
+def test_disk_space_floor_refuses_before_writing(tmp_path: Path, fleet_repo: FleetRepo) -> None:
+    extra = activation(tmp_path, 'min_free = "1000000 TiB"\n')
+    setup = write_agent_config(tmp_path / "a", fleet_repo.url, extra=extra)
+    fleet_repo.commit({conf(setup): "v1\n"})
+    run = setup.cli("sync", "--once")
+    assert run.returncode == 1
+    assert run.stdout.startswith("error: only ") and "min_free" in run.stdout, run.stdout
+    assert not (setup.root / "app.conf").exists()
+
+
+def test_inhibit_command(tmp_path: Path, fleet_repo: FleetRepo) -> None:
+    setup = write_agent_config(tmp_path / "a", fleet_repo.url, extra=activation(tmp_path))
+    assert setup.cli("inhibit").stdout == "no update locks\n"
+    made = setup.cli("inhibit", "--reason", "vehicle moving", "--name", "drive", "--persistent")
+    assert made.returncode == 0 and "locked: vehicle moving (drive)" in made.stdout
+    assert (tmp_path / "inhibit-persistent" / "drive.json").exists()
+    listed = setup.cli("inhibit").stdout
+    assert listed.startswith("active   vehicle moving (drive) until "), listed
+    for bad in (["--ttl", "-5", "--reason", "x"], ["--reason", "x", "--name", "../etc"],
+                ["--reason", " "]):  # fmt: skip
+        run = setup.cli("inhibit", *bad)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, (bad, run.stderr)
+    assert setup.cli("inhibit", "--release", "--name", "drive").returncode == 0
+    missing = setup.cli("inhibit", "--release", "--name", "drive")
+    assert missing.returncode == 1 and "no lock named drive" in missing.stderr
