@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,52 +35,73 @@ def activation(tmp_path: Path, extra: str = "") -> str:
     )
 
 
-def agent_setup(tmp_path: Path, remote: GitRemote, mosquitto: Mosquitto, extra: str) -> AgentSetup:
-    return write_agent_config(
-        tmp_path / "agent", remote.url, node=NODE, mqtt_url=mosquitto.url,
-        interval=1, heartbeat=1, extra=activation(tmp_path, extra),
-    )  # fmt: skip
-
-
 class Daemon:
     """``edgefleet-agent run`` as a process; stop() checks it exited cleanly."""
 
     def __init__(self, setup: AgentSetup) -> None:
         self.setup = setup
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[str] | None = setup.popen("run")
 
-    def start(self) -> None:
-        self.proc = self.setup.popen("run")
-
-    def stop(self) -> str:
-        assert self.proc is not None
+    def stop(self) -> None:
+        if self.proc is None:
+            return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         out, _ = self.proc.communicate(timeout=20)
         self.proc = None
         assert "Traceback" not in out, out
-        return out
+
+
+@dataclass
+class Site:
+    """One node's world: a git daemon, mosquitto, a hub, and the agent daemons started."""
+
+    tmp_path: Path
+    git: GitRemote
+    mosquitto: Mosquitto
+    hub: HubProc
+    daemons: list[Daemon] = field(default_factory=list)
+
+    def agent(self, activation_keys: str = "") -> AgentSetup:
+        return write_agent_config(
+            self.tmp_path / "agent", self.git.url, node=NODE, mqtt_url=self.mosquitto.url,
+            interval=1, heartbeat=1, extra=activation(self.tmp_path, activation_keys),
+        )  # fmt: skip
+
+    def run(self, setup: AgentSetup) -> Daemon:
+        daemon = Daemon(setup)
+        self.daemons.append(daemon)
+        return daemon
+
+    def commit(self, setup: AgentSetup, content: str) -> str:
+        return self.git.repo.commit({conf(setup): content})
+
+    def node(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.hub.try_get(f"/api/v1/nodes/{NODE}")
+        return data
+
+    def wait(self, key: str, value: object) -> None:
+        self.hub.wait_for(lambda: self.node().get(key) == value, timeout=30)
+
+    def synced_on_v1(self, activation_keys: str = "") -> tuple[AgentSetup, str]:
+        setup = self.agent(activation_keys)
+        c1 = self.commit(setup, "v1\n")
+        self.run(setup)
+        self.wait("applied", c1)
+        return setup, c1
 
 
 @pytest.fixture
-def daemons() -> Iterator[Callable[[AgentSetup], Daemon]]:
-    started: list[Daemon] = []
-
-    def start(setup: AgentSetup) -> Daemon:
-        daemon = Daemon(setup)
-        daemon.start()
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.proc is not None:
-            daemon.stop()
-
-
-def node(hub: HubProc) -> dict[str, Any]:
-    data: dict[str, Any] = hub.try_get(f"/api/v1/nodes/{NODE}")
-    return data
+def site(
+    tmp_path: Path,
+    git_remote: GitRemote,
+    mosquitto: Mosquitto,
+    hub_factory: Callable[..., HubProc],
+) -> Iterator[Site]:
+    world = Site(tmp_path, git_remote, mosquitto, hub_factory())
+    yield world
+    for daemon in world.daemons:
+        daemon.stop()
 
 
 def conf(setup: AgentSetup) -> str:
@@ -93,35 +115,24 @@ def hub_cli(hub: HubProc, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_lock_defers_then_release_applies_with_git_down(
-    tmp_path: Path,
-    git_remote: GitRemote,
-    mosquitto: Mosquitto,
-    hub_factory: Callable[..., HubProc],
-    daemons: Callable[[AgentSetup], Daemon],
-) -> None:
-    hub = hub_factory()
-    setup = agent_setup(tmp_path, git_remote, mosquitto, "max_ttl = 3600\n")
-    c1 = git_remote.repo.commit({conf(setup): "v1\n"})
-    daemons(setup)
-    hub.wait_for(lambda: node(hub).get("applied") == c1, timeout=30)
-
+def test_lock_defers_then_release_applies_with_git_down(site: Site) -> None:
+    setup, c1 = site.synced_on_v1("max_ttl = 3600\n")
     locked = setup.cli("inhibit", "--reason", "sale in progress", "--name", "till", "--ttl", "600")
     assert locked.returncode == 0, locked.stderr
-    c2 = git_remote.repo.commit({conf(setup): "v2\n"})
-    hub.wait_for(lambda: node(hub).get("state") == "deferred", timeout=30)
-    status = node(hub)["status"]
+    c2 = site.commit(setup, "v2\n")
+    site.wait("state", "deferred")
+    status = site.node()["status"]
     assert (status["reason"], status["message"]) == ("Locked", "locked: sale in progress (till)")
     assert status["desired"] == c2 and status["applied"] == c1
     assert 0 < status["deferred_until"] - time.time() <= 600
-    assert hub.get("/api/v1/summary")["states"]["deferred"] == 1
+    assert site.hub.get("/api/v1/summary")["states"]["deferred"] == 1
     assert (setup.root / "app.conf").read_text() == "v1\n"  # pre-staged, nothing applied
 
-    git_remote.server.stop()  # the release must not need Git: c2 is in the cache
+    site.git.server.stop()  # the release must not need Git: c2 is in the cache
     released = setup.cli("inhibit", "--release", "--name", "till")
     assert released.returncode == 0, released.stderr
-    hub.wait_for(lambda: node(hub).get("applied") == c2, timeout=30)
-    assert node(hub)["state"] == "synced"
+    site.wait("applied", c2)
+    assert site.node()["state"] == "synced"
     assert (setup.root / "app.conf").read_text() == "v2\n"
 
 
@@ -133,22 +144,13 @@ def _local_window(start: timedelta, end: timedelta) -> tuple[str, float]:
     return f"{a:%H:%M}-{b:%H:%M}", opening.timestamp()
 
 
-def test_window_in_local_time_defers_then_opens(
-    tmp_path: Path,
-    git_remote: GitRemote,
-    mosquitto: Mosquitto,
-    hub_factory: Callable[..., HubProc],
-    daemons: Callable[[AgentSetup], Daemon],
-) -> None:
-    hub = hub_factory()
+def test_window_in_local_time_defers_then_opens(site: Site) -> None:
     closed, opening = _local_window(timedelta(hours=3), timedelta(hours=4))
-    setup = agent_setup(
-        tmp_path, git_remote, mosquitto, f'window = "{closed}"\ntimezone = "{ZONE}"\n'
-    )
-    c1 = git_remote.repo.commit({conf(setup): "v1\n"})
-    daemon = daemons(setup)
-    hub.wait_for(lambda: node(hub).get("state") == "deferred", timeout=30)
-    status = node(hub)["status"]
+    setup = site.agent(f'window = "{closed}"\ntimezone = "{ZONE}"\n')
+    c1 = site.commit(setup, "v1\n")
+    daemon = site.run(setup)
+    site.wait("state", "deferred")
+    status = site.node()["status"]
     assert status["reason"] == "OutsideWindow" and status["desired"] == c1
     assert status["message"] == f"outside window {closed} {ZONE}"
     assert abs(status["deferred_until"] - opening) <= 1.0
@@ -157,52 +159,38 @@ def test_window_in_local_time_defers_then_opens(
     # The operator widens the window to include now: a restart with it applies the commit.
     daemon.stop()
     open_now, _ = _local_window(timedelta(hours=-1), timedelta(hours=2))
-    setup = agent_setup(
-        tmp_path, git_remote, mosquitto, f'window = "{open_now}"\ntimezone = "{ZONE}"\n'
-    )
-    daemons(setup)
-    hub.wait_for(lambda: node(hub).get("applied") == c1, timeout=30)
-    assert node(hub)["state"] == "synced"
+    site.run(site.agent(f'window = "{open_now}"\ntimezone = "{ZONE}"\n'))
+    site.wait("applied", c1)
+    assert site.node()["state"] == "synced"
     assert (setup.root / "app.conf").read_text() == "v1\n"
 
 
-def test_lock_expiry_and_hub_override(
-    tmp_path: Path,
-    git_remote: GitRemote,
-    mosquitto: Mosquitto,
-    hub_factory: Callable[..., HubProc],
-    daemons: Callable[[AgentSetup], Daemon],
-) -> None:
-    hub = hub_factory()
-    setup = agent_setup(tmp_path, git_remote, mosquitto, "")
-    c1 = git_remote.repo.commit({conf(setup): "v1\n"})
-    daemons(setup)
-    hub.wait_for(lambda: node(hub).get("applied") == c1, timeout=30)
-
+def test_lock_expiry_and_hub_override(site: Site) -> None:
+    setup, _ = site.synced_on_v1()
     # A lock a local app dropped, expiring in 5 s: deferred until then, applied after.
-    lock = tmp_path / "inhibit" / "pump.json"
+    lock = site.tmp_path / "inhibit" / "pump.json"
     lock.parent.mkdir(exist_ok=True)
     lock.write_text(json.dumps({"reason": "filling tank 3", "expires": time.time() + 5}))
-    c2 = git_remote.repo.commit({conf(setup): "v2\n"})
-    hub.wait_for(lambda: node(hub).get("state") == "deferred", timeout=30)
-    hub.wait_for(lambda: node(hub).get("applied") == c2, timeout=30)
-    expired = hub.get(f"/api/v1/events?node={NODE}&type=lock_expired")["events"]
+    c2 = site.commit(setup, "v2\n")
+    site.wait("state", "deferred")
+    site.wait("applied", c2)
+    expired = site.hub.get(f"/api/v1/events?node={NODE}&type=lock_expired")["events"]
     assert [e["details"]["name"] for e in expired] == ["pump"]
 
     # A lock with no end in sight: the hub's override applies now, and is audited.
     setup.cli("inhibit", "--reason", "stocktaking", "--name", "till")
-    c3 = git_remote.repo.commit({conf(setup): "v3\n"})
-    hub.wait_for(lambda: node(hub).get("state") == "deferred", timeout=30)
-    done = hub_cli(hub, "sync", NODE, "--override", "hotfix INC-42")
+    c3 = site.commit(setup, "v3\n")
+    site.wait("state", "deferred")
+    done = hub_cli(site.hub, "sync", NODE, "--override", "hotfix INC-42")
     assert done.returncode == 0, done.stderr
-    hub.wait_for(lambda: node(hub).get("applied") == c3, timeout=30)
-    entry = hub.get("/api/v1/history")["history"][0]
+    site.wait("applied", c3)
+    entry = site.hub.get("/api/v1/history")["history"][0]
     assert (entry["action"], entry["reason"], entry["evidence"]) == (
         "sync-override",
         "hotfix INC-42",
         {"node": NODE},
     )
-    used = hub.get(f"/api/v1/events?node={NODE}&type=override")["events"]
+    used = site.hub.get(f"/api/v1/events?node={NODE}&type=override")["events"]
     assert used[0]["details"]["held_by"] == "locked: stocktaking (till)"
 
 
