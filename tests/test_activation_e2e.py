@@ -181,6 +181,9 @@ def test_lock_expiry_and_hub_override(site: Site) -> None:
     setup.cli("inhibit", "--reason", "stocktaking", "--name", "till")
     c3 = site.commit(setup, "v3\n")
     site.wait("state", "deferred")
+    for bad in (b'{"override": 5}', b'{"override": " "}'):
+        status, body = site.hub.request("POST", f"/api/v1/nodes/{NODE}/sync", site.hub.token, bad)
+        assert status == 400 and "override" in body["error"], body
     done = hub_cli(site.hub, "sync", NODE, "--override", "hotfix INC-42")
     assert done.returncode == 0, done.stderr
     site.wait("applied", c3)
