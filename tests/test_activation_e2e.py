@@ -245,3 +245,20 @@ def test_inhibit_command(tmp_path: Path, fleet_repo: FleetRepo) -> None:
     assert setup.cli("inhibit", "--release", "--name", "drive").returncode == 0
     missing = setup.cli("inhibit", "--release", "--name", "drive")
     assert missing.returncode == 1 and "no lock named drive" in missing.stderr
+
+
+def test_drift_is_only_reported_while_locked(tmp_path: Path, fleet_repo: FleetRepo) -> None:
+    setup = write_agent_config(tmp_path / "a", fleet_repo.url, extra=activation(tmp_path))
+    fleet_repo.commit({conf(setup): "v1\n"})
+    assert setup.cli("sync", "--once").returncode == 0
+    app = setup.root / "app.conf"
+    app.write_text("edited by hand\n")
+    setup.cli("inhibit", "--reason", "stocktaking", "--name", "till")
+    run = setup.cli("sync", "--once")
+    assert run.returncode == 1 and run.stdout.startswith("drifted"), run.stdout + run.stderr
+    assert f"drift modified  files:{app}" in run.stdout
+    assert app.read_text() == "edited by hand\n"
+
+    setup.cli("inhibit", "--release", "--name", "till")
+    assert setup.cli("sync", "--once").returncode == 0
+    assert app.read_text() == "v1\n"
