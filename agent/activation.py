@@ -12,25 +12,29 @@ two small dirs is cheap) and not at all otherwise.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
+import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from agent.atomic import write_atomic
 from agent.config import AgentConfig
 from agent.desired import DesiredState
 from agent.errors import FetchError
 from agent.inhibit import Lock, scan
-from common.windows import Schedule, parse_schedule
+from common.windows import Schedule, WindowError, parse_schedule, parse_window, zone
 
 if TYPE_CHECKING:
     from agent.reconcile import Source
 
 log = logging.getLogger(__name__)
+MEMORY_FILE = "activation.json"
 OVERRIDE_VALID = 60.0
 """Seconds a hub override waits for an apply to use it (it names no commit)."""
 
@@ -55,6 +59,34 @@ def _schedule(window: tuple[str, ...], tz_name: str | None) -> Schedule:
     return parse_schedule(window, tz_name)
 
 
+@dataclass(frozen=True)
+class Memory:
+    staged: str | None = None
+    window: tuple[str, ...] | None = None
+    """The fleet repo's [activation] window of the last commit planned (None: unset)."""
+    timezone: str | None = None
+
+
+def _load_memory(path: Path) -> Memory:
+    try:
+        doc = json.loads(path.read_bytes())
+        window = doc["window"]
+        memory = Memory(doc["staged"], None if window is None else tuple(window), doc["timezone"])
+        for spec in memory.window or ():
+            parse_window(spec)
+        zone(memory.timezone)
+    except FileNotFoundError:
+        return Memory()
+    except (OSError, ValueError, KeyError, TypeError, WindowError) as err:
+        log.warning("ignoring %s: %s", path, err)
+        return Memory()
+    staged_ok = memory.staged is None or re.fullmatch(r"[0-9a-f]{40}", str(memory.staged))
+    if not staged_ok or not isinstance(memory.timezone, str | None):
+        log.warning("ignoring %s: not what this agent writes", path)
+        return Memory()
+    return memory
+
+
 def _mib(size: float) -> str:
     return f"{size / 1024**2:.0f} MiB"
 
@@ -70,10 +102,10 @@ class ActivationGate:
         )
         self.emit = emit
         self.clock = clock
-        self.repo_window: tuple[str, ...] | None = None
-        self.repo_timezone: str | None = None
-        self.staged: str | None = None
-        """The commit held back, pre-staged in the Git cache."""
+        self.memory_path = cfg.state_dir / MEMORY_FILE
+        self.memory = _load_memory(self.memory_path)
+        """The staged commit and the repo's window, kept across restarts: after a reboot
+        the node applies offline and keeps the repo's window before any new commit."""
         self._override: tuple[str, float] | None = None
         self._expired_seen: set[tuple[Path, float]] = set()
 
@@ -81,8 +113,8 @@ class ActivationGate:
 
     def hold(self, desired: DesiredState) -> Hold | None:
         """None: apply ``desired`` now. Else why not (and the commit stays staged)."""
-        self.repo_window = desired.options.activation.window
-        self.repo_timezone = desired.options.activation.timezone
+        repo = desired.options.activation
+        self._remember(replace(self.memory, window=repo.window, timezone=repo.timezone))
         disk = self._disk_problem()
         if disk is not None:
             return Hold("error", "DiskSpace", disk, None)
@@ -93,8 +125,13 @@ class ActivationGate:
                         hold.message, override)  # fmt: skip
             self.emit("override", {"reason": override, "held_by": hold.message})
             hold = None
-        self.staged = desired.commit if hold is not None else None
+        self._remember(replace(self.memory, staged=desired.commit if hold is not None else None))
         return hold
+
+    @property
+    def staged(self) -> str | None:
+        """The commit held back, pre-staged in the Git cache."""
+        return self.memory.staged
 
     def blocked(self) -> Hold | None:
         """The lock or window holding applies back now (drift is report-only then)."""
@@ -118,8 +155,17 @@ class ActivationGate:
         """The window and zone in force: the fleet repo's unless agent.toml pins its own."""
         if self.cfg.pin:
             return self.cfg.window, self.cfg.timezone
-        window = self.cfg.window if self.repo_window is None else self.repo_window
-        return window, self.repo_timezone or self.cfg.timezone
+        window = self.cfg.window if self.memory.window is None else self.memory.window
+        return window, self.memory.timezone or self.cfg.timezone
+
+    def _remember(self, memory: Memory) -> None:
+        if memory == self.memory:
+            return
+        self.memory = memory
+        try:
+            write_atomic(self.memory_path, json.dumps(asdict(memory)).encode(), 0o600)
+        except OSError as err:  # only the offline apply after a restart is lost
+            log.warning("cannot write %s: %s", self.memory_path, err.strerror)
 
     # -- hub override -----------------------------------------------------------------
 

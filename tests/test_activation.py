@@ -234,3 +234,20 @@ def test_disk_space_floor(tmp_path: Path) -> None:
     hold = g.gate.hold(desired())
     assert hold is not None and (hold.state, hold.reason) == ("error", "DiskSpace")
     assert "([activation] min_free); nothing applied" in hold.message
+
+
+def test_staged_commit_and_repo_window_survive_a_restart(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "min_free = 0\n")
+    cfg.state_dir.mkdir()
+    write_lock(cfg.activation.persistent_inhibit_dir, "drive", "vehicle moving", NOW + 600)
+    first = Gate(cfg)
+    assert first.gate.hold(desired(("21:00-22:00",), "Europe/Berlin")) is not None
+    again = Gate(cfg).gate  # a new daemon on the same state dir
+    assert again.staged == "c" * 40
+    assert again.window() == (("21:00-22:00",), "Europe/Berlin")
+
+    memory = cfg.state_dir / "activation.json"
+    for junk in (b"{", b'{"staged": "x", "window": null, "timezone": null}', b"[]"):
+        memory.write_bytes(junk)
+        fresh = Gate(cfg).gate
+        assert (fresh.staged, fresh.window()) == (None, ((), None))
