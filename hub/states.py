@@ -21,6 +21,9 @@ are upgraded first, but not always); its raw value stays the node's ``reported_s
 UNREPORTED: Final = "progressing"
 """Effective state of a node that went online but never sent a status."""
 HEALTHY: Final = "synced"
+DEFERRED: Final = "deferred"
+"""A node holding a new commit back (update lock, maintenance window): never healthy,
+never failed, so it holds a rollout without halting it."""
 ALL_STATES: Final[tuple[str, ...]] = (*wire.STATES, UNKNOWN, STALE, OFFLINE)
 """Every effective state, in the order the API lists them."""
 

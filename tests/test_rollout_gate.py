@@ -57,6 +57,15 @@ def test_stale_and_offline_count_against_never_for() -> None:
     assert res.reason == "3/5 nodes applied ccccccc, need 4 (1 stale, 1 offline)"
 
 
+def test_deferred_nodes_hold_the_gate_without_failing_it() -> None:
+    nodes = [node("a"), node("b"), node("c"),
+             node("d", state="deferred", applied=OLD, desired=C),
+             node("e", state="deferred", applied=OLD, desired=C)]  # fmt: skip
+    res = evaluate_gate(GATE, C, nodes, 0.0, now=100.0)
+    assert not res.open and (res.ready, res.failed) == (3, 0)
+    assert res.reason == "3/5 nodes applied ccccccc, need 4 (2 deferred)"
+
+
 def test_failure_closes_and_resets_soak() -> None:
     nodes = [node(f"n{i}") for i in range(5)]
     held = evaluate_gate(GATE, C, nodes, None, now=0.0)
