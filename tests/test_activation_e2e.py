@@ -262,3 +262,16 @@ def test_drift_is_only_reported_while_locked(tmp_path: Path, fleet_repo: FleetRe
     setup.cli("inhibit", "--release", "--name", "till")
     assert setup.cli("sync", "--once").returncode == 0
     assert app.read_text() == "v1\n"
+
+
+def test_hub_stage_window_in_its_timezone(hub_factory: Callable[..., HubProc]) -> None:
+    open_now, _ = _local_window(timedelta(hours=-1), timedelta(hours=2))
+    closed, _ = _local_window(timedelta(hours=3), timedelta(hours=4))
+    stages = "".join(
+        f'[[stages]]\nname = "{name}"\nwindow = "{window}"\ntimezone = "{ZONE}"\n'
+        for name, window in (("open", open_now), ("closed", closed))
+    )
+    hub = hub_factory(stages=stages)
+    by_name = {s["name"]: s for s in hub.get("/api/v1/stages")["stages"]}
+    assert by_name["open"]["window"] == {"windows": [open_now], "timezone": ZONE}
+    assert (by_name["open"]["in_window"], by_name["closed"]["in_window"]) == (True, False)
