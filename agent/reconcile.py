@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent import __version__, httpcheck
+from agent.activation import ActivationGate
 from agent.changeset import ChangeSet
 from agent.config import AgentConfig
 from agent.desired import DesiredState
@@ -73,6 +74,8 @@ class Outcome:
     changes: dict[str, ChangeSet] = field(default_factory=dict)
     retry: ErrorKind | None = None
     """Set when the failure may clear by itself (e.g. Git unreachable): retry with backoff."""
+    until: float | None = None
+    """State ``deferred``: when the hold is expected to end."""
 
 
 class Reconciler:
@@ -84,8 +87,10 @@ class Reconciler:
         targets: Sequence[Target],
         store: StateStore,
         report: Reporting | None = None,
+        activation: ActivationGate | None = None,
     ) -> None:
         self.cfg = cfg
+        self.activation = activation
         self.source = source
         self.verifier = verifier
         self.targets = list(targets)
@@ -121,6 +126,7 @@ class Reconciler:
             drift=tuple(self.drift),
             drift_total=len(self.drift),
             resources=self.state.counts(),
+            deferred_until=o.until,
             health=Health(
                 ok=not self.health,
                 problems=tuple(ReportedProblem(p.target, p.subject, p.reason) for p in self.health),
@@ -237,6 +243,9 @@ class Reconciler:
             return Outcome("error", "PlanFailed", str(err), head)
         if dry_run:
             return Outcome("progressing", "DryRun", f"would apply {head[:12]}", head, plans)
+        hold = None if self.activation is None else self.activation.hold(desired)
+        if hold is not None:  # pre-staged: fetched, verified and planned, nothing applied
+            return Outcome(hold.state, hold.reason, hold.message, head, plans, until=hold.until)
         return await self._apply(head, desired, plans)
 
     def _steady(self, head: str) -> Outcome:

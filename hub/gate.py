@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hub.config import Gate, HubConfig, Stage
-from hub.states import HEALTHY, OFFLINE, STALE
+from hub.states import DEFERRED, HEALTHY, OFFLINE, STALE
 from hub.store import NodeState, Pause
 
 FAILED_STATES = ("failed", "refused")
@@ -79,7 +79,13 @@ def evaluate_gate(
     needed = max(gate.min_nodes, math.ceil(gate.min_ready_ratio * total - 1e-9))
     short = candidate[:7]
     counts = f"{ready}/{total} nodes applied {short}"
-    unfresh = ", ".join(f"{n} {what}" for n, what in ((stale, "stale"), (offline, "offline")) if n)
+    # Deferred nodes (a lock or window holds them) are pending: neither ready nor failed.
+    deferred = sum(n.state == DEFERRED for n in nodes)
+    unfresh = ", ".join(
+        f"{n} {what}"
+        for n, what in ((stale, "stale"), (offline, "offline"), (deferred, DEFERRED))
+        if n
+    )
     if failed > gate.max_failed:
         reason = f"{failed} node{'s' * (failed != 1)} failed on {short} (max {gate.max_failed})"
     elif ready < needed:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from hub.rollout import Rollout
 from hub.sampler import SAMPLES, samples
 from hub.sse import Updates
 from hub.states import ALL_STATES
+from hub.store import AuditRow
 from hub.store.samples import SampleStore
 from hub.webhook import GitPushHooks, Refresh
 
@@ -56,6 +58,8 @@ class WebContext:
     updates: Updates
     rollout: Rollout | None = None
     refresh_git: Refresh | None = None
+    audit: Callable[[AuditRow], Awaitable[int]] | None = None
+    """Writes the rollout audit log (sync overrides are recorded there)."""
     samples: SampleStore | None = None
 
 
@@ -302,13 +306,27 @@ async def sync_node(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     request.app[AUTH].require_user(request)
     name = _node_name(request)
+    body = await _body(request)
     detail = await ctx.fleet.node(name)
     if detail is None:
         raise BadRequest(f"no node named {name!r} has reported", status=404)
-    request.app[AUTH].authorize(request, "sync nodes", detail["stage"])
-    if not ctx.publish(wire.cmd_topic(name), wire.encode({"op": "sync"}), 1, False):
+    user = request.app[AUTH].authorize(request, "sync nodes", detail["stage"])
+    cmd: dict[str, str] = {"op": "sync"}
+    if body.get("override") is not None:
+        # Apply now despite the node's update locks and window: always audited.
+        cmd["override"] = _text(body, "override", "")
+        if not cmd["override"] or ctx.audit is None:
+            raise BadRequest("override needs a reason (and an audit log)")
+    published = ctx.publish(wire.cmd_topic(name), wire.encode(cmd), 1, False)
+    if "override" in cmd and ctx.audit is not None:
+        await ctx.audit(
+            AuditRow(time.time(), "sync-override", detail["stage"] or "", user.name, None, None,
+                     "done" if published else "failed", True, cmd["override"],
+                     wire.encode({"node": name}).decode(), _on_behalf(request, body))
+        )  # fmt: skip
+    if not published:
         raise BadRequest("MQTT broker not connected; try again later", status=503)
-    return web.json_response({"node": name, "op": "sync", "published": True}, status=202)
+    return web.json_response({"node": name, **cmd, "published": True}, status=202)
 
 
 async def metrics(request: web.Request) -> web.Response:
