@@ -118,6 +118,12 @@ def test_roles_decide_who_may_act_where_and_the_audit_names_the_user(
     assert status == 403 and body["error"].endswith("may not sync nodes in stage canary")
     assert post(hub, "/api/v1/nodes/pi-c/sync", "canary-token", {})[0] == 202
     assert post(hub, "/api/v1/nodes/pi-c/sync", "viewer-token", {})[0] == 403
+    # an override is audited under the user, with the caller's note beside it
+    body = {"override": "hotfix INC-42", "who": "bob"}
+    assert post(hub, "/api/v1/nodes/pi-c/sync", "operator-token", body)[0] == 403
+    assert post(hub, "/api/v1/nodes/pi-c/sync", "canary-token", body)[0] == 202
+    entry = hub.get("/api/v1/history?stage=canary")["history"][0]
+    assert (entry["action"], entry["who"], entry["on_behalf"]) == ("sync-override", "carl", "bob")
 
     def whoami(token: str) -> Any:
         status, body = hub.request("GET", "/api/v1/whoami", token=token)
