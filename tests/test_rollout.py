@@ -138,7 +138,9 @@ def test_gate_auto_promotion_halt_rollback_resume(
     nodes.report("c2", "canary", "failed", c0, desired=c1)
     hub.wait_for(lambda: "1 node failed on" in stage(hub, "beta")["gate_status"]["reason"])
     nodes.report("c2", "canary", "synced", c1)
-    hub.wait_for(lambda: stage(hub, "beta")["head"] == c1, timeout=15)
+    # The ref moves before the audit row is written: wait for the row, not the ref.
+    hub.wait_for(lambda: [h["action"] for h in history(hub, "beta")] == ["promote"], timeout=15)
+    assert stage(hub, "beta")["head"] == c1
     assert repo.head("beta") == c1
     assert retained_ref(mosquitto, "beta") == c1
     promo = history(hub, "beta")[0]
@@ -148,7 +150,8 @@ def test_gate_auto_promotion_halt_rollback_resume(
 
     # beta fails on c1 beyond max_failed = 0: halt, auto rollback to c0, paused
     nodes.report("b1", "beta", "failed", c0, desired=c1)
-    hub.wait_for(lambda: repo.head("beta") == c0, timeout=15)
+    hub.wait_for(lambda: history(hub, "beta")[0]["action"] == "rollback", timeout=15)
+    assert repo.head("beta") == c0
     actions = [(h["action"], h["who"], h["to"]) for h in history(hub, "beta")[:3]]
     assert actions == [("rollback", "auto", c0), ("halt", "auto", None), ("promote", "auto", c1)]
     halt = history(hub, "beta")[1]
@@ -164,7 +167,8 @@ def test_gate_auto_promotion_halt_rollback_resume(
     nodes.report("b1", "beta", "synced", c0)
     out = cli(hub, "resume", "beta", "--reason", "fixed the beta hosts")
     assert out.returncode == 0 and "resumed" in out.stdout, out.stderr
-    hub.wait_for(lambda: repo.head("beta") == c1, timeout=15)
+    hub.wait_for(lambda: history(hub, "beta")[0]["action"] == "promote", timeout=15)
+    assert repo.head("beta") == c1
     resumed = next(h for h in history(hub, "beta") if h["action"] == "resume")
     assert resumed["who"] == "admin" and resumed["on_behalf"].startswith("cli:")
     assert resumed["reason"] == "fixed the beta hosts"
