@@ -216,6 +216,25 @@ class Reconciler:
         if head == self._refused and not dry_run:
             return self.outcome
 
+        planned = await self.prepare(head, advance=not resuming and not dry_run)
+        if isinstance(planned, Outcome):
+            return planned
+        desired, plans = planned
+        if dry_run:
+            return Outcome("progressing", "DryRun", f"would apply {head[:12]}", head, plans)
+        hold = None if self.activation is None else self.activation.hold(desired)
+        if hold is not None:  # pre-staged: fetched, verified and planned, nothing applied
+            return Outcome(hold.state, hold.reason, hold.message, head, plans, until=hold.until)
+        return await self._apply(head, desired, plans)
+
+    async def prepare(
+        self, head: str, advance: bool, candidate: bool = False
+    ) -> Outcome | tuple[DesiredState, dict[str, ChangeSet]]:
+        """Steps 2-5 for ``head``: fetch, trust, desired state, plan; an Outcome where
+        that ends the reconcile. ``advance``: a move that leaves this node's paths alone
+        is applied right here. ``candidate``: a hub plan (:mod:`agent.planrun`, which
+        fetched the commit), whose refusal is neither remembered nor sent as an event."""
+        refuse = _refusal if candidate else self._refuse
         try:
             await self.source.fetch(head)
             await self._check_trust(head)
@@ -223,11 +242,11 @@ class Reconciler:
         except FetchError as err:
             return Outcome("error", "GitUnreachable", str(err), head, retry=ErrorKind.TRANSIENT)
         except TrustError as err:
-            return self._refuse(head, "Untrusted", str(err))
+            return refuse(head, "Untrusted", str(err))
         except SourceError as err:
-            return self._refuse(head, "InvalidCommit", str(err))
+            return refuse(head, "InvalidCommit", str(err))
 
-        if not resuming and not dry_run and self._paths_unchanged(head):
+        if advance and self._paths_unchanged(head):
             # The branch moved but not this node's paths: nothing to apply, just advance.
             self.state.applied = head
             self.state.mark_good(head)
@@ -237,15 +256,10 @@ class Reconciler:
         try:
             plans = {t.name: await t.plan(desired, self.state.owned(t.name)) for t in self.targets}
         except PlanError as err:
-            return self._refuse(head, "InvalidCommit", str(err))
+            return refuse(head, "InvalidCommit", str(err))
         except TransientError as err:  # e.g. the k3s API server is down: retry later
             return Outcome("error", "PlanFailed", str(err), head)
-        if dry_run:
-            return Outcome("progressing", "DryRun", f"would apply {head[:12]}", head, plans)
-        hold = None if self.activation is None else self.activation.hold(desired)
-        if hold is not None:  # pre-staged: fetched, verified and planned, nothing applied
-            return Outcome(hold.state, hold.reason, hold.message, head, plans, until=hold.until)
-        return await self._apply(head, desired, plans)
+        return desired, plans
 
     def _steady(self, head: str) -> Outcome:
         state: State = "drifted" if self.drift else "synced"
@@ -441,3 +455,8 @@ class Reconciler:
         for target in self.targets:
             found.extend(await target.drift(desired, self.state.owned(target.name)))
         return found
+
+
+def _refusal(head: str, reason: str, message: str) -> Outcome:
+    """A refusal only answered to the hub (a plan): no event, not remembered."""
+    return Outcome("refused", reason, message, head)

@@ -23,6 +23,7 @@ from agent import sdnotify
 from agent.activation import ActivationGate, PrestagedSource
 from agent.config import AgentConfig
 from agent.errors import StateError
+from agent.planrun import PlanRunner
 from agent.reconcile import Outcome, Reconciler
 from agent.report import Reporter
 from agent.signcheck import SignatureChecker
@@ -113,6 +114,9 @@ class Agent:
             self.reporter,
             self.activation,
         )
+        self.plans: PlanRunner | None = None
+        if self.reporter is not None:
+            self.plans = PlanRunner(cfg.node, self.reconciler, self.source, self.reporter.send_now)
         for target in self.targets:
             if isinstance(target, FilesTarget):
                 target.cleanup(self.reconciler.state.owned(target.name))
@@ -130,6 +134,8 @@ class Agent:
             if "override" in cmd:
                 self.activation.request_override(cmd["override"])
             self.wake.set()
+        elif op == "plan" and self.plans is not None:
+            self.plans.submit(cmd)
         else:
             log.warning("ignoring unknown command %r", op)
 
@@ -232,6 +238,8 @@ class Agent:
                     tg.create_task(self._poll_loop(), name="poll"),
                     tg.create_task(self._drift_loop(), name="drift"),
                 ]
+                if self.plans is not None:
+                    tasks.append(tg.create_task(self.plans.run(), name="plan"))
                 watchdog = sdnotify.watchdog_interval()
                 if watchdog is not None:
                     tasks.append(tg.create_task(self._watchdog_loop(watchdog), name="watchdog"))

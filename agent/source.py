@@ -97,6 +97,17 @@ class GitSource:
             return want
         return await self._network("fetch", self._fetch, want)
 
+    async def fetch_candidate(self, want: str, ref: str | None) -> None:
+        """Make commit ``want`` local for a plan, without moving the branch ref.
+
+        The candidate may not be on this node's branch: it is asked for by id, listing
+        only ``ref`` (the branch, tag or pull ref the hub resolved it from) or else the
+        branch. A server advertising ``ref`` at ``want`` always serves it; any other id
+        needs a server that allows it (protocol v2, or ``uploadpack.allow*SHA1InWant``).
+        """
+        if not await asyncio.to_thread(self.has_commit, want):
+            await self._network("fetch", self._fetch_by_id, want, ref)
+
     async def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         """True if ``ancestor`` is in the history of ``descendant`` (both may be equal).
 
@@ -186,6 +197,23 @@ class GitSource:
                 raise FetchError(f"git fetch {self._url}: server did not send {got.decode()}")
             repo.refs[self._ref] = got
             return str(got.decode("ascii"))
+
+    def _fetch_by_id(self, want: str, ref: str | None) -> None:
+        target = ObjectID(want.encode("ascii"))
+        listed = Ref(ref.encode()) if ref else self._ref
+        with self._write_lock:
+            repo = self._open_repo()
+            with self._remote.session("fetch") as (client, path):
+                client.fetch(
+                    path,
+                    repo,
+                    determine_wants=lambda refs, depth=None: [target],
+                    depth=1,
+                    ref_prefix=[listed],
+                    protocol_version=PROTOCOL_VERSION,
+                )
+            if target not in repo.object_store:
+                raise FetchError(f"git fetch {self._url}: server did not send {want}")
 
     def _deepen(self, descendant: str, depth: int) -> None:
         want = ObjectID(descendant.encode("ascii"))

@@ -154,3 +154,8 @@ def parse_ref_payload(payload: bytes) -> str | None:
     if isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit):
         return commit
     return None
+
+
+def plan_topic(node: str) -> str:
+    """A node's answers to the hub's ``plan`` commands (see :mod:`common.plan`)."""
+    return f"{PREFIX}/node/{node}/plan"

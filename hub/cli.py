@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hub import demo
+from hub import demo, planview
 from hub.apiclient import api_client
 from hub.config import DEFAULT_CONFIG_PATH, HubConfig, load_config
 from hub.enroll import options as enroll
@@ -332,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=_query("/api/v1/history", show_history, lambda a: _opt(stage=a.stage, limit=a.limit))
     )
 
+    planview.add_parser(sub, client)
     demo.add_parser(sub)
     add_token_parser(sub)
     enroll.add_parser(sub, common)
