@@ -101,11 +101,7 @@ def test_plan_end_to_end(fleet: PlanFleet) -> None:
     # 4. require_plan: the automatic promotion of the candidate into beta halts instead
     git(fleet.repo.work, "push", "-q", "origin", f"{c1}:refs/heads/canary")
     fleet.wait("canary-0 on the candidate", lambda: fleet.all_on(c1, "canary"))
-    fleet.wait(
-        "the halt of beta",
-        lambda: (fleet.hub.try_get("/api/v1/stages").get("stages") or [{}])[1].get("paused")
-        is not None,
-    )
+    fleet.wait("the halt of beta", lambda: fleet.stage("beta").get("paused") is not None)
     [halt] = fleet.hub.get("/api/v1/history?stage=beta")["history"]
     assert (halt["action"], halt["who"], halt["from"], halt["to"]) == ("halt", "auto", v0, c1)
     assert halt["reason"] == f"1 node would refuse {c1[:7]}: beta-3 (InvalidCommit)"

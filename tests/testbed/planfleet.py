@@ -90,6 +90,10 @@ class PlanFleet:
             if stage is None or n.stage == stage
         )
 
+    def stage(self, name: str) -> dict[str, Any]:
+        stages = self.hub.try_get("/api/v1/stages").get("stages", [])
+        return next((s for s in stages if s["name"] == name), {})
+
     def wait(self, what: str, predicate: Callable[[], bool], timeout: float = 30) -> None:
         def evidence() -> str:
             logs = "\n".join(
