@@ -106,7 +106,8 @@ class GitSource:
         needs a server that allows it (protocol v2, or ``uploadpack.allow*SHA1InWant``).
         """
         if not await asyncio.to_thread(self.has_commit, want):
-            await self._network("fetch", self._fetch_by_id, want, ref)
+            listed = Ref(ref.encode()) if ref else self._ref
+            await self._network("fetch", self._deepen, want, 1, listed)
 
     async def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         """True if ``ancestor`` is in the history of ``descendant`` (both may be equal).
@@ -198,24 +199,9 @@ class GitSource:
             repo.refs[self._ref] = got
             return str(got.decode("ascii"))
 
-    def _fetch_by_id(self, want: str, ref: str | None) -> None:
-        target = ObjectID(want.encode("ascii"))
-        listed = Ref(ref.encode()) if ref else self._ref
-        with self._write_lock:
-            repo = self._open_repo()
-            with self._remote.session("fetch") as (client, path):
-                client.fetch(
-                    path,
-                    repo,
-                    determine_wants=lambda refs, depth=None: [target],
-                    depth=1,
-                    ref_prefix=[listed],
-                    protocol_version=PROTOCOL_VERSION,
-                )
-            if target not in repo.object_store:
-                raise FetchError(f"git fetch {self._url}: server did not send {want}")
-
-    def _deepen(self, descendant: str, depth: int) -> None:
+    def _deepen(self, descendant: str, depth: int, listed: Ref | None = None) -> None:
+        """Fetch commit ``descendant`` by id with ``depth`` of history, listing only the
+        branch (or ``listed``) - a server serves any id it advertises among them."""
         want = ObjectID(descendant.encode("ascii"))
 
         def wants(refs: Mapping[Ref, ObjectID], depth: int | None = None) -> list[ObjectID]:
@@ -223,15 +209,17 @@ class GitSource:
 
         with self._write_lock:
             repo = self._open_repo()
-            with self._remote.session("deepen") as (client, path):
+            with self._remote.session("fetch" if listed else "deepen") as (client, path):
                 client.fetch(
                     path,
                     repo,
                     determine_wants=wants,
                     depth=depth,
-                    ref_prefix=[self._ref],
+                    ref_prefix=[listed or self._ref],
                     protocol_version=PROTOCOL_VERSION,
                 )
+            if want not in repo.object_store:
+                raise FetchError(f"git fetch {self._url}: server did not send {descendant}")
 
     def _no_branch(self) -> SourceError:
         return SourceError(f"branch {self._cfg.branch!r} does not exist at {self._url}")

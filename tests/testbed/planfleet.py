@@ -27,6 +27,7 @@ from tests.testbed.fleetrepo import FleetRepo, SigningKey
 from tests.testbed.gitserver import GitDaemon
 from tests.testbed.hubproc import HubProc
 from tests.testbed.mosquitto import Mosquitto
+from tests.testbed.rolloutfleet import _stop as stop_process
 from tests.testbed.wait import wait_until
 
 STAGES = """
@@ -129,12 +130,7 @@ def _agent(node: PlanNode, app_root: Path) -> subprocess.Popen[bytes]:
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGCONT)  # a paused agent must be able to take SIGTERM
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)
 
 
 @contextlib.contextmanager
