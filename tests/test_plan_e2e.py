@@ -10,20 +10,25 @@ One fleet, one story:
    id, as Markdown;
 3. a stopped agent (SIGSTOP: still online for the hub) is reported silent;
 4. with ``require_plan``, the automatic promotion of that candidate into beta halts
-   (audited) instead of moving beta; the plan stays readable over the API.
+   (audited) instead of moving beta; the plan stays readable over the API and the
+   dashboard (headless Chromium) shows it for the pending promotion.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests import test_hub_dashboard
 from tests.testbed.fleetrepo import SigningKey, git
 from tests.testbed.mosquitto import Mosquitto
 from tests.testbed.planfleet import PlanFleet, plan_fleet
+
+browser = test_hub_dashboard.browser  # the headless Chromium fixture, used here too
 
 
 @pytest.fixture
@@ -44,7 +49,7 @@ def candidate(fleet: PlanFleet, pull: int, new: str) -> str:
     return sha
 
 
-def test_plan_end_to_end(fleet: PlanFleet) -> None:
+async def test_plan_end_to_end(fleet: PlanFleet, browser: Callable[[str], Any]) -> None:
     v0 = fleet.repo.head("beta")
     before = {n.node: n.files() for n in fleet.nodes}
     c1 = candidate(fleet, 7, "new\n")
@@ -72,6 +77,7 @@ def test_plan_end_to_end(fleet: PlanFleet) -> None:
     assert {n.node: n.files() for n in fleet.nodes} == before
     assert fleet.repo.head("beta") == v0 and fleet.repo.head("canary") == v0
     assert fleet.all_on(v0)
+    assert {n["desired"] for n in fleet.reported().values()} == {v0}  # statuses untouched
     assert fleet.hub.get("/api/v1/stages/beta/plan")["to"] == c1
     # a plan's refusal is an answer, not a node event
     assert fleet.hub.get("/api/v1/events?type=refused")["events"] == []
@@ -112,3 +118,9 @@ def test_plan_end_to_end(fleet: PlanFleet) -> None:
     assert {n.node: n.files() for n in fleet.nodes if n.stage == "beta"} == {
         k: v for k, v in before.items() if k != "canary-0"
     }
+
+    page = await browser(fleet.hub.url + "/")
+    await page.wait("document.querySelector('#plans .plan[data-stage=beta]') !== null")
+    shown = await page.eval("document.querySelector('#plans').innerText")
+    assert "app.conf" in shown and "beta-3" in shown and "InvalidCommit" in shown, shown
+    assert page.errors() == []
