@@ -37,6 +37,9 @@ PLAN_TOPICS: Final = (wire.plan_topic("+"),)
 """Subscribed by every hub without the share group: answers go to the hub that asked."""
 EXAMPLES: Final = 5
 """Node names listed per grouped change."""
+SEND_RETRIES: Final = 20
+SEND_PAUSE: Final = 0.05
+"""Seconds between attempts to queue a request the MQTT client has no room for."""
 DEFAULT_TIMEOUT: Final = 30.0
 MAX_TIMEOUT: Final = 600.0
 
@@ -206,8 +209,6 @@ class Planner:
         self._remote = GitRemote(cfg.git) if cfg.git.url is not None else None
         self._waiting: dict[str, _Waiting] = {}
         self.latest: dict[str, PlanJson] = {}
-        self.dropped = 0
-        """Answers refused by the strict parser (bad JSON, types, a foreign node name)."""
 
     def take(self, topic: str, payload: bytes) -> bool:
         """Handle ``payload`` if ``topic`` is a node's plan topic; False for other topics."""
@@ -222,8 +223,9 @@ class Planner:
         try:
             answer = parse_answer(node, payload)
         except ContractError as err:
-            self.dropped += 1
-            log.warning("dropped plan answer of %s: %s", node[:64], err)
+            # Loud only while a plan waits: otherwise nobody asked, and a flood stays quiet.
+            level = logging.WARNING if self._waiting else logging.DEBUG
+            log.log(level, "dropped plan answer of %s: %s", node[:64], err)
             return
         waiting = self._waiting.get(answer.id)
         if waiting is None or node not in waiting.asked or answer.commit != waiting.commit:
@@ -253,15 +255,14 @@ class Planner:
         request = PlanRequest(secrets.token_hex(8), sha, ref)
         waiting = self._waiting[request.id] = _Waiting(sha, frozenset(asked))
         try:
-            for node in asked:
-                if not self._publish(wire.cmd_topic(node), request.payload(), 1, False):
-                    raise PlanRefused("MQTT broker not connected; try again later", True)
-            if asked:
-                try:
-                    async with asyncio.timeout(timeout):
+            try:
+                async with asyncio.timeout(timeout):
+                    for node in asked:
+                        await self._send(wire.cmd_topic(node), request.payload())
+                    if asked:
                         await waiting.done.wait()
-                except TimeoutError:
-                    pass
+            except TimeoutError:
+                pass
         finally:
             del self._waiting[request.id]
         result = aggregate(name, self._heads().get(stage.branch), sha, asked, waiting.answers)
@@ -271,6 +272,16 @@ class Planner:
                  sha[:12], name, result["answered"], result["asked"], len(result["changes"]),
                  len(result["refused"]))  # fmt: skip
         return result
+
+    async def _send(self, topic: str, payload: bytes) -> None:
+        """Publish a request; a full client queue (thousands of nodes) drains as the
+        broker acks, so wait for room rather than fail (bounded by the plan's timeout)."""
+        for attempt in range(SEND_RETRIES + 1):
+            if self._publish(topic, payload, 1, False):
+                return
+            if attempt < SEND_RETRIES:
+                await asyncio.sleep(SEND_PAUSE)
+        raise PlanRefused("MQTT broker not connected; try again later", True)
 
     async def _candidate(self, stage: Stage, commit: str | None) -> tuple[str, str | None]:
         """(commit id, ref it was resolved from) for the nodes."""
