@@ -78,6 +78,9 @@ async def test_plan_end_to_end(fleet: PlanFleet, browser: Callable[[str], Any]) 
     assert fleet.repo.head("beta") == v0 and fleet.repo.head("canary") == v0
     assert fleet.all_on(v0)
     assert {n["desired"] for n in fleet.reported().values()} == {v0}  # statuses untouched
+    for node in fleet.nodes:  # the agents' Git caches keep their branch where it was
+        cache = node.setup.state_dir / "repo.git"
+        assert git(cache, "rev-parse", f"refs/heads/{node.stage}") == v0
     assert fleet.hub.get("/api/v1/stages/beta/plan")["to"] == c1
     # a plan's refusal is an answer, not a node event
     assert fleet.hub.get("/api/v1/events?type=refused")["events"] == []
@@ -93,6 +96,16 @@ async def test_plan_end_to_end(fleet: PlanFleet, browser: Callable[[str], Any]) 
     row = f"| configured | files | `{fleet.app_root}/app.conf` | 3 | beta-0, beta-1, beta-2 |"
     assert row in md
     assert "| beta-3 | InvalidCommit |" in md
+
+    # a sample asks the same nodes every time
+    samples = [json.loads(fleet.cli("plan", "beta", "--commit", c2, "--sample", "50%",
+                                    "--json").stdout) for _ in range(2)]  # fmt: skip
+    answered = [
+        {n for c in p["changes"] for n in c["examples"]} | {r["node"] for r in p["refused"]}
+        for p in samples
+    ]
+    assert [p["asked"] for p in samples] == [2, 2]
+    assert len(answered[0]) == 2 and answered[0] == answered[1]
 
     # 3. a stopped agent is still online for the hub, but does not answer: silent
     fleet.node("beta-1").pause()
