@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
+from agent.changeset import Action
 from agent.errors import FetchError, StateError
 from agent.reconcile import Outcome, Reconciler
 from agent.source import GitSource
@@ -28,12 +29,20 @@ from common.plan import (
     Refusal,
     parse_request,
 )
+from common.plan import Action as PlanAction
 from common.wire import plan_topic
 
 log = logging.getLogger(__name__)
 
 QUEUE_MAX: Final = 16
 """Plan requests waiting while one runs; more are dropped (the hub reports the node silent)."""
+
+_ACTIONS: Final[dict[Action, PlanAction]] = {
+    Action.CREATED: "created",
+    Action.CONFIGURED: "configured",
+    Action.DELETED: "deleted",
+}
+"""What a plan answer may say; ``unchanged`` is never sent."""
 
 Send = Callable[[str, bytes], bool]
 """Publish (topic, payload) QoS 1, not retained; False when it cannot be sent now."""
@@ -87,7 +96,7 @@ class PlanRunner:
             refusal = Refusal(planned.reason, planned.message[:MAX_TEXT])
             return PlanAnswer(request.id, self._node, commit, refused=refusal)
         changes = tuple(
-            PlanChange(plan.target, change.subject, change.action.value)  # type: ignore[arg-type]
+            PlanChange(plan.target, change.subject, _ACTIONS[change.action])
             for plan in planned[1].values()
             for change in plan.writes
         )
