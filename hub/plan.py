@@ -212,6 +212,8 @@ class Planner:
 
     def take(self, topic: str, payload: bytes) -> bool:
         """Handle ``payload`` if ``topic`` is a node's plan topic; False for other topics."""
+        if not topic.endswith("/plan"):  # the ingest hot path: statuses, events
+            return False
         parsed = wire.parse_node_topic(topic)
         if parsed is None or parsed[1] != "plan":
             return False

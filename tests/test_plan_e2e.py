@@ -7,7 +7,7 @@ One fleet, one story:
    ``edgefleet-hub plan beta --commit refs/pull/7/head`` groups the changes of beta-0..2
    and reports beta-3's refusal; nothing on any disk changes, no branch moves;
 2. a later candidate (``refs/pull/8/head``) by full commit id, which the nodes fetch by
-   id, as Markdown;
+   id, as Markdown; then by an annotated tag, for a stable sample of half the nodes;
 3. a stopped agent (SIGSTOP: still online for the hub) is reported silent;
 4. with ``require_plan``, the automatic promotion of that candidate into beta halts
    (audited) instead of moving beta; the plan stays readable over the API and the
@@ -97,9 +97,12 @@ async def test_plan_end_to_end(fleet: PlanFleet, browser: Callable[[str], Any]) 
     assert row in md
     assert "| beta-3 | InvalidCommit |" in md
 
-    # a sample asks the same nodes every time
-    samples = [json.loads(fleet.cli("plan", "beta", "--commit", c2, "--sample", "50%",
+    # an annotated tag resolves to its commit; a sample asks the same nodes every time
+    git(fleet.repo.work, "tag", "-a", "-m", "rc", "v2-rc", c2)
+    git(fleet.repo.work, "push", "-q", "origin", "refs/tags/v2-rc")
+    samples = [json.loads(fleet.cli("plan", "beta", "--commit", "v2-rc", "--sample", "50%",
                                     "--json").stdout) for _ in range(2)]  # fmt: skip
+    assert {(p["to"], p["ref"]) for p in samples} == {(c2, "refs/tags/v2-rc")}
     answered = [
         {n for c in p["changes"] for n in c["examples"]} | {r["node"] for r in p["refused"]}
         for p in samples
