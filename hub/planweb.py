@@ -1,6 +1,7 @@
-"""HTTP side of fleet-wide plans: ``POST /api/v1/stages/{stage}/plan`` (bearer token;
-body ``{"commit", "sample", "timeout"}``) runs a plan and answers it; ``GET`` the same
-path answers the latest plan of the stage (404 before the first)."""
+"""HTTP side of fleet-wide plans: ``POST /api/v1/stages/{stage}/plan`` (an operator of
+the stage, or admin; body ``{"commit", "sample", "timeout"}``) runs a plan and answers
+it; ``GET`` the same path (a read) answers the latest plan of the stage (404 before the
+first)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
+from hub.auth import AUTH
 from hub.plan import MAX_TIMEOUT, Planner, PlanRefused, Sample
-from hub.web import CTX, BadRequest, _body, _check_token, _stage
+from hub.web import CTX, BadRequest, _body, _stage
 
 PLANNER: web.AppKey[Planner] = web.AppKey("planner", Planner)
 _MAX_REF = 255
@@ -44,8 +46,8 @@ def _timeout(body: dict[str, Any]) -> float:
 
 
 async def run_plan(request: web.Request) -> web.Response:
-    _check_token(request.app[CTX], request)
     name = _stage_name(request)
+    request.app[AUTH].authorize(request, "plan", name)  # it loads every node of the stage
     body = await _body(request)
     commit = body.get("commit")
     if commit is not None and (not isinstance(commit, str) or not 0 < len(commit) <= _MAX_REF):
