@@ -12,14 +12,14 @@ from aiohttp import web
 
 from hub.auth import AUTH
 from hub.plan import MAX_TIMEOUT, Planner, PlanRefused, Sample
-from hub.web import CTX, BadRequest, _body, _stage
+from hub.web import CTX, BadRequest, json_body, stage_param
 
 PLANNER: web.AppKey[Planner] = web.AppKey("planner", Planner)
 _MAX_REF = 255
 
 
 def _stage_name(request: web.Request) -> str:
-    stage = _stage(request.app[CTX], request.match_info["stage"])
+    stage = stage_param(request.app[CTX], request.match_info["stage"])
     assert stage is not None
     return stage.name
 
@@ -48,7 +48,7 @@ def _timeout(body: dict[str, Any]) -> float:
 async def run_plan(request: web.Request) -> web.Response:
     name = _stage_name(request)
     request.app[AUTH].authorize(request, "plan", name)  # it loads every node of the stage
-    body = await _body(request)
+    body = await json_body(request)
     commit = body.get("commit")
     if commit is not None and (not isinstance(commit, str) or not 0 < len(commit) <= _MAX_REF):
         raise BadRequest(f"commit must be a ref name or a commit id (at most {_MAX_REF} chars)")
