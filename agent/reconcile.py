@@ -19,6 +19,7 @@ from agent.activation import ActivationGate
 from agent.changeset import ChangeSet
 from agent.config import AgentConfig
 from agent.desired import DesiredState
+from agent.drift import correct_drift, find_drift
 from agent.errors import (
     ApplyError,
     EdgefleetError,
@@ -410,25 +411,14 @@ class Reconciler:
             if desired is None:
                 return []
             try:
-                found = await self._find_drift(desired)
+                found = await find_drift(self.targets, desired, self.state)
             except TransientError as err:
                 # e.g. k3s restarting: keep the last result rather than crash the drift loop.
                 log.warning("drift check failed: %s", err)
                 return self.drift
             if found and correct:
                 ctx = self._ctx(desired.commit, {})
-                try:
-                    for target in self.targets:
-                        mine = [d for d in found if d["target"] == target.name]
-                        if mine:
-                            await target.correct(mine, desired, ctx)
-                except EdgefleetError as err:
-                    log.error("drift correction failed: %s", err)
-                try:
-                    remaining = await self._find_drift(desired)
-                except TransientError as err:
-                    log.warning("drift check after correction failed: %s", err)
-                    remaining = found
+                remaining = await correct_drift(self.targets, found, desired, ctx, self.state)
                 self._event(
                     "drift_corrected", desired.commit, drift=list(found), remaining=len(remaining)
                 )
@@ -449,12 +439,6 @@ class Reconciler:
             if changed:
                 self._publish()
             return found
-
-    async def _find_drift(self, desired: DesiredState) -> list[DriftItem]:
-        found: list[DriftItem] = []
-        for target in self.targets:
-            found.extend(await target.drift(desired, self.state.owned(target.name)))
-        return found
 
 
 def _refusal(head: str, reason: str, message: str) -> Outcome:
