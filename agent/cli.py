@@ -77,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="check config, Git access and the signature of the current head",
     )
+    sub.add_parser(
+        "keygen",
+        parents=[common],
+        help="create this node's age identity ([secrets] identity) if missing; print its recipient",
+    )
     return p
 
 
@@ -151,6 +156,20 @@ def _status(cfg: AgentConfig, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _keygen(cfg: AgentConfig) -> int:
+    from agent.render.keys import IdentityError, ensure_identity  # noqa: PLC0415 - pyrage
+
+    try:
+        public, created = ensure_identity(cfg.secrets.identity)
+    except IdentityError as err:
+        print(f"edgefleet-agent: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if created:
+        print(f"created age identity {cfg.secrets.identity}", file=sys.stderr)
+    print(public)
+    return EXIT_OK
+
+
 async def _verify(cfg: AgentConfig) -> int:
     from agent.signcheck import SignatureChecker  # noqa: PLC0415
     from agent.source import GitSource  # noqa: PLC0415
@@ -196,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_sync(cfg, args.dry_run))
         if args.command == "status":
             return _status(cfg, args.json)
+        if args.command == "keygen":
+            return _keygen(cfg)
         return asyncio.run(_verify(cfg))
     except ConfigError as err:  # e.g. a malformed allowed_signers file
         print(f"edgefleet-agent: config error: {err}", file=sys.stderr)

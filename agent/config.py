@@ -15,6 +15,7 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
+from agent.render.settings import SecretsConfig, parse_secrets
 from common.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/agent.toml")
@@ -134,6 +135,7 @@ class AgentConfig:
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
 
 
 def _check_repo_path(sec: Section, key: str, value: str) -> str:
@@ -265,6 +267,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
         settle=hsec.number("settle", 5.0, minimum=0.0),
     )
     hsec.done()
+    secrets = parse_secrets(root)
     root.done()
     return AgentConfig(
         path=path,
@@ -277,6 +280,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
         targets=targets,
         drift=drift,
         health=health,
+        secrets=secrets,
     )
 
 

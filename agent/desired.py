@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.errors import SourceError
+from agent.render.requires import check_requires
 
 OPTIONS_FILE = "edgefleet.toml"
 GIT_MODE_SYMLINK = 0o120000
@@ -28,10 +29,14 @@ class DesiredFile:
     git_mode: int
     origin: str
     """The repository path this file came from (for messages)."""
+    secret: bool = False
+    """Decrypted or rendered from secrets (agent.render): placed 0600, digest keyed."""
 
     @property
     def mode(self) -> int:
         """Permission bits to give the placed file."""
+        if self.secret:
+            return 0o700 if self.git_mode == GIT_MODE_EXEC else 0o600
         return 0o755 if self.git_mode == GIT_MODE_EXEC else 0o644
 
 
@@ -151,6 +156,7 @@ def parse_options(origin: str, raw: bytes) -> Options:
         raise _err(origin, "health.timeout", "must be a number of seconds")
     if health:
         raise _err(origin, f"health.{sorted(health)[0]}", "unknown key")
+    check_requires(origin, data.pop("requires", None))
     if data:
         raise _err(origin, sorted(data)[0], "unknown key")
     return Options(

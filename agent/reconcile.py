@@ -99,6 +99,8 @@ class Reconciler:
         self._refused: str | None = None
         self._fetch_failing = False
         self._applied_desired: DesiredState | None = None
+        self.recipient: str | None = None
+        """This node's age recipient (agent.render), reported so the hub can list it."""
         self.lock = asyncio.Lock()
 
     # -- status -------------------------------------------------------------------
@@ -127,6 +129,7 @@ class Reconciler:
                     for p in self.health
                 ],
             },
+            **({"recipient": self.recipient} if self.recipient else {}),
         )
 
     def _publish(self) -> None:

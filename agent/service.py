@@ -22,6 +22,8 @@ from agent import sdnotify
 from agent.config import AgentConfig
 from agent.errors import StateError
 from agent.reconcile import Outcome, Reconciler
+from agent.render.seal import ContentSeal
+from agent.render.source import NodeFacts, RenderingSource, recipient
 from agent.report import Reporter
 from agent.signcheck import SignatureChecker
 from agent.source import GitSource
@@ -46,7 +48,7 @@ def build_targets(cfg: AgentConfig) -> list[Target]:
     """Targets in apply order; heavy clients are imported only when enabled."""
     targets: list[Target] = []
     if cfg.targets.files.enabled:
-        targets.append(FilesTarget(cfg.targets.files))
+        targets.append(FilesTarget(cfg.targets.files, ContentSeal(cfg.state_dir)))
     if cfg.targets.systemd.enabled:
         from agent.targets.systemd import SystemdTarget  # noqa: PLC0415
 
@@ -100,9 +102,16 @@ class Agent:
             )
         checker = SignatureChecker(cfg.trust)
         checker.check_config()
+        facts = NodeFacts(cfg.node, cfg.labels, cfg.git.branch, cfg.secrets.identity)
         self.reconciler = Reconciler(
-            cfg, self.source, checker, self.targets, self.store, self.reporter
+            cfg,
+            RenderingSource(self.source, facts),
+            checker,
+            self.targets,
+            self.store,
+            self.reporter,
         )
+        self.reconciler.recipient = recipient(cfg.secrets.identity)
         for target in self.targets:
             if isinstance(target, FilesTarget):
                 target.cleanup(self.reconciler.state.owned(target.name))

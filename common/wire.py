@@ -88,6 +88,8 @@ class StatusDoc(TypedDict, total=False):
     resources: dict[str, int]
     health: dict[str, Any]
     heartbeat: float
+    recipient: str
+    """The node's age recipient (age1...), when it has an identity."""
     observed_at: float
     seq: int
 

@@ -12,6 +12,7 @@ from agent.changeset import Action
 from agent.config import FilesConfig
 from agent.desired import GIT_MODE_EXEC, GIT_MODE_SYMLINK, DesiredFile, DesiredState
 from agent.errors import PlanError
+from agent.render.seal import ContentSeal
 from agent.state import Owned
 from agent.targets.base import ApplyContext
 from agent.targets.files import ORIG_SUFFIX, FilesTarget
@@ -63,7 +64,7 @@ async def converge(target: FilesTarget, inv: Inventory, want: DesiredState) -> d
 
 
 async def test_create_update_delete_with_modes(root: Path) -> None:
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(root.parent))
     inv = Inventory()
     a, b = rel(root, "app/a.conf"), rel(root, "app/run.sh")
     want = desired({a: b"one\n"})
@@ -103,17 +104,19 @@ async def test_create_update_delete_with_modes(root: Path) -> None:
     ["../escape.conf", "./x.conf", "a//b.conf", "x/../../y.conf"],
 )
 async def test_hostile_relative_paths_refused(root: Path, path: str) -> None:
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(root.parent))
     with pytest.raises(PlanError):
         await target.plan(desired({rel(root, "") + "/" + path: b"x"}), {})
 
 
 async def test_outside_allowed_roots_and_no_roots(root: Path, tmp_path: Path) -> None:
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(root.parent))
     with pytest.raises(PlanError, match="outside allowed_roots"):
         await target.plan(desired({"etc/passwd": b"x"}), {})
     with pytest.raises(PlanError, match="no allowed_roots"):
-        await FilesTarget(FilesConfig()).plan(desired({rel(root, "a"): b"x"}), {})
+        await FilesTarget(FilesConfig(), ContentSeal(root.parent)).plan(
+            desired({rel(root, "a"): b"x"}), {}
+        )
     # A prefix match is not containment: /x/root-evil is not under /x/root.
     evil = tmp_path / "root-evil"
     with pytest.raises(PlanError, match="outside allowed_roots"):
@@ -122,7 +125,7 @@ async def test_outside_allowed_roots_and_no_roots(root: Path, tmp_path: Path) ->
 
 
 async def test_symlinks_refused_in_git_and_on_host(root: Path, tmp_path: Path) -> None:
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(root.parent))
     link = desired({rel(root, "link"): b"/etc/shadow"}, mode=GIT_MODE_SYMLINK)
     with pytest.raises(PlanError, match="symlink"):
         await target.plan(link, {})
@@ -138,7 +141,7 @@ async def test_symlinks_refused_in_git_and_on_host(root: Path, tmp_path: Path) -
 
 
 async def test_unmanaged_file_is_kept_before_takeover(root: Path) -> None:
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(root.parent))
     (root / "app.conf").write_bytes(b"hand made\n")
     inv = Inventory()
     await converge(target, inv, desired({rel(root, "app.conf"): b"from git\n"}))
@@ -148,7 +151,7 @@ async def test_unmanaged_file_is_kept_before_takeover(root: Path) -> None:
 
 async def test_adopts_identical_file_without_writing(root: Path) -> None:
     """What a kill -9 between rename and inventory record leaves behind."""
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(root.parent))
     path = root / "same.conf"
     path.write_bytes(b"same\n")
     os.chmod(path, 0o644)
@@ -163,7 +166,7 @@ async def test_adopts_identical_file_without_writing(root: Path) -> None:
 
 
 async def test_drift_detected_and_corrected(root: Path) -> None:
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(root.parent))
     inv = Inventory()
     want = desired({rel(root, "a"): b"a\n", rel(root, "b"): b"b\n", rel(root, "c"): b"c\n"})
     await converge(target, inv, want)

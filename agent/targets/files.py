@@ -21,7 +21,8 @@ from agent.changeset import Action, ChangeSet
 from agent.config import FilesConfig
 from agent.desired import GIT_MODE_SYMLINK, DesiredFile, DesiredState
 from agent.errors import ApplyError, PlanError
-from agent.state import Owned, digest
+from agent.render.seal import ContentSeal
+from agent.state import Owned
 from agent.targets.base import ApplyContext, HealthProblem
 from common.wire import DriftItem
 
@@ -31,9 +32,10 @@ ORIG_SUFFIX = ".edgefleet-orig"
 class FilesTarget:
     name = "files"
 
-    def __init__(self, cfg: FilesConfig) -> None:
+    def __init__(self, cfg: FilesConfig, seal: ContentSeal) -> None:
         # Compare against resolved roots so a symlinked root (/srv -> /data/srv) still works.
         self.roots = tuple(Path(os.path.realpath(r)) for r in cfg.allowed_roots)
+        self.seal = seal
 
     # -- validation ---------------------------------------------------------------------
 
@@ -86,7 +88,7 @@ class FilesTarget:
             have = owned.get(subject)
             if have is None:
                 plan.add(subject, Action.CREATED, self._takeover_detail(host, f))
-            elif have.digest != digest(f.data) or have.meta.get("mode") != f.mode:
+            elif not self.seal.matches(f.data, have.digest) or have.meta.get("mode") != f.mode:
                 plan.add(subject, Action.CONFIGURED)
             else:
                 plan.add(subject, Action.UNCHANGED)
@@ -110,7 +112,7 @@ class FilesTarget:
         for change in plan.of(Action.CREATED, Action.CONFIGURED):
             f = by_host[change.subject]
             await asyncio.to_thread(self._write, change.subject, f, change.action)
-            owned = Owned(digest(f.data), desired.commit, {"mode": f.mode})
+            owned = Owned(self.seal.digest(f), desired.commit, {"mode": f.mode})
             ctx.record(self.name, change.subject, owned)
 
     def _write(self, subject: str, f: DesiredFile, action: Action) -> None:
@@ -170,7 +172,7 @@ class FilesTarget:
                 )
                 continue
             want_mode = have.meta.get("mode")
-            if digest(path.read_bytes()) != have.digest:
+            if not self.seal.matches(path.read_bytes(), have.digest):
                 items.append(
                     DriftItem(
                         target=self.name,
