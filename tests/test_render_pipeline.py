@@ -10,6 +10,7 @@ import platform
 import re
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,48 @@ def test_bad_commit_is_refused_whole_naming_the_file(
     assert re.search(expect, done.stdout), done.stdout
     assert not (setup.root / "plain.conf").exists(), "a refused commit applied something"
     assert PASSWORD not in done.stdout + done.stderr and TOKEN not in done.stdout + done.stderr
+
+
+DAEMON_PROBE = """
+import asyncio, json, sys
+from pathlib import Path
+from agent.config import load_config
+from agent.service import Agent
+
+async def main():
+    agent = Agent(load_config(Path(sys.argv[1])), with_reporter=False)
+    try:
+        outcome = await agent.sync_once()
+    finally:
+        await agent.close()
+    loaded = sorted({m.split(".")[0] for m in sys.modules} & {"jinja2", "pyrage", "markupsafe"})
+    print(json.dumps({"state": outcome.state, "loaded": loaded}))
+
+asyncio.run(main())
+"""
+
+
+def test_the_agent_process_never_imports_jinja2_or_pyrage(
+    setup: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey
+) -> None:
+    recipient = keygen(setup)
+    fleet_repo.commit(
+        {
+            f"{files(setup)}/app.conf.j2": "{{ node }}\n",
+            f"{files(setup)}/token.age": age_encrypt(TOKEN, recipient),
+            f"nodes/{NODE}/values.toml": "x = 1\n",
+        },
+        sign=signing_key,
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", DAEMON_PROBE, str(setup.config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result == {"state": "synced", "loaded": []}
+    assert (setup.root / "app.conf").read_text() == f"{NODE}\n"
+    assert (setup.root / "token").read_text() == TOKEN
