@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.desired import DesiredFile, DesiredState
 from agent.render.source import NodeFacts, render
+from bench.bench_agent import rss_kib
 from common import wire
 from tests.testbed.agentcfg import write_agent_config
 from tests.testbed.fleetrepo import FleetRepo, SigningKey
@@ -91,14 +92,6 @@ def as_desired(files: dict[str, bytes]) -> tuple[DesiredState, list[dict[str, An
     return desired, list(layers.values())
 
 
-def rss_kib(pid: int) -> tuple[int, int]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
-    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    pss = next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
-    return rss, pss
-
-
 def bench_render(work: Path, identity: Path, recipient: str, runs: int) -> None:
     desired, layers = as_desired(fleet_files(work / "root", recipient))
     facts = NodeFacts("bench", {"site": "bench"}, "stable", identity)
@@ -139,7 +132,7 @@ async def bench_daemon(work: Path, kind: str) -> tuple[float, int, int, str]:
     recipient = setup.cli("keygen").stdout.strip()
     repo.commit({"common/README": b"base\n", "nodes/bench/keep": b""}, sign=key)
     files = fleet_files(setup.root, recipient)
-    if kind == "few":  # a typical node: five templates (one reads a secret), two secrets
+    if kind == "few":  # a typical node: five templates (one reads a secret), five secrets
         files = {p: d for p, d in files.items() if not re.search(r"-([5-9]|\d\d+)\.", p)}
     elif kind == "plain":
         files = {
