@@ -171,6 +171,7 @@ def _keygen(cfg: AgentConfig) -> int:
 
 
 async def _verify(cfg: AgentConfig) -> int:
+    from agent.render.source import NodeFacts, RenderingSource  # noqa: PLC0415
     from agent.signcheck import SignatureChecker  # noqa: PLC0415
     from agent.source import GitSource  # noqa: PLC0415
 
@@ -182,7 +183,9 @@ async def _verify(cfg: AgentConfig) -> int:
         head = await source.remote_head()
         print(f"git        {cfg.git.url}: {cfg.git.branch} is at {head}")
         await source.fetch(head)
-        desired = await asyncio.to_thread(source.read_desired, head)
+        # Rendered as the daemon would: templates and secrets must work on this node.
+        rendering = RenderingSource(source, NodeFacts.of(cfg))
+        desired = await asyncio.to_thread(rendering.read_desired, head)
         print(f"paths      {len(desired.files)} file(s) in {', '.join(cfg.git.paths)}")
         payload, signature = await asyncio.to_thread(source.signed_payload, head)
         signer = await SignatureChecker(cfg.trust).verify(head, payload, signature)

@@ -102,10 +102,9 @@ class Agent:
             )
         checker = SignatureChecker(cfg.trust)
         checker.check_config()
-        facts = NodeFacts(cfg.node, cfg.labels, cfg.git.branch, cfg.secrets.identity)
         self.reconciler = Reconciler(
             cfg,
-            RenderingSource(self.source, facts),
+            RenderingSource(self.source, NodeFacts.of(cfg)),
             checker,
             self.targets,
             self.store,

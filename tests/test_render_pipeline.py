@@ -293,3 +293,17 @@ def test_the_agent_process_never_imports_jinja2_or_pyrage(
     assert result == {"state": "synced", "loaded": []}
     assert (setup.root / "app.conf").read_text() == f"{NODE}\n"
     assert (setup.root / "token").read_text() == TOKEN
+
+
+def test_verify_renders_the_head_as_the_daemon_would(
+    setup: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey
+) -> None:
+    fleet_repo.commit(
+        {f"{files(setup)}/a.conf.j2": "{{ node }}\n", f"nodes/{NODE}/keep": ""}, sign=signing_key
+    )
+    done = setup.cli("verify")
+    assert done.returncode == 0, done.stdout + done.stderr
+    fleet_repo.commit({f"{files(setup)}/a.conf.j2": "{{ missing }}\n"}, sign=signing_key)
+    done = setup.cli("verify")
+    assert done.returncode == 1
+    assert "a.conf.j2 line 1: UndefinedError: 'missing' is undefined" in done.stderr

@@ -176,6 +176,8 @@ def _render_all(req: _Request) -> list[dict[str, Any]]:
             line = _template_line(err, name)
             where = f"{name} line {line}" if line else name
             detail = f"{type(err).__name__}: {err}"
+            if isinstance(err, MemoryError):
+                detail = f"needs more than {MAX_ADDRESS_SPACE >> 20} MiB of memory"
             raise RenderError(f"{where}: {mask(detail) if env.secrets_read else detail}") from err
         out.append(
             {

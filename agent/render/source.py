@@ -28,6 +28,7 @@ from typing import Any
 from dulwich.object_store import BaseObjectStore
 from dulwich.objects import Blob, ObjectID, Tree
 
+from agent.config import AgentConfig
 from agent.desired import DesiredFile, DesiredState
 from agent.errors import SourceError
 from agent.render.values import LAYER_FILES, SECRETS_FILE, VALUES_FILE
@@ -49,6 +50,10 @@ class NodeFacts:
     labels: Mapping[str, str]
     branch: str
     identity: Path
+
+    @classmethod
+    def of(cls, cfg: AgentConfig) -> NodeFacts:
+        return cls(cfg.node, cfg.labels, cfg.git.branch, cfg.secrets.identity)
 
 
 def _command() -> list[str]:
@@ -144,21 +149,22 @@ class RenderingSource:
         for origin, tree in self.inner.tree_ids(commit).items():
             layer: dict[str, Any] = {"origin": origin}
             for field, name in LAYER_FILES.items():
-                data = _root_blob(store, tree, name) if tree else None
+                data = _root_blob(store, tree, f"{origin}/{name}") if tree else None
                 layer[field] = _b64(data) if data is not None else None
             layers.append(layer)
         return layers
 
 
-def _root_blob(store: BaseObjectStore, tree_id: str, name: str) -> bytes | None:
+def _root_blob(store: BaseObjectStore, tree_id: str, where: str) -> bytes | None:
+    """The blob ``origin/name`` at the root of a path's tree, None if absent."""
     tree = store[ObjectID(tree_id.encode("ascii"))]
     assert isinstance(tree, Tree)
     try:
-        mode, sha = tree[name.encode()]
+        mode, sha = tree[where.rsplit("/", 1)[1].encode()]
     except KeyError:
         return None
     if not stat.S_ISREG(mode):
-        raise SourceError(f"{name} must be a regular file")
+        raise SourceError(f"{where} must be a regular file")
     blob = store[sha]
     assert isinstance(blob, Blob)
     return blob.as_raw_string()

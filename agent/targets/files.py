@@ -201,6 +201,10 @@ class FilesTarget:
             if item["target"] != self.name or f is None:
                 continue
             await asyncio.to_thread(self._write, item["subject"], f, Action.CONFIGURED)
+            # Same bytes as recorded, except for a template re-rendered with changed facts
+            # (a kernel upgrade): then the inventory must follow, or the drift never ends.
+            owned = Owned(self.seal.digest(f), desired.commit, {"mode": f.mode})
+            ctx.record(self.name, item["subject"], owned)
 
     def cleanup(self, owned: Mapping[str, Owned]) -> int:
         """Remove temp files a killed agent left next to managed files."""
