@@ -8,12 +8,18 @@ are merged in path order (later wins per unit, health checks accumulate).
 from __future__ import annotations
 
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from agent.config import HEALTH_TIMEOUT_MAX
 from agent.errors import SourceError
 from agent.render.requires import check_requires
+from common.durations import HOUR
+from common.tomlconf import Section
+from common.windows import WindowError, parse_window, zone
 
 OPTIONS_FILE = "edgefleet.toml"
 GIT_MODE_SYMLINK = 0o120000
@@ -31,6 +37,20 @@ class DesiredFile:
     """The repository path this file came from (for messages)."""
     secret: bool = False
     """Decrypted or rendered from secrets (agent.render): placed 0600, digest keyed."""
+
+    def __post_init__(self) -> None:
+        # Names come from Git as bytes (decoded with surrogateescape): a name that is not
+        # UTF-8 or holds a newline or escape would be placed, logged and reported garbled.
+        raw = self.path.encode("utf-8", "surrogateescape")
+        problem = None
+        if any(unicodedata.category(c) == "Cc" for c in self.path):
+            problem = "contains a control character"
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            problem = "is not valid UTF-8"
+        if problem is not None:
+            raise SourceError(f"{self.origin}/{str(raw)[2:-1]}: file name {problem}")
 
     @property
     def mode(self) -> int:
@@ -60,11 +80,21 @@ class HttpCheck:
 
 
 @dataclass(frozen=True)
+class ActivationOptions:
+    """``[activation]`` of edgefleet.toml: the fleet repo's say on when nodes apply; it
+    wins over agent.toml unless that sets ``pin = true``."""
+
+    window: tuple[str, ...] | None = None
+    timezone: str | None = None
+
+
+@dataclass(frozen=True)
 class Options:
     units: Mapping[str, UnitOptions] = field(default_factory=dict)
     http_checks: tuple[HttpCheck, ...] = ()
     health_timeout: float | None = None
     """Overrides [health] timeout of the agent config for this commit."""
+    activation: ActivationOptions = field(default_factory=ActivationOptions)
 
 
 @dataclass(frozen=True)
@@ -80,8 +110,12 @@ class DesiredState:
         return {p[len(prefix) :]: f for p, f in self.files.items() if p.startswith(prefix)}
 
 
+def _error(file: str, key: str, problem: str) -> SourceError:
+    return SourceError(f"{file}: {key}: {problem}")
+
+
 def _err(origin: str, key: str, problem: str) -> SourceError:
-    return SourceError(f"{origin}/{OPTIONS_FILE}: {key}: {problem}")
+    return _error(f"{origin}/{OPTIONS_FILE}", key, problem)
 
 
 def _str_list(origin: str, key: str, value: Any) -> tuple[str, ...]:
@@ -112,23 +146,44 @@ def _unit(origin: str, name: str, raw: Any) -> UnitOptions:
     return opts
 
 
-def _http(origin: str, index: int, raw: Any) -> HttpCheck:
-    key = f"health.http[{index}]"
+def _http(sec: Section) -> HttpCheck:
+    url = sec.text("url")
+    if url is None or not url.startswith(("http://", "https://")):
+        raise sec.err("url", "must be an http:// or https:// URL")
+    check = HttpCheck(
+        url=url,
+        status=sec.integer("status", 200, minimum=100, maximum=599),
+        # Bounded: a huge timeout overflows the HTTP client's timer.
+        timeout=sec.duration("timeout", 5.0, minimum=0.001, maximum=HOUR),
+    )
+    sec.done()
+    return check
+
+
+def _activation(origin: str, raw: Any) -> ActivationOptions:
     if not isinstance(raw, dict):
-        raise _err(origin, key, "must be a table")
+        raise _err(origin, "activation", "must be a table")
     raw = dict(raw)
-    url = raw.pop("url", None)
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise _err(origin, f"{key}.url", "must be an http:// or https:// URL")
-    status = raw.pop("status", 200)
-    timeout = raw.pop("timeout", 5.0)
-    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-        raise _err(origin, f"{key}.status", "must be an HTTP status code")
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-        raise _err(origin, f"{key}.timeout", "must be a positive number of seconds")
+    window = raw.pop("window", None)
+    if isinstance(window, str):
+        window = [window]
+    windows = None if window is None else _str_list(origin, "activation.window", window)
+    timezone = raw.pop("timezone", None)
+    try:
+        for spec in windows or ():
+            parse_window(spec)
+    except WindowError as err:
+        raise _err(origin, "activation.window", str(err)) from err
+    if timezone is not None:
+        if not isinstance(timezone, str):
+            raise _err(origin, "activation.timezone", "must be a string")
+        try:
+            zone(timezone)
+        except WindowError as err:
+            raise _err(origin, "activation.timezone", str(err)) from err
     if raw:
-        raise _err(origin, f"{key}.{sorted(raw)[0]}", "unknown key")
-    return HttpCheck(url=url, status=status, timeout=float(timeout))
+        raise _err(origin, f"activation.{sorted(raw)[0]}", "unknown key")
+    return ActivationOptions(window=windows, timezone=timezone)
 
 
 def parse_options(origin: str, raw: bytes) -> Options:
@@ -137,43 +192,45 @@ def parse_options(origin: str, raw: bytes) -> Options:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise _err(origin, "(syntax)", f"invalid TOML: {err}") from err
+    except RecursionError as err:  # tomllib recurses per nesting level
+        raise _err(origin, "(syntax)", "nested too deeply") from err
     units_raw = data.pop("units", {})
     if not isinstance(units_raw, dict):
         raise _err(origin, "units", "must be a table of unit names")
     units = {name: _unit(origin, name, value) for name, value in units_raw.items()}
-    health = data.pop("health", {})
-    if not isinstance(health, dict):
-        raise _err(origin, "health", "must be a table")
-    health = dict(health)
-    http_raw = health.pop("http", [])
-    if not isinstance(http_raw, list):
-        raise _err(origin, "health.http", "must be an array of tables ([[health.http]])")
-    checks = tuple(_http(origin, i, c) for i, c in enumerate(http_raw))
-    timeout = health.pop("timeout", None)
-    if timeout is not None and (
-        not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0
-    ):
-        raise _err(origin, "health.timeout", "must be a number of seconds")
-    if health:
-        raise _err(origin, f"health.{sorted(health)[0]}", "unknown key")
-    check_requires(origin, data.pop("requires", None))
-    if data:
-        raise _err(origin, sorted(data)[0], "unknown key")
-    return Options(
-        units=units,
-        http_checks=checks,
-        health_timeout=None if timeout is None else float(timeout),
+    root = Section(Path(origin) / OPTIONS_FILE, "", data, _error)
+    health = root.table("health")
+    checks = tuple(_http(sec) for sec in health.tables("http"))
+    timeout = (
+        health.duration("timeout", 0.0, maximum=HEALTH_TIMEOUT_MAX)
+        if "timeout" in health.data
+        else None
     )
+    health.done()
+    activation = _activation(origin, root.data.pop("activation", {}))
+    check_requires(origin, root.data.pop("requires", None))
+    root.done()
+    return Options(units=units, http_checks=checks, health_timeout=timeout, activation=activation)
 
 
 def merge_options(layers: list[Options]) -> Options:
-    """Overlay options in path order: later wins per unit and for timeouts; checks add up."""
+    """Overlay options in path order: later wins per unit, for timeouts and activation
+    keys; checks add up."""
     units: dict[str, UnitOptions] = {}
     checks: list[HttpCheck] = []
     timeout: float | None = None
+    window: tuple[str, ...] | None = None
+    tz: str | None = None
     for layer in layers:
         units.update(layer.units)
         checks.extend(layer.http_checks)
         if layer.health_timeout is not None:
             timeout = layer.health_timeout
-    return Options(units=units, http_checks=tuple(checks), health_timeout=timeout)
+        window = layer.activation.window if layer.activation.window is not None else window
+        tz = layer.activation.timezone or tz
+    return Options(
+        units=units,
+        http_checks=tuple(checks),
+        health_timeout=timeout,
+        activation=ActivationOptions(window=window, timezone=tz),
+    )

@@ -10,9 +10,10 @@ from __future__ import annotations
 import stat
 from collections.abc import Iterable, Iterator
 
-from dulwich.object_store import BaseObjectStore
+from dulwich.object_store import BaseObjectStore, DiskObjectStore
 from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tree
 
+from agent.blobsize import SizeBudget, blob_size
 from agent.desired import (
     GIT_MODE_SUBMODULE,
     OPTIONS_FILE,
@@ -79,8 +80,11 @@ def tree_ids(store: BaseObjectStore, commit: str, paths: Iterable[str]) -> dict[
     return result
 
 
-def read_desired(store: BaseObjectStore, commit: str, paths: tuple[str, ...]) -> DesiredState:
-    """The overlay of ``paths`` at ``commit`` (a later path wins file by file)."""
+def read_desired(
+    store: DiskObjectStore, commit: str, paths: tuple[str, ...], budget: SizeBudget
+) -> DesiredState:
+    """The overlay of ``paths`` at ``commit`` (a later path wins file by file); a blob over
+    ``budget`` refuses the commit before it is read into memory."""
     root = _commit(store, commit).tree
     files: dict[str, DesiredFile] = {}
     layers: list[Options] = []
@@ -89,7 +93,7 @@ def read_desired(store: BaseObjectStore, commit: str, paths: tuple[str, ...]) ->
         if found is None or not stat.S_ISDIR(found[0]):
             what = "does not exist" if found is None else "is not a directory"
             raise SourceError(f"path {origin!r} {what} in commit {commit[:12]}")
-        for rel, mode, data in _walk(store, commit, origin, found[1]):
+        for rel, mode, data in _walk(store, commit, origin, found[1], budget):
             if rel == OPTIONS_FILE:
                 layers.append(parse_options(origin, data))
             else:
@@ -98,9 +102,9 @@ def read_desired(store: BaseObjectStore, commit: str, paths: tuple[str, ...]) ->
 
 
 def _walk(
-    store: BaseObjectStore, commit: str, origin: str, tree: ObjectID
+    store: DiskObjectStore, commit: str, origin: str, tree: ObjectID, budget: SizeBudget
 ) -> Iterator[tuple[str, int, bytes]]:
-    """(relative path, git mode, bytes) of every blob below ``tree``."""
+    """(relative path, git mode, bytes) of every blob below ``tree``, within ``budget``."""
     pending: list[tuple[str, ObjectID]] = [("", tree)]
     while pending:
         prefix, sha = pending.pop()
@@ -116,6 +120,9 @@ def _walk(
             if stat.S_ISDIR(entry.mode):
                 pending.append((name + "/", entry.sha))
                 continue
+            size = blob_size(store, entry.sha)
+            if size is not None:  # a missing blob: _object names it
+                budget.take(f"{origin}/{name}", size)
             blob = _object(store, entry.sha, commit)
             assert isinstance(blob, Blob)
             yield name, entry.mode, blob.as_raw_string()

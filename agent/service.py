@@ -15,10 +15,12 @@ import logging
 import os
 import random
 import signal
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from agent import sdnotify
+from agent.activation import ActivationGate, PrestagedSource
 from agent.config import AgentConfig
 from agent.errors import StateError
 from agent.reconcile import Outcome, Reconciler
@@ -30,6 +32,7 @@ from agent.source import GitSource
 from agent.state import StateStore
 from agent.targets.base import Target
 from agent.targets.files import FilesTarget
+from common.backoff import Backoff
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0
@@ -92,7 +95,7 @@ class Agent:
         self.lock.acquire()
         self.wake = asyncio.Event()
         self.hint: str | None = None
-        self.source = GitSource(cfg.git, cfg.state_dir)
+        self.source = GitSource(cfg.git, cfg.state_dir, cfg.targets.files)
         self.repack_after = REPACK_AFTER_PACKS
         self.targets = build_targets(cfg)
         self.reporter: Reporter | None = None
@@ -102,13 +105,15 @@ class Agent:
             )
         checker = SignatureChecker(cfg.trust)
         checker.check_config()
+        self.activation = ActivationGate(cfg, self._activation_event)
         self.reconciler = Reconciler(
             cfg,
-            RenderingSource(self.source, NodeFacts.of(cfg)),
+            PrestagedSource(RenderingSource(self.source, NodeFacts.of(cfg)), self.activation),
             checker,
             self.targets,
             self.store,
             self.reporter,
+            self.activation,
         )
         self.reconciler.recipient = recipient(cfg.secrets.identity)
         for target in self.targets:
@@ -125,9 +130,18 @@ class Agent:
         op = cmd.get("op")
         if op == "sync":
             log.info("sync requested by the hub")
+            if "override" in cmd:
+                self.activation.request_override(cmd["override"])
             self.wake.set()
         else:
             log.warning("ignoring unknown command %r", op)
+
+    def _activation_event(self, type_: str, details: dict[str, Any]) -> None:
+        self.reconciler._event(type_, self.reconciler.desired_head, **details)
+
+    def _drift_correction(self) -> bool | None:
+        """Report-only while a lock or the window holds applies back; else per drift.mode."""
+        return False if self.activation.blocked() is not None else None
 
     async def start_reporting(self) -> None:
         if self.reporter is not None:
@@ -136,7 +150,7 @@ class Agent:
     async def sync_once(self, dry_run: bool = False) -> Outcome:
         outcome = await self.reconciler.reconcile(dry_run=dry_run)
         if not dry_run and outcome.state in ("synced", "drifted"):
-            await self.reconciler.check_drift()
+            await self.reconciler.check_drift(self._drift_correction())
             outcome = self.reconciler.outcome
         return outcome
 
@@ -151,7 +165,11 @@ class Agent:
     # -- daemon -------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
-        failures = 0
+        # Retry soon after a blip, then back off to spare a flaky or metered link.
+        interval = self.cfg.git.interval
+        backoff = Backoff(
+            initial=2 * min(interval, 5.0), maximum=max(interval, MAX_BACKOFF), jitter=0.2
+        )
         while True:
             hint, self.hint = self.hint, None
             applied = self.reconciler.state.applied
@@ -159,17 +177,29 @@ class Agent:
             if self.reconciler.state.applied != applied:  # never after a no-op reconcile
                 await self._repack_git_cache()
             sdnotify.notify(f"STATUS={outcome.state}: {outcome.message[:200]}")
-            if outcome.reason == "GitUnreachable":
-                # Retry soon after a blip, then back off to spare a flaky or metered link.
-                failures += 1
-                base = min(self.cfg.git.interval, 5.0)
-                delay = min(max(self.cfg.git.interval, MAX_BACKOFF), base * 2 ** min(failures, 10))
+            if outcome.retry is None:
+                backoff.success()
+                delay = jittered(interval)
             else:
-                failures = 0
-                delay = self.cfg.git.interval
+                delay = backoff.failure(outcome.retry)
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), jittered(delay, 0.2 if failures else 0.1))
+            await self._sleep(delay, outcome.state == "deferred")
+
+    async def _sleep(self, delay: float, deferred: bool) -> None:
+        """Until woken or ``delay`` is over; while deferred also until the hold lifts (lock
+        released or expired, window open), looked at every ``[activation] poll`` seconds."""
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                async with asyncio.timeout(
+                    min(left, self.cfg.activation.poll) if deferred else left
+                ):
+                    await self.wake.wait()
+            except TimeoutError:
+                if deferred and self.activation.blocked() is None:
+                    return
+            else:
+                return
 
     async def _repack_git_cache(self) -> None:
         """Repack the Git cache once packs piled up, keeping what is applied and last good
@@ -190,7 +220,7 @@ class Agent:
     async def _drift_loop(self) -> None:
         while True:
             await asyncio.sleep(jittered(self.cfg.drift.interval))
-            await self.reconciler.check_drift()
+            await self.reconciler.check_drift(self._drift_correction())
 
     async def _watchdog_loop(self, interval: float) -> None:
         while True:

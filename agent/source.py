@@ -24,13 +24,14 @@ from typing import Any, TypeVar
 
 from dulwich.errors import NotGitRepository
 from dulwich.file import FileLocked
-from dulwich.object_store import BaseObjectStore
+from dulwich.object_store import DiskObjectStore
 from dulwich.objects import ObjectID
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 from agent import gittree
-from agent.config import GitConfig
+from agent.blobsize import SizeBudget
+from agent.config import FilesConfig, GitConfig
 from agent.desired import DesiredState
 from agent.errors import FetchError, SourceError, StateError
 from common.gittransport import PROTOCOL_VERSION, GitError, GitRemote
@@ -62,8 +63,9 @@ class GitSource:
     ``cfg.timeout``); the tree readers are plain methods the caller may run in a thread.
     """
 
-    def __init__(self, cfg: GitConfig, state_dir: Path) -> None:
+    def __init__(self, cfg: GitConfig, state_dir: Path, limits: FilesConfig | None = None) -> None:
         self._cfg = cfg
+        self._limits = limits or FilesConfig()  # only its max_file_size, max_total_size
         self._path = state_dir / "repo.git"
         self._ref = Ref(f"refs/heads/{cfg.branch}".encode())
         self._remote = GitRemote(cfg)
@@ -229,10 +231,10 @@ class GitSource:
             raise StateError(f"cannot open Git cache {path}: {err.strerror or err}") from err
         return self._repo
 
-    def _store(self) -> BaseObjectStore:
+    def _store(self) -> DiskObjectStore:
         return self._open_repo().object_store
 
-    def object_store(self) -> BaseObjectStore:
+    def object_store(self) -> DiskObjectStore:
         """The cache's objects, for readers beyond the overlay (agent.render)."""
         return self._store()
 
@@ -246,7 +248,8 @@ class GitSource:
 
     def read_desired(self, commit: str) -> DesiredState:
         """The overlay of the configured paths at ``commit``, read from the trees."""
-        return gittree.read_desired(self._store(), commit, self._cfg.paths)
+        budget = SizeBudget(commit, self._limits.max_file_size, self._limits.max_total_size)
+        return gittree.read_desired(self._store(), commit, self._cfg.paths, budget)
 
     def signed_payload(self, commit: str) -> tuple[bytes, bytes | None]:
         """(commit bytes without the gpgsig header, signature or None): what git signs."""

@@ -17,8 +17,11 @@ from hub.errors import ApiClientError
 
 class ApiClient:
     def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            raise ApiClientError(f"hub API URL {url!r} must start with http:// or https://")
+        problem = _url_problem(url)
+        if problem:
+            raise ApiClientError(f"hub API URL {url!r} {problem}")
+        if not 0 < timeout <= 3600:  # also refuses nan
+            raise ApiClientError(f"--timeout must be between 0 and 3600 seconds, got {timeout}")
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
@@ -53,6 +56,20 @@ class ApiClient:
             raise ApiClientError(f"cannot reach the hub API at {self.url}: {reason}") from err
         except ValueError as err:
             raise ApiClientError(f"hub API {path} did not answer with JSON") from err
+
+
+def _url_problem(url: str) -> str | None:
+    """Why urllib would choke on this URL later (with a traceback), or None."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port
+    except ValueError as err:
+        return f"is not a URL: {err}"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname or not url.isprintable() or any(c.isspace() for c in url):
+        return "must look like http://127.0.0.1:8080"
+    return None
 
 
 def api_client(args: argparse.Namespace) -> ApiClient:

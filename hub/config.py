@@ -8,28 +8,30 @@ against the directory of fleet.toml, so an example fleet can live in one directo
 
 from __future__ import annotations
 
+import errno
 import re
 import socket
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from common.durations import DAY, HOUR
 from common.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
+from common.windowconf import read_window
+from common.windows import Schedule, parse_schedule
 from hub.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/fleet.toml")
 
 
 _GIT_SCHEMES = ("file", "git", "http", "https", "ssh")
-_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_WINDOW_RE = re.compile(
-    r"^(?:(?P<d1>[a-z]{3})(?:-(?P<d2>[a-z]{3}))?\s+)?"
-    r"(?P<h1>\d\d):(?P<m1>\d\d)-(?P<h2>\d\d):(?P<m2>\d\d)$"
-)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+YEAR = 365 * DAY
+MQTT_SESSION_EXPIRY_MAX = 2**32 - 1
+"""Seconds; MQTT 5 carries the session expiry interval in 32 bits."""
+MAX_NODES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -111,32 +113,16 @@ class Gate:
 
 
 @dataclass(frozen=True)
-class Window:
-    """When automatic promotion may happen (UTC): days (0 = Monday) and minutes of day."""
-
-    days: tuple[int, ...]
-    start: int
-    end: int
-    """May be before ``start``: the window then crosses midnight (days name its start)."""
-
-    def contains(self, ts: float) -> bool:
-        t = time.gmtime(ts)
-        minute = t.tm_hour * 60 + t.tm_min
-        if self.start < self.end:
-            return t.tm_wday in self.days and self.start <= minute < self.end
-        if minute >= self.start:
-            return t.tm_wday in self.days
-        return minute < self.end and (t.tm_wday - 1) % 7 in self.days
-
-
-@dataclass(frozen=True)
 class Stage:
     name: str
     branch: str
     promote_from: str | None = None
     auto: bool = False
     gate: Gate = field(default_factory=Gate)
-    window: Window | None = None
+    window: Schedule | None = None
+    """When automatic promotion may happen, read in the stage's ``timezone`` (default UTC)."""
+    window_spec: tuple[str, ...] = ()
+    """The window as written, for the API and messages."""
     auto_rollback: bool = False
     """When this stage's nodes fail on its head beyond ``gate.max_failed``, move the
     branch back to its previous promoted commit (besides halting the pipeline)."""
@@ -167,17 +153,28 @@ def _listen(sec: Section) -> tuple[str, int]:
     return (host.strip("[]") or "0.0.0.0", int(port))
 
 
+def _database(sec: Section) -> Path:
+    raw = sec.data.get("database")
+    if isinstance(raw, str) and "://" in raw:
+        # Taken as a path, "postgresql://..." would silently become a SQLite file.
+        raise sec.err(
+            "database",
+            f"{raw!r} is a URL; only SQLite is supported for now: give the database file's path",
+        )
+    return sec.path_value("database") or HubSettings.database
+
+
 def _hub(root: Section) -> HubSettings:
     sec = root.table("hub")
-    heartbeat = sec.number("heartbeat", 30.0, minimum=0.1)
+    heartbeat = sec.duration("heartbeat", 30.0, minimum=0.1, maximum=DAY)
     cfg = HubSettings(
         listen=_listen(sec),
-        database=sec.path_value("database") or HubSettings.database,
+        database=_database(sec),
         token_file=sec.file("token_file"),
         heartbeat=heartbeat,
-        stale_after=sec.number("stale_after", 3 * heartbeat, minimum=0.1),
-        events_max_age=sec.number("events_max_age", 30 * 86400.0, minimum=60.0),
-        events_max=sec.integer("events_max", 1_000_000, minimum=100),
+        stale_after=sec.duration("stale_after", 3 * heartbeat, minimum=0.1, maximum=7 * DAY),
+        events_max_age=sec.duration("events_max_age", 30 * DAY, minimum=60.0, maximum=10 * YEAR),
+        events_max=sec.integer("events_max", 1_000_000, minimum=100, maximum=1_000_000_000),
     )
     if cfg.stale_after < cfg.heartbeat:
         raise sec.err("stale_after", f"must be at least heartbeat ({cfg.heartbeat:g} s)")
@@ -194,7 +191,9 @@ def _mqtt(root: Section) -> MqttSettings:
     cfg = MqttSettings(
         **keys,
         shared=sec.flag("shared", True),
-        session_expiry=sec.integer("session_expiry", 7 * 86400, minimum=0),
+        session_expiry=round(
+            sec.duration("session_expiry", 7 * DAY, maximum=MQTT_SESSION_EXPIRY_MAX)
+        ),
     )
     if any(c in cfg.client_id for c in "/+#"):
         raise sec.err("client_id", "may not contain '/', '+' or '#'")
@@ -218,38 +217,14 @@ def _git(root: Section) -> GitSettings:
         known_hosts=sec.file("known_hosts"),
         token_file=sec.file("token_file"),
         ca_file=sec.file("ca_file"),
-        interval=sec.number("interval", 30.0, minimum=0.1),
+        interval=sec.duration("interval", 30.0, minimum=0.1, maximum=DAY),
         webhook_secret_file=sec.file("webhook_secret_file"),
-        timeout=sec.number("timeout", 30.0, minimum=1.0),
+        timeout=sec.duration("timeout", 30.0, minimum=1.0, maximum=HOUR),
     )
     if cfg.webhook_secret_file is not None and url is None:
         raise sec.err("webhook_secret_file", "needs url (the repository a push is read from)")
     sec.done()
     return cfg
-
-
-def _window(sec: Section) -> Window | None:
-    raw = sec.text("window")
-    if raw is None:
-        return None
-    m = _WINDOW_RE.match(raw.strip().lower())
-    problem = f"{raw!r} must look like '09:00-17:00' or 'mon-fri 09:00-17:00' (UTC)"
-    if m is None:
-        raise sec.err("window", problem)
-    d1, d2 = m["d1"], m["d2"] or m["d1"]
-    if d1 is not None and (d1 not in _DAYS or d2 not in _DAYS):
-        raise sec.err("window", problem)
-    h1, m1, h2, m2 = (int(m[k]) for k in ("h1", "m1", "h2", "m2"))
-    if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 * 60 + m2) > 1440:
-        raise sec.err("window", problem)
-    if h1 * 60 + m1 == h2 * 60 + m2:
-        raise sec.err("window", f"{raw!r} is empty (start equals end)")
-    if d1 is None:
-        days = tuple(range(7))
-    else:
-        a, b = _DAYS.index(d1), _DAYS.index(d2)
-        days = tuple((a + i) % 7 for i in range((b - a) % 7 + 1))
-    return Window(days=days, start=h1 * 60 + m1, end=h2 * 60 + m2)
 
 
 def _stage(sec: Section) -> Stage:
@@ -261,19 +236,22 @@ def _stage(sec: Section) -> Stage:
         raise sec.err("branch", f"{branch!r} is not a plain branch name")
     gsec = sec.table("gate")
     gate = Gate(
-        min_nodes=gsec.integer("min_nodes", 1, minimum=0),
+        # 0 would open the gate of a stage whose source has no nodes at all.
+        min_nodes=gsec.integer("min_nodes", 1, minimum=1, maximum=MAX_NODES),
         min_ready_ratio=gsec.number("min_ready_ratio", 1.0, minimum=0.0, maximum=1.0),
-        max_failed=gsec.integer("max_failed", 0, minimum=0),
-        soak=gsec.number("soak", 600.0, minimum=0.0),
+        max_failed=gsec.integer("max_failed", 0, minimum=0, maximum=MAX_NODES),
+        soak=gsec.duration("soak", 600.0, maximum=30 * DAY),
     )
     gsec.done()
+    window_spec, timezone = read_window(sec, "UTC")
     stage = Stage(
         name=name,
         branch=branch,
         promote_from=sec.text("promote_from"),
         auto=sec.flag("auto", False),
         gate=gate,
-        window=_window(sec),
+        window=parse_schedule(window_spec, timezone) if window_spec else None,
+        window_spec=window_spec,
         auto_rollback=sec.flag("auto_rollback", False),
     )
     if stage.auto and stage.promote_from is None:
@@ -330,4 +308,8 @@ def load_config(path: Path = DEFAULT_CONFIG_PATH) -> HubConfig:
 
 def read_secret(path: Path) -> str:
     """First line of a secret file (token, password), read at use so it can rotate."""
-    return path.read_text().strip()
+    try:
+        return path.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError as err:
+        # Callers already report an unusable secret file as an OSError (missing, denied).
+        raise OSError(errno.EINVAL, "not UTF-8 text", str(path)) from err

@@ -19,8 +19,9 @@ from hub.ingest import TOPICS, Ingest
 from hub.mqtt import HubMqtt, Message
 from hub.promote import StageGit
 from hub.rollout import Rollout
+from hub.sse import Updates
 from hub.store import Store
-from hub.web import Updates, WebContext, make_app
+from hub.web import WebContext, make_app
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
     await ingest.start()
     ctx = WebContext(cfg, fleet, ingest.counters, mqtt.publish, mqtt.ready.is_set, updates, rollout)
     ctx.refresh_git = gitwatch.refresh
+    ctx.audit = store.add_audit
     runner = web.AppRunner(make_app(ctx), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     host, port = cfg.hub.listen

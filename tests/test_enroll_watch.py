@@ -10,6 +10,7 @@ from common import wire
 from hub.config import MqttSettings
 from hub.enroll import EnrollError
 from hub.enroll.watch import StatusWatch, parse_status
+from tests.testbed.hubproc import status_doc
 from tests.testbed.mosquitto import Mosquitto
 from tests.testbed.mqtt import Watcher
 
@@ -17,7 +18,7 @@ NODE = "edge-watch-1"
 
 
 def _status(state: str, seq: int) -> bytes:
-    return wire.encode({"schema": 1, "node": NODE, "state": state, "seq": seq})
+    return wire.encode(status_doc(NODE, seq, state))
 
 
 async def _publish(broker: Mosquitto, payload: bytes, retain: bool = False) -> None:
@@ -29,11 +30,12 @@ async def _publish(broker: Mosquitto, payload: bytes, retain: bool = False) -> N
 
 
 def test_parse_status_skips_what_is_not_a_status() -> None:
-    assert parse_status(_status("synced", 1)) == {
-        "schema": 1, "node": NODE, "state": "synced", "seq": 1
-    }  # fmt: skip
-    for junk in (b"", b"\xff", b"[1]", b'{"state": "sleeping"}', b'"synced"'):
-        assert parse_status(junk) is None, junk
+    doc = parse_status(NODE, _status("synced", 1))
+    assert doc is not None and (doc["node"], doc["state"], doc["seq"]) == (NODE, "synced", 1)
+    junk = (b"", b"\xff", b"[1]", b'{"state": "sleeping"}', b'"synced"', _status("synced", 1)[:-1])
+    for payload in junk:
+        assert parse_status(NODE, payload) is None, payload
+    assert parse_status("another-node", _status("synced", 1)) is None
 
 
 async def test_retained_status_counts_only_if_the_agent_kept_running(mosquitto: Mosquitto) -> None:

@@ -13,14 +13,13 @@ stop with one clear error.
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
-from typing import Any, cast
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from common import wire
+from common import strict, wire
 from common.mqttclient import (
     CONNECT_TIMEOUT,
     ConnectFailed,
@@ -30,19 +29,19 @@ from common.mqttclient import (
     make_client,
     refused,
 )
+from common.status import ContractError, status_doc
 from hub.config import MqttSettings
 from hub.enroll import EnrollError, say
 
 
-def parse_status(payload: bytes) -> wire.StatusDoc | None:
-    """A status document, or None for a payload that is not one (skipped, not fatal)."""
+def parse_status(node: str, payload: bytes) -> wire.StatusDoc | None:
+    """A status document, or None for a payload that is not one (skipped, not fatal).
+
+    The contract's one strict parser, as for ingest: no second, lax reading."""
     try:
-        doc = json.loads(payload)
-    except ValueError:
+        return status_doc(strict.parse_status(node, payload))
+    except ContractError:
         return None
-    if not isinstance(doc, dict) or doc.get("state") not in wire.STATES:
-        return None
-    return cast(wire.StatusDoc, doc)
 
 
 class StatusWatch:
@@ -139,7 +138,7 @@ class StatusWatch:
                             f"lost the broker while waiting for {self.node}'s status: {item}"
                         )
                     retained, payload = item
-                    doc = parse_status(payload)
+                    doc = parse_status(self.node, payload)
                     if doc is None or (retained and not accept_retained):
                         continue
                     say("status", f"{doc['state']} {doc.get('message') or ''}".rstrip())
