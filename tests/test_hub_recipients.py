@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from common.status import status_json
+from common.strict import parse_status
 from hub.recipients import Enrolled, RecipientsError, record
 from hub.store import Batch, StatusRow, Store
 
@@ -112,3 +114,14 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, fleet: Path) -> None:
         record(tmp_path / "hub.db", Enrolled("n", "ssh-ed25519 AAAA", "stable", {}))
     bad_label = cli(fleet, "--label", "site")
     assert bad_label.returncode == 1 and "give it as KEY=VALUE" in bad_label.stderr
+
+
+def test_the_hub_keeps_the_reported_recipient() -> None:
+    """The hub stores only the fields its strict parser knows: recipient must be one."""
+    recipient = "age1" + "q" * 58
+    payload = json.dumps({"schema": 1, "node": "n1", "seq": 3, "state": "synced",
+                          "recipient": recipient}).encode()  # fmt: skip
+    stored = json.loads(status_json(parse_status("n1", payload)))
+    assert stored["recipient"] == recipient
+    without = json.loads(status_json(parse_status("n1", payload.replace(b"recipient", b"x"))))
+    assert "recipient" not in without, "old agents' statuses stay as they were"
