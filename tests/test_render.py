@@ -83,6 +83,8 @@ def request(tmp_path: Path, templates: dict[str, str], **extra: Any) -> dict[str
         "branch": "stable",
         "commit": "c" * 40,
         "identity": str(tmp_path / "age.key"),
+        "max_file_size": 1000,
+        "max_total_size": 1500,
         "layers": [{"origin": "common", "values": None, "secrets": None}],
         "templates": [
             {"path": p, "origin": "common", "data": base64.b64encode(t.encode()).decode()}
@@ -179,3 +181,12 @@ def test_seal_is_keyed_and_stable(tmp_path: Path) -> None:
     (tmp_path / "a/digest.key").write_bytes(b"short")
     with pytest.raises(StateError, match="truncated"):
         ContentSeal(tmp_path / "a").digest(secret)
+
+
+def test_rendered_output_is_held_to_the_size_limits(tmp_path: Path) -> None:
+    big = engine.answer(request(tmp_path, {"files/big.j2": "{{ 'x' * 1001 }}"}))
+    assert big["error"] == (
+        "common/files/big.j2 produces 1,001 bytes, over [targets.files] max_file_size (1,000 bytes)"
+    )
+    total = engine.answer(request(tmp_path, {f"files/{n}.j2": "{{ 'x' * 600 }}" for n in "abc"}))
+    assert "add up to 1,800 bytes, over [targets.files] max_total_size" in total["error"]

@@ -75,6 +75,23 @@ class _Request:
         self.doc = doc
         self.identity = Path(doc["identity"])
         self._identities: list[Any] | None = None
+        self._total = 0
+
+    def output(self, name: str, path: str, data: bytes, secret: bool) -> dict[str, Any]:
+        """One produced file, within [targets.files] max_file_size / max_total_size."""
+        limit, total_limit = self.doc["max_file_size"], self.doc["max_total_size"]
+        if len(data) > limit:
+            raise RenderError(
+                f"{name} produces {len(data):,} bytes, over [targets.files] "
+                f"max_file_size ({limit:,} bytes)"
+            )
+        self._total += len(data)
+        if self._total > total_limit:
+            raise RenderError(
+                f"rendered and decrypted files up to {name} add up to {self._total:,} bytes, "
+                f"over [targets.files] max_total_size ({total_limit:,} bytes)"
+            )
+        return {"path": path, "data": base64.b64encode(data).decode(), "secret": secret}
 
     def decrypt(self, name: str, data: bytes) -> bytes:
         if self._identities is None:
@@ -143,7 +160,7 @@ def _render_all(req: _Request) -> list[dict[str, Any]]:
     for f in doc["encrypted"]:
         name = f"{f['origin']}/{f['path']}"
         data = req.decrypt(name, base64.b64decode(f["data"]))
-        out.append({"path": f["path"], "data": base64.b64encode(data).decode(), "secret": True})
+        out.append(req.output(name, f["path"], data, secret=True))
     sources = {f["path"]: f for f in doc["templates"]}
 
     def load(path: str) -> tuple[str, str, Callable[[], bool]] | None:
@@ -179,13 +196,7 @@ def _render_all(req: _Request) -> list[dict[str, Any]]:
             if isinstance(err, MemoryError):
                 detail = f"needs more than {MAX_ADDRESS_SPACE >> 20} MiB of memory"
             raise RenderError(f"{where}: {mask(detail) if env.secrets_read else detail}") from err
-        out.append(
-            {
-                "path": path,
-                "data": base64.b64encode(text.encode("utf-8")).decode(),
-                "secret": env.secrets_read,
-            }
-        )
+        out.append(req.output(name, path, text.encode("utf-8"), env.secrets_read))
     return out
 
 

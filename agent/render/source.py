@@ -28,7 +28,7 @@ from typing import Any
 from dulwich.object_store import BaseObjectStore
 from dulwich.objects import Blob, ObjectID, Tree
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, FilesConfig
 from agent.desired import DesiredFile, DesiredState
 from agent.errors import SourceError
 from agent.render.values import LAYER_FILES, SECRETS_FILE, VALUES_FILE
@@ -50,10 +50,21 @@ class NodeFacts:
     labels: Mapping[str, str]
     branch: str
     identity: Path
+    max_file_size: int = FilesConfig.max_file_size
+    max_total_size: int = FilesConfig.max_total_size
+    """[targets.files] limits, applied to what rendering and decryption produce too."""
 
     @classmethod
     def of(cls, cfg: AgentConfig) -> NodeFacts:
-        return cls(cfg.node, cfg.labels, cfg.git.branch, cfg.secrets.identity)
+        files = cfg.targets.files
+        return cls(
+            cfg.node,
+            cfg.labels,
+            cfg.git.branch,
+            cfg.secrets.identity,
+            files.max_file_size,
+            files.max_total_size,
+        )
 
 
 def _command() -> list[str]:
@@ -213,6 +224,8 @@ def render(raw: DesiredState, layers: list[dict[str, Any]], facts: NodeFacts) ->
             "branch": facts.branch,
             "commit": raw.commit,
             "identity": str(facts.identity),
+            "max_file_size": facts.max_file_size,
+            "max_total_size": facts.max_total_size,
             "layers": layers,
             "templates": templates,
             "encrypted": encrypted,
