@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent import __version__, httpcheck
+from agent import __version__
 from agent.activation import ActivationGate
 from agent.changeset import ChangeSet
 from agent.config import AgentConfig
@@ -31,6 +30,7 @@ from agent.errors import (
     TrustError,
     UnavailableError,
 )
+from agent.healthwait import wait_healthy
 from agent.policy import check_move
 from agent.signcheck import SignatureChecker
 from agent.state import NodeState, Owned, StateStore
@@ -41,7 +41,6 @@ from common.status import HealthProblem as ReportedProblem
 from common.wire import DriftItem, State
 
 log = logging.getLogger(__name__)
-HEALTH_POLL = 0.25
 
 
 class Source(Protocol):
@@ -331,35 +330,12 @@ class Reconciler:
     async def _wait_healthy(
         self, desired: DesiredState, plans: dict[str, ChangeSet]
     ) -> list[HealthProblem]:
-        """Health must hold for ``settle`` seconds in a row within the timeout."""
-        ctx = self._ctx(desired.commit, plans)
-        only_files = all(p.empty for n, p in plans.items() if n != "files")
-        settle = 0.0 if only_files and not desired.options.http_checks else self.cfg.health.settle
-        timeout = desired.options.health_timeout
-        deadline = time.monotonic() + (self.cfg.health.timeout if timeout is None else timeout)
-        healthy_since: float | None = None
-        while True:
-            problems = [p for t in self.targets for p in await t.health(desired, ctx)]
-            problems += await self._http_health(desired)
-            now = time.monotonic()
-            healthy_since = None if problems else (healthy_since or now)
-            if healthy_since is not None and now - healthy_since >= settle:
-                return []
-            if now >= deadline:
-                self.health = problems
-                return problems or [HealthProblem("agent", "settle", "not stable long enough")]
-            await asyncio.sleep(HEALTH_POLL)
-
-    @staticmethod
-    async def _http_health(desired: DesiredState) -> list[HealthProblem]:
-        """``[[health.http]]`` checks: node-level, so they apply whatever the targets."""
-        checks = desired.options.http_checks
-        results = await asyncio.gather(*(httpcheck.check(c) for c in checks))
-        return [
-            HealthProblem("http", check.url, failure)
-            for check, failure in zip(checks, results, strict=True)
-            if failure is not None
-        ]
+        problems = await wait_healthy(
+            self.targets, desired, self._ctx(desired.commit, plans), plans, self.cfg.health
+        )
+        if problems:
+            self.health = problems
+        return problems
 
     async def _rollback(
         self, bad: str, reason: str, message: str, plans: dict[str, ChangeSet]

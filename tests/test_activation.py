@@ -122,7 +122,7 @@ def test_parse_size(text: str, size: int | None) -> None:
         ('timezone = "Europe/Atlantis"', "activation.timezone", "unknown time zone"),
         ('min_free = "lots"', "activation.min_free", "size like"),
         ("min_free = -1", "activation.min_free", "at least 0"),
-        ("max_ttl = 0", "activation.max_ttl", "at least 1"),
+        ("max_ttl = 0", "activation.max_ttl", "must be between 1 and"),
         ("windw = '10:00-11:00'", "activation.windw", "unknown key"),
     ],
 )

@@ -15,6 +15,7 @@ from pathlib import Path
 from hub.store.db import Db
 from hub.store.interface import HubStore, IngestStore, NodeQueries, RolloutRecords, RolloutStore
 from hub.store.nodes import SqliteNodes
+from hub.store.outbox import SqliteOutbox
 from hub.store.rollouts import SqliteRollouts
 from hub.store.rows import (
     AuditEntry,
@@ -30,6 +31,7 @@ from hub.store.rows import (
     StateCount,
     StatusRow,
 )
+from hub.store.samples import SqliteSamples
 
 __all__ = [
     "AuditEntry",
@@ -53,7 +55,7 @@ __all__ = [
 ]
 
 
-class Store(SqliteNodes, SqliteRollouts, HubStore):
+class Store(SqliteNodes, SqliteRollouts, SqliteOutbox, SqliteSamples, HubStore):
     """The SQLite store. Open with :meth:`open`; close with :meth:`close`."""
 
     @classmethod
