@@ -114,7 +114,7 @@ def bench_render(work: Path, identity: Path, recipient: str, runs: int) -> None:
 
 
 async def bench_daemon(work: Path, kind: str) -> tuple[float, int, int, str]:
-    """A fresh daemon applies one commit (``kind``: plain, rendered, few); its idle RSS."""
+    """A fresh daemon applies one commit (``kind``: one, plain, rendered, few); idle RSS."""
     broker = Mosquitto(work / "mq")
     broker.start()
     repo = FleetRepo(work / "repos")
@@ -132,7 +132,9 @@ async def bench_daemon(work: Path, kind: str) -> tuple[float, int, int, str]:
     recipient = setup.cli("keygen").stdout.strip()
     repo.commit({"common/README": b"base\n", "nodes/bench/keep": b""}, sign=key)
     files = fleet_files(setup.root, recipient)
-    if kind == "few":  # a typical node: five templates (one reads a secret), five secrets
+    if kind == "one":
+        files = {f"nodes/bench/files{setup.root}/one.conf": b"one\n"}
+    elif kind == "few":  # a typical node: five templates (one reads a secret), five secrets
         files = {p: d for p, d in files.items() if not re.search(r"-([5-9]|\d\d+)\.", p)}
     elif kind == "plain":
         files = {
@@ -175,6 +177,7 @@ async def bench_daemons(work: Path) -> None:
     print("| a fresh daemon (files, MQTT) applies | pushed -> applied | idle RSS | idle PSS |")
     print("|---|---:|---:|---:|")
     kinds = {
+        "one": "1 plain file (reference)",
         "plain": "550 plain files",
         "rendered": "500 templates + 50 secrets",
         "few": "5 templates + 5 secrets",
