@@ -16,6 +16,7 @@ from typing import Any
 
 from agent.config import HEALTH_TIMEOUT_MAX
 from agent.errors import SourceError
+from agent.render.requires import check_requires
 from common.durations import HOUR
 from common.tomlconf import Section
 from common.windows import WindowError, parse_window, zone
@@ -34,6 +35,8 @@ class DesiredFile:
     git_mode: int
     origin: str
     """The repository path this file came from (for messages)."""
+    secret: bool = False
+    """Decrypted or rendered from secrets (agent.render): placed 0600, digest keyed."""
 
     def __post_init__(self) -> None:
         # Names come from Git as bytes (decoded with surrogateescape): a name that is not
@@ -52,6 +55,8 @@ class DesiredFile:
     @property
     def mode(self) -> int:
         """Permission bits to give the placed file."""
+        if self.secret:
+            return 0o700 if self.git_mode == GIT_MODE_EXEC else 0o600
         return 0o755 if self.git_mode == GIT_MODE_EXEC else 0o644
 
 
@@ -203,6 +208,7 @@ def parse_options(origin: str, raw: bytes) -> Options:
     )
     health.done()
     activation = _activation(origin, root.data.pop("activation", {}))
+    check_requires(origin, root.data.pop("requires", None))
     root.done()
     return Options(units=units, http_checks=checks, health_timeout=timeout, activation=activation)
 

@@ -104,6 +104,8 @@ class Reconciler:
         self._refused: str | None = None
         self._fetch_failing = False
         self._applied_desired: DesiredState | None = None
+        self.recipient: str | None = None
+        """This node's age recipient (agent.render), reported so the hub can list it."""
         self.lock = asyncio.Lock()
 
     # -- status -------------------------------------------------------------------
@@ -131,6 +133,7 @@ class Reconciler:
                 ok=not self.health,
                 problems=tuple(ReportedProblem(p.target, p.subject, p.reason) for p in self.health),
             ),
+            recipient=self.recipient,
         )
 
     def _publish(self) -> None:

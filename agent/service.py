@@ -25,6 +25,8 @@ from agent.config import AgentConfig
 from agent.errors import StateError
 from agent.planrun import PlanRunner
 from agent.reconcile import Outcome, Reconciler
+from agent.render.seal import ContentSeal
+from agent.render.source import NodeFacts, RenderingSource, recipient
 from agent.report import Reporter
 from agent.signcheck import SignatureChecker
 from agent.source import GitSource
@@ -50,7 +52,7 @@ def build_targets(cfg: AgentConfig) -> list[Target]:
     """Targets in apply order; heavy clients are imported only when enabled."""
     targets: list[Target] = []
     if cfg.targets.files.enabled:
-        targets.append(FilesTarget(cfg.targets.files))
+        targets.append(FilesTarget(cfg.targets.files, ContentSeal(cfg.state_dir)))
     if cfg.targets.systemd.enabled:
         from agent.targets.systemd import SystemdTarget  # noqa: PLC0415
 
@@ -107,13 +109,14 @@ class Agent:
         self.activation = ActivationGate(cfg, self._activation_event)
         self.reconciler = Reconciler(
             cfg,
-            PrestagedSource(self.source, self.activation),
+            PrestagedSource(RenderingSource(self.source, NodeFacts.of(cfg)), self.activation),
             checker,
             self.targets,
             self.store,
             self.reporter,
             self.activation,
         )
+        self.reconciler.recipient = recipient(cfg.secrets.identity)
         self.plans: PlanRunner | None = None
         if self.reporter is not None:
             self.plans = PlanRunner(cfg.node, self.reconciler, self.source, self.reporter.send_now)

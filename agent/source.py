@@ -250,6 +250,10 @@ class GitSource:
     def _store(self) -> DiskObjectStore:
         return self._open_repo().object_store
 
+    def object_store(self) -> DiskObjectStore:
+        """The cache's objects, for readers beyond the overlay (agent.render)."""
+        return self._store()
+
     def has_commit(self, sha: str) -> bool:
         """True if commit ``sha`` is in the local cache."""
         return gittree.find_commit(self._store(), sha) is not None

@@ -119,6 +119,8 @@ class StatusDoc(TypedDict, total=False):
     deferred_until: float | None
     """State ``deferred``: when the node expects to apply (window opening, lock expiry)."""
     heartbeat: float
+    recipient: str
+    """The node's age recipient (age1...), when it has an identity (agent 0.2)."""
     observed_at: float | None
     seq: int
     incarnation: str

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hub import demo, planview
+from hub import demo, planview, recipients
 from hub.apiclient import api_client
 from hub.config import DEFAULT_CONFIG_PATH, HubConfig, load_config
 from hub.enroll import options as enroll
@@ -336,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     add_token_parser(sub)
     enroll.add_parser(sub, common)
+    recipients.add_parser(sub, common)
     return parser
 
 
