@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.agentpin import AgentPin, PinError, parse_pin
 from agent.errors import SourceError
 
 OPTIONS_FILE = "edgefleet.toml"
@@ -60,6 +61,8 @@ class Options:
     http_checks: tuple[HttpCheck, ...] = ()
     health_timeout: float | None = None
     """Overrides [health] timeout of the agent config for this commit."""
+    agent: AgentPin | None = None
+    """``[agent]``: the agent version this commit wants on the node (later path wins)."""
 
 
 @dataclass(frozen=True)
@@ -151,12 +154,18 @@ def parse_options(origin: str, raw: bytes) -> Options:
         raise _err(origin, "health.timeout", "must be a number of seconds")
     if health:
         raise _err(origin, f"health.{sorted(health)[0]}", "unknown key")
+    agent_raw = data.pop("agent", None)
+    try:
+        agent = None if agent_raw is None else parse_pin(agent_raw)
+    except PinError as err:
+        raise _err(origin, err.key, err.problem) from err
     if data:
         raise _err(origin, sorted(data)[0], "unknown key")
     return Options(
         units=units,
         http_checks=checks,
         health_timeout=None if timeout is None else float(timeout),
+        agent=agent,
     )
 
 
@@ -165,9 +174,11 @@ def merge_options(layers: list[Options]) -> Options:
     units: dict[str, UnitOptions] = {}
     checks: list[HttpCheck] = []
     timeout: float | None = None
+    agent: AgentPin | None = None
     for layer in layers:
         units.update(layer.units)
         checks.extend(layer.http_checks)
         if layer.health_timeout is not None:
             timeout = layer.health_timeout
-    return Options(units=units, http_checks=tuple(checks), health_timeout=timeout)
+        agent = layer.agent or agent
+    return Options(units=units, http_checks=tuple(checks), health_timeout=timeout, agent=agent)

@@ -220,6 +220,12 @@ class Reconciler:
         except SourceError as err:
             return self._refuse(head, "InvalidCommit", str(err))
 
+        pin = desired.options.agent
+        if pin is not None and pin.version != __version__:
+            from agent.upgrade.step import upgrade_agent  # noqa: PLC0415 - RSS only when pinned
+
+            return await upgrade_agent(self, head, pin, dry_run)
+
         if not resuming and not dry_run and self._paths_unchanged(head):
             # The branch moved but not this node's paths: nothing to apply, just advance.
             self.state.applied = head

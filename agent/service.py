@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agent import sdnotify
+from agent.agentpin import upgrade_pending
 from agent.config import AgentConfig
 from agent.errors import StateError
 from agent.reconcile import Outcome, Reconciler
@@ -174,6 +175,10 @@ class Agent:
                     tg.create_task(self._poll_loop(), name="poll"),
                     tg.create_task(self._drift_loop(), name="drift"),
                 ]
+                if upgrade_pending(self.cfg.state_dir):
+                    from agent.upgrade.watch import watch_upgrade  # noqa: PLC0415 - mid-upgrade only
+
+                    tasks.append(tg.create_task(watch_upgrade(self.reconciler, self.reporter)))
                 watchdog = sdnotify.watchdog_interval()
                 if watchdog is not None:
                     tasks.append(tg.create_task(self._watchdog_loop(watchdog), name="watchdog"))
