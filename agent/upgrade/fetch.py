@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -40,14 +41,18 @@ def file_sha256(path: Path) -> str:
 
 def _download(url: str, part: Path) -> None:
     have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})  # noqa: S310 - http(s) only, checked by agent.agentpin
+    # S310: the URL is http(s), checked by agent.agentpin.
+    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})  # noqa: S310
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:  # noqa: S310
             # 206: the server continues where we stopped; 200: it ignored Range, start over.
             mode = "ab" if resp.status == 206 else "wb"
+            expected = resp.headers.get("Content-Length")
+            got = 0
             with part.open(mode) as out:
                 while chunk := resp.read(CHUNK):
                     out.write(chunk)
+                    got += len(chunk)
                 out.flush()
                 os.fsync(out.fileno())
     except urllib.error.HTTPError as err:
@@ -57,8 +62,11 @@ def _download(url: str, part: Path) -> None:
         if err.code in (404, 410):
             raise PackageRefused(f"package {url}: HTTP {err.code} (not found)") from err
         raise PackageUnreachable(f"package {url}: HTTP {err.code} {err.reason}") from err
-    except (OSError, urllib.error.URLError) as err:
+    except (OSError, http.client.HTTPException) as err:
         raise PackageUnreachable(f"package {url}: {err}") from err
+    if expected is not None and got < int(expected):
+        # The connection dropped; what arrived stays in the part file for next time.
+        raise PackageUnreachable(f"package {url}: connection lost after {got} of {expected} bytes")
 
 
 def _fetch(url: str, sha256: str, dest: Path) -> None:
