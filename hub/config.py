@@ -101,6 +101,8 @@ class Gate:
     """Source-stage nodes allowed to have failed on the candidate."""
     soak: float = 600.0
     """Seconds the gate must hold continuously before promotion."""
+    agent_version: str | None = None
+    """A node counts as ready only when it also runs this agent version."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,7 @@ def _stage(sec: Section) -> Stage:
         min_ready_ratio=gsec.number("min_ready_ratio", 1.0, minimum=0.0, maximum=1.0),
         max_failed=gsec.integer("max_failed", 0, minimum=0),
         soak=gsec.number("soak", 600.0, minimum=0.0),
+        agent_version=gsec.text("agent_version"),
     )
     gsec.done()
     stage = Stage(

@@ -61,6 +61,10 @@ class Fleet:
             bucket = stages[name] if name is not None else unstaged
             bucket["nodes"] += n
             bucket["states"][state] = bucket["states"].get(state, 0) + n
+        for branch, version, n in await self._store.version_counts():
+            name = self.stage_name(branch)
+            versions = (stages[name] if name is not None else unstaged).setdefault("versions", {})
+            versions[version or "unknown"] = versions.get(version or "unknown", 0) + n
         out: dict[str, Any] = {
             "nodes": total,
             "states": states,
@@ -118,6 +122,7 @@ class Fleet:
             "seq": r["seq"],
             "labels": json.loads(r["labels"]) if r["labels"] else {},
             "drift_count": r["drift_count"],
+            "version": r["version"],
         }
 
     async def node(self, name: str, events: int = 20) -> dict[str, Any] | None:
@@ -176,6 +181,7 @@ class Fleet:
                         "min_ready_ratio": s.gate.min_ready_ratio,
                         "max_failed": s.gate.max_failed,
                         "soak": s.gate.soak,
+                        "agent_version": s.gate.agent_version,
                     },
                     "window": None
                     if s.window is None
@@ -183,6 +189,7 @@ class Fleet:
                           "end": s.window.end},
                     "nodes": counts["nodes"],
                     "states": counts["states"],
+                    "versions": counts.get("versions", {}),
                 }
             )  # fmt: skip
         return {"stages": out}

@@ -48,6 +48,8 @@ class NodeView:
     """What the node last said, however old (a failure stays evidence)."""
     applied: str | None
     desired: str | None
+    version: str | None = None
+    """The agent version the node reports."""
 
 
 @dataclass(frozen=True)
@@ -103,12 +105,17 @@ def evaluate_gate(
     if candidate is None:
         return GateResult(False, None, total, 0, 0, 0, stale, offline, None, gate.soak,
                           "the source stage branch has no head yet")  # fmt: skip
-    ready = sum(n.state == "synced" and n.applied == candidate for n in nodes)
+    ready = sum(
+        n.state == "synced" and n.applied == candidate and gate.agent_version in (None, n.version)
+        for n in nodes
+    )
     failed = len(failed_on(nodes, candidate))
     # 1e-9: 0.8 * 5 must need 4 nodes, not 5 through float rounding.
     needed = max(gate.min_nodes, math.ceil(gate.min_ready_ratio * total - 1e-9))
     short = candidate[:7]
     counts = f"{ready}/{total} nodes applied {short}"
+    if gate.agent_version is not None:
+        counts += f" on agent {gate.agent_version}"
     unfresh = ", ".join(f"{n} {what}" for n, what in ((stale, "stale"), (offline, "offline")) if n)
     if failed > gate.max_failed:
         reason = f"{failed} node{'s' * (failed != 1)} failed on {short} (max {gate.max_failed})"
@@ -178,8 +185,8 @@ class Rollout:
 
     async def _nodes(self, stage: Stage) -> list[NodeView]:
         rows = await self._store.stage_nodes(stage.branch, self._clock())
-        return [NodeView(r["node"], r["effective"], r["state"], r["applied"], r["desired"])
-                for r in rows]  # fmt: skip
+        return [NodeView(r["node"], r["effective"], r["state"], r["applied"], r["desired"],
+                         r["version"]) for r in rows]  # fmt: skip
 
     async def evaluate(self, stage: Stage, track: bool = False) -> GateResult:
         """The gate into ``stage``; ``track`` (the loop) advances the soak bookkeeping."""

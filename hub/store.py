@@ -369,8 +369,8 @@ class Store:
     async def stage_nodes(self, branch: str, now: float) -> list[sqlite3.Row]:
         """Every node of one branch: effective and reported state, applied, desired."""
         return await self._all(
-            f"SELECT node, {EFFECTIVE_STATE} AS effective, state, applied, desired "  # noqa: S608
-            "FROM nodes WHERE branch = :branch",
+            f"SELECT node, {EFFECTIVE_STATE} AS effective, state, applied, desired, "  # noqa: S608
+            "json_extract(doc, '$.version') AS version FROM nodes WHERE branch = :branch",
             {"now": now, "branch": branch},
         )
 
@@ -404,6 +404,14 @@ class Store:
                     counts[key] = counts.get(key, 0) + count
         return [(b, s, n) for (b, s), n in counts.items()]
 
+    async def version_counts(self) -> list[tuple[str | None, str | None, int]]:
+        """(branch, agent version, nodes): which agent versions each stage runs."""
+        rows = await self._all(
+            "SELECT branch, json_extract(doc, '$.version') AS v, count(*) FROM nodes "
+            "GROUP BY branch, v"
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
     async def label_counts(self, key: str, now: float) -> list[tuple[str | None, str, int]]:
         """(label value, effective state, nodes) for one label key."""
         rows = await self._all(
@@ -427,6 +435,7 @@ class Store:
         rows = await self._all(
             f"SELECT node, branch, {EFFECTIVE_STATE} AS effective, state, applied, desired, "  # noqa: S608
             "json_extract(doc, '$.labels') AS labels, drift_count, online, last_heard, "
+            "json_extract(doc, '$.version') AS version, "
             f"observed_at, seq FROM nodes {where} "
             "ORDER BY node LIMIT :limit OFFSET :offset",
             {**params, "limit": limit, "offset": offset},
@@ -437,7 +446,7 @@ class Store:
         rows = await self._all(
             f"SELECT node, branch, {EFFECTIVE_STATE} AS effective, state, applied, desired, "  # noqa: S608
             "json_extract(doc, '$.labels') AS labels, drift_count, online, last_heard, "
-            "observed_at, seq, doc, stale_at "
+            "observed_at, seq, doc, stale_at, json_extract(doc, '$.version') AS version "
             "FROM nodes WHERE node = :node",
             {"now": now, "node": node},
         )
