@@ -75,9 +75,12 @@ async def keep_running_package(state_dir: Path, version: str) -> Path:
     dest = package_path(state_dir, version)
     if dest.exists():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        await _repack(Path(tmp), dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+            await _repack(Path(tmp), dest)
+    except OSError as err:
+        raise ApplyError(f"cannot rebuild the installed {PACKAGE} package: {err}") from err
     return dest
 
 
@@ -104,10 +107,14 @@ async def _repack(work: Path, dest: Path) -> None:
 
 
 def _copy_files(names: list[str], root: Path) -> None:
+    # A listed path that others are listed under is a directory of the package, even
+    # when the host made it a symlink (merged /usr: /lib -> usr/lib): not copied as such.
+    dirs = {str(Path(n).parent) for n in names}
     for name in names:
         src = Path(name)
-        # Directories are listed too: only files and links are the package's own.
-        if name.startswith("/") and (src.is_symlink() or src.is_file()):
+        if not name.startswith("/") or name in dirs:
+            continue
+        if src.is_symlink() or src.is_file():
             target = root / name.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target, follow_symlinks=False)

@@ -2,8 +2,9 @@
 
 ``record.json`` (written by the agent that starts it), ``healthy`` (by the new agent,
 after its first synced reconcile), ``result`` (by the watchdog unit: ``ok`` or
-``failed: <reason>``). New files only: an older agent, after a rollback, never reads
-them, and nothing in state.json changes shape (docs/design.md, "Agent upgrades").
+``failed: <reason>``), ``previous`` (the version run before the last good upgrade).
+New files only: an older agent, after a rollback, never reads them, and nothing in
+state.json changes shape (docs/design.md, "Agent upgrades").
 """
 
 from __future__ import annotations
@@ -73,5 +74,20 @@ def clear_result(state_dir: Path) -> None:
         (_dir(state_dir) / name).unlink(missing_ok=True)
 
 
-def mark_healthy(state_dir: Path, version: str) -> None:
-    write_atomic(_dir(state_dir) / "healthy", f"{version}\n".encode(), 0o600)
+def mark_healthy(state_dir: Path, version: str, pid: int) -> None:
+    """The watchdog checks ``pid`` against the unit's MainPID: only the agent running now
+    (not one restarted since) can vouch for itself."""
+    write_atomic(_dir(state_dir) / "healthy", f"{pid} {version}\n".encode(), 0o600)
+
+
+def previous(state_dir: Path) -> str | None:
+    """The version this node ran before the last successful upgrade (a stage rollback
+    may go back to it without ``allow_downgrade``)."""
+    try:
+        return (_dir(state_dir) / "previous").read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def set_previous(state_dir: Path, version: str) -> None:
+    write_atomic(_dir(state_dir) / "previous", f"{version}\n".encode(), 0o600)

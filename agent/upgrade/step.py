@@ -36,6 +36,15 @@ log = logging.getLogger(__name__)
 
 async def upgrade_agent(rec: Reconciler, head: str, pin: AgentPin, dry_run: bool) -> Outcome:
     """Outcome of ``head`` on this node while it pins agent ``pin.version``."""
+    try:
+        return await _upgrade(rec, head, pin, dry_run)
+    except OSError as err:
+        # The state dir (full disk?) or a tool; the running agent stays as it is.
+        log.error("agent upgrade to %s: %s", pin.version, err)
+        return Outcome("error", "AgentUpgradeError", f"agent upgrade to {pin.version}: {err}", head)
+
+
+async def _upgrade(rec: Reconciler, head: str, pin: AgentPin, dry_run: bool) -> Outcome:
     running = __version__
     state_dir = rec.cfg.state_dir
     earlier = rec_file.load(state_dir)
@@ -50,12 +59,14 @@ async def upgrade_agent(rec: Reconciler, head: str, pin: AgentPin, dry_run: bool
             f"the pinned edgefleet {pin.version} package; upgrade it with install.sh",
         )
     dest = package_path(state_dir, pin.version)
-    if compare(pin.version, running) < 0 and not pin.allow_downgrade and not dest.exists():
+    before = rec_file.previous(state_dir)
+    if compare(pin.version, running) < 0 and not pin.allow_downgrade and pin.version != before:
         return rec._refuse(
             head,
             "AgentDowngradeRefused",
-            f"the commit pins agent {pin.version}, older than the running {running}: "
-            "set allow_downgrade = true in [agent] to downgrade",
+            f"the commit pins agent {pin.version}, older than the running {running} (and not "
+            f"the version this node ran before, {before}): set allow_downgrade = true in "
+            "[agent] to downgrade",
         )
     if dry_run:
         return Outcome("progressing", "DryRun", f"would upgrade the agent to {pin.version}", head)
@@ -72,7 +83,7 @@ async def upgrade_agent(rec: Reconciler, head: str, pin: AgentPin, dry_run: bool
         prev = await keep_running_package(state_dir, installed)
     except ApplyError as err:
         return Outcome("failed", "AgentUpgradeFailed", f"no package to roll back to: {err}", head)
-    prune_packages(state_dir, {installed, pin.version})
+    prune_packages(state_dir, {installed, pin.version, before or installed})
     broker = isinstance(rec.report, Reporter) and rec.report.connected
     record = rec_file.UpgradeRecord(
         source=installed,

@@ -45,7 +45,11 @@ dpkg_wait() {
         sleep 2
     done
 }
-healthy() { [ -e "$up/healthy" ] && systemctl is-active --quiet edgefleet-agent.service; }
+# Healthy = the marker names the agent's current main process (not one restarted since).
+healthy() {
+    pid=$(systemctl show -p MainPID --value edgefleet-agent.service)
+    [ -e "$up/healthy" ] && [ "$pid" != 0 ] && [ "$(cut -d' ' -f1 "$up/healthy")" = "$pid" ]
+}
 
 rm -f "$up/healthy" "$up/result"
 last=

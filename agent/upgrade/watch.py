@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from agent import __version__
 from agent.reconcile import Reconciler
@@ -53,7 +54,8 @@ async def watch_upgrade(reconciler: Reconciler, reporter: Reporter | None) -> No
     if record.broker and reporter is not None:
         while not await reporter.wait_connected(timeout=record.timeout):
             log.warning("agent %s: broker not reachable yet, not healthy", __version__)
-    rec_file.mark_healthy(state_dir, __version__)
+    rec_file.set_previous(state_dir, record.source)
+    rec_file.mark_healthy(state_dir, __version__, os.getpid())
     log.info("agent upgraded %s -> %s: healthy", record.source, __version__)
     reconciler._event(
         "agent_upgraded", reconciler.outcome.commit, source=record.source, target=__version__

@@ -207,7 +207,6 @@ def boot(
     base.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(base)], check=True)
     proc: subprocess.Popen[bytes] | None = None
-    cgroups = _cgroup_dirs(name)
     log = base.parent / f"{name}.console.log"
     try:
         for d in ("upper", "work", "merged"):
@@ -225,47 +224,79 @@ def boot(
             check=True,
         )
         _prepare_root(base / "merged")
-        for cg in cgroups:
-            cg.mkdir(parents=True, exist_ok=True)
-        # Join the cgroups in the shell that execs nspawn: two containers at the cgroup
-        # root collide, and preexec_fn is not safe with threads.
-        join = "; ".join(f"echo $$ > {cg}/cgroup.procs" for cg in cgroups)
-        nspawn = [
-            "systemd-nspawn",
-            "--quiet",
-            "--register=no",
-            "--keep-unit",
-            "--console=read-only",
-            *([f"--network-namespace-path=/run/netns/{netns}"] if netns else ["--private-network"]),
-            *(f"--bind-ro={b}" for b in (*binds_ro, *_code_binds(binds_ro))),
-            "-D",
-            str(base / "merged"),
-            "-M",
-            name,
-            "-b",
-        ]
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                ["sh", "-c", f'{join}; exec "$@"', "sh", *nspawn],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        leader = _wait_leader(proc, log)
-        container = NspawnContainer(name=name, base=base, leader=leader, proc=proc, log=log)
-        state = subprocess.run(
-            [*container.systemctl_prefix, "is-system-running", "--wait"],
-            capture_output=True,
-            text=True,
-            timeout=BOOT_TIMEOUT,
-            check=False,
-        ).stdout.strip()
-        if state not in ("running", "degraded"):
-            raise RuntimeError(f"container {name} is {state!r}: {log.read_text()[-2000:]}")
-        return container
+        proc = _start(name, base, netns, binds_ro, log)
+        return _await_boot(name, base, proc, log)
     except BaseException:
         _cleanup(name, base, proc)
         raise
+
+
+def _start(
+    name: str, base: Path, netns: str | None, binds_ro: Sequence[Path], log: Path
+) -> subprocess.Popen[bytes]:
+    """systemd-nspawn booting the overlay at ``base`` (mounted already), in its cgroups."""
+    cgroups = _cgroup_dirs(name)
+    for cg in cgroups:
+        cg.mkdir(parents=True, exist_ok=True)
+    # Join the cgroups in the shell that execs nspawn: two containers at the cgroup
+    # root collide, and preexec_fn is not safe with threads.
+    join = "; ".join(f"echo $$ > {cg}/cgroup.procs" for cg in cgroups)
+    nspawn = [
+        "systemd-nspawn",
+        "--quiet",
+        "--register=no",
+        "--keep-unit",
+        "--console=read-only",
+        *([f"--network-namespace-path=/run/netns/{netns}"] if netns else ["--private-network"]),
+        *(f"--bind-ro={b}" for b in (*binds_ro, *_code_binds(binds_ro))),
+        "-D",
+        str(base / "merged"),
+        "-M",
+        name,
+        "-b",
+    ]
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            ["sh", "-c", f'{join}; exec "$@"', "sh", *nspawn],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _await_boot(name: str, base: Path, proc: subprocess.Popen[bytes], log: Path) -> NspawnContainer:
+    leader = _wait_leader(proc, log)
+    container = NspawnContainer(name=name, base=base, leader=leader, proc=proc, log=log)
+    state = subprocess.run(
+        [*container.systemctl_prefix, "is-system-running", "--wait"],
+        capture_output=True,
+        text=True,
+        timeout=BOOT_TIMEOUT,
+        check=False,
+    ).stdout.strip()
+    if state not in ("running", "degraded"):
+        raise RuntimeError(f"container {name} is {state!r}: {log.read_text()[-2000:]}")
+    return container
+
+
+def power_cut_and_boot(container: NspawnContainer) -> None:
+    """SIGKILL every process of the container at once (its PID 1 first: the kernel then
+    kills the whole PID namespace), as a power cut would, and boot it again from the same
+    root. ``container`` is updated in place; its network namespace is a new one.
+    Only a private-network container (the default) can be rebooted this way."""
+    os.kill(container.leader, signal.SIGKILL)
+    container.proc.wait(STOP_TIMEOUT)
+    for cg in _cgroup_dirs(container.name):
+        deadline = time.monotonic() + 5
+        while _cgroup_pids(cg) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    proc = _start(container.name, container.base, None, (), container.log)
+    try:
+        booted = _await_boot(container.name, container.base, proc, container.log)
+    except BaseException:
+        container.proc = proc
+        raise
+    container.proc, container.leader = booted.proc, booted.leader
 
 
 def _wait_leader(proc: subprocess.Popen[bytes], log: Path) -> int:

@@ -1,0 +1,235 @@
+"""Agent upgrades end to end: the packaged agent, installed with dpkg in a real systemd
+container, upgrades ITSELF when the fleet repository pins another version.
+
+One container walks through the scenarios in order (each container boot and package
+install is slow): hash mismatch refused -> 0.1.0 upgraded to 0.2.0 -> downgrade without
+the flag refused -> a broken 0.3.0 rolled back to 0.2.0 -> a stage rollback back to 0.1.0
+(allowed: the version run before) -> a power cut in the middle of the install to 0.2.0,
+recovered on the next boot. Packages come from an HTTP server on the test bridge, MQTT
+from mosquitto on it; the repository is in the container's own file system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common import wire
+from tests.testbed.agentdebs import AgentDebs
+from tests.testbed.edgenet import EdgeNet
+from tests.testbed.fleetrepo import FleetRepo, SigningKey
+from tests.testbed.mosquitto import Mosquitto, free_port
+from tests.testbed.mqtt import Watcher
+from tests.testbed.nspawn import NspawnContainer, power_cut_and_boot
+from tests.testbed.pkgserver import PackageServer, package_server
+from tests.testbed.wait import until
+
+NODE = "upgrade-node"
+APP_FILE = "common/files/srv/ef-demo/app.txt"
+AGENT_TOML = """node = "{node}"
+[git]
+url = "file:///srv/ef-test/fleet.git"
+branch = "stable"
+paths = ["common"]
+interval = 1
+[trust]
+allowed_signers = "/etc/edgefleet/allowed_signers"
+[mqtt]
+url = "{mqtt}"
+heartbeat = 5
+[targets.files]
+allowed_roots = ["/srv/ef-demo"]
+[health]
+timeout = 10
+settle = 0
+"""
+
+
+class Node:
+    """The container's agent as the hub sees it: its statuses and events over MQTT."""
+
+    def __init__(self, ct: NspawnContainer, watcher: Watcher) -> None:
+        self.ct = ct
+        self.watcher = watcher
+        self.events: list[dict[str, Any]] = []
+        self.last: dict[str, Any] = {}
+
+    def journal(self) -> str:
+        units = ("-u", "edgefleet-agent", "-u", "edgefleet-upgrade-*")
+        return self.ct.run("journalctl", *units, "--no-pager", "-n", "80", check=False)
+
+    async def status(
+        self, match: Callable[[dict[str, Any]], bool], timeout: float = 90
+    ) -> dict[str, Any]:
+        """The first status from now on that matches (events are collected meanwhile)."""
+        return await self._until(lambda: match(self.last), timeout, "a matching status")
+
+    async def event(self, type_: str, timeout: float = 30) -> None:
+        """Until an event of ``type_`` arrived (now or earlier)."""
+        if type_ not in self.event_types():
+            await self._until(lambda: type_ in self.event_types(), timeout, f"event {type_}")
+
+    async def _until(self, done: Callable[[], bool], timeout: float, what: str) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    msg = await self.watcher.next(timeout=timeout)
+                    doc = json.loads(msg.payload)
+                    if msg.topic == wire.events_topic(NODE):
+                        self.events.append(doc)
+                    else:
+                        self.last = doc
+                    if done():
+                        return self.last
+        except TimeoutError as err:
+            raise AssertionError(f"no {what}; last status {self.last}\n{self.journal()}") from err
+
+    def event_types(self) -> list[str]:
+        return [e["type"] for e in self.events]
+
+    def dpkg(self) -> list[str]:
+        out = self.ct.run("dpkg-query", "-W", "-f=${db:Status-Abbrev}${Version}", "edgefleet")
+        return out.split()
+
+
+def pin(
+    srv: PackageServer, deb: Path, version: str, sha256: str | None = None, extra: str = ""
+) -> str:
+    return (
+        f'[agent]\nversion = "{version}"\npackage = "{srv.url(deb.name)}"\n'
+        f'sha256 = "{sha256 or AgentDebs.sha256(deb)}"\nupgrade_timeout = 120\n{extra}'
+    )
+
+
+def change(app: str, agent: str | None) -> dict[str, str | bytes | None]:
+    files: dict[str, str | bytes | None] = {APP_FILE: f"{app}\n"}
+    if agent is not None:
+        files["common/edgefleet.toml"] = agent
+    return files
+
+
+@pytest.mark.timeout(900)
+async def test_agent_upgrades_itself_through_pins(
+    agent_debs: AgentDebs,
+    fresh_systemd_container: NspawnContainer,
+    edgenet: EdgeNet,
+    tmp_path: Path,
+) -> None:
+    ct = fresh_systemd_container
+    edgenet.attach(ct)
+    port = free_port()
+    broker = Mosquitto(
+        tmp_path / "mosquitto", extra=f"listener {port} {edgenet.host_ip}\nallow_anonymous true\n"
+    )
+    broker.start()
+    try:
+        with package_server(agent_debs.dir, host=edgenet.host_ip) as srv:
+            watcher = Watcher(broker.port, [wire.status_topic(NODE), wire.events_topic(NODE)])
+            try:
+                await watcher.ready()
+                await _scenarios(
+                    ct,
+                    Node(ct, watcher),
+                    srv,
+                    agent_debs,
+                    edgenet,
+                    f"mqtt://{edgenet.host_ip}:{port}",
+                )
+            finally:
+                watcher.close()
+    finally:
+        broker.stop()
+
+
+async def _scenarios(
+    ct: NspawnContainer, node: Node, srv: PackageServer, debs: AgentDebs, net: EdgeNet, mqtt: str
+) -> None:
+    app = ct.root / "srv/ef-demo/app.txt"
+    kept = ct.root / "var/lib/edgefleet/packages"
+    # -- a node on 0.1.0, installed with dpkg ---------------------------------------------
+    shutil.copyfile(debs.v1, ct.root / "root" / debs.v1.name)
+    ct.run("dpkg", "-i", f"/root/{debs.v1.name}", timeout=180)
+    repo = FleetRepo(ct.root / "srv/ef-test")
+    key = SigningKey.create(ct.root / "srv/ef-test/signing")
+    (ct.root / "srv/ef-demo").mkdir(parents=True)
+    shutil.copyfile(key.allowed_signers, ct.root / "etc/edgefleet/allowed_signers")
+    (ct.root / "etc/edgefleet/agent.toml").write_text(AGENT_TOML.format(node=NODE, mqtt=mqtt))
+    c0 = repo.commit(change("v0", None), sign=key)
+    ct.run("systemctl", "enable", "--now", "edgefleet-agent")
+    doc = await node.status(lambda d: d["applied"] == c0 and d["state"] == "synced")
+    assert doc["version"] == "0.1.0"
+
+    # -- hash mismatch: the whole commit refused, nothing changed -------------------------
+    bad_hash = pin(srv, debs.v2, "0.2.0", sha256="0" * 64)
+    c1 = repo.commit(change("v1", bad_hash), sign=key)
+    doc = await node.status(lambda d: d["desired"] == c1 and d["state"] == "refused")
+    assert doc["reason"] == "AgentPackageRefused", doc
+    assert f"the commit pins {'0' * 64}" in doc["message"]
+    assert (doc["applied"], doc["version"]) == (c0, "0.1.0")
+    assert app.read_text() == "v0\n"
+    assert node.dpkg() == ["ii", "0.1.0"]
+    assert not (kept / "edgefleet_0.2.0.deb").exists()
+
+    # -- 0.1.0 -> 0.2.0: applied by the new agent, reported ---------------------------------
+    asked = len(srv.requests)
+    c2 = repo.commit(change("v2", pin(srv, debs.v2, "0.2.0")), sign=key)
+    await node.status(lambda d: d["desired"] == c2 and d["reason"] == "UpgradingAgent")
+    doc = await node.status(lambda d: d["applied"] == c2 and d["state"] == "synced")
+    assert doc["version"] == "0.2.0"
+    assert app.read_text() == "v2\n"
+    assert node.dpkg() == ["ii", "0.2.0"]
+    await node.event("agent_upgraded")
+    assert "agent_upgrade" in node.event_types()
+    # One download, kept; the running package kept (rebuilt from dpkg's database) for rollback.
+    assert [p for p, _ in srv.requests[asked:]] == [f"/{debs.v2.name}"]
+    assert sorted(p.name for p in kept.glob("*.deb")) == [
+        "edgefleet_0.1.0.deb",
+        "edgefleet_0.2.0.deb",
+    ]
+    assert (ct.root / "var/lib/edgefleet/upgrade/result").read_text() == "ok\n"
+
+    # -- downgrade to a version never run here, without allow_downgrade: refused ---------
+    c3 = repo.commit(change("v3", pin(srv, debs.v1, "0.1.0~old")), sign=key)
+    doc = await node.status(lambda d: d["desired"] == c3 and d["state"] == "refused")
+    assert doc["reason"] == "AgentDowngradeRefused" and "allow_downgrade" in doc["message"]
+    assert node.dpkg() == ["ii", "0.2.0"] and app.read_text() == "v2\n"
+
+    # -- a broken 0.3.0: rolled back to 0.2.0 by the watchdog unit, reported failed --------
+    c4 = repo.commit(change("v4", pin(srv, debs.broken, "0.3.0")), sign=key)
+    doc = await node.status(
+        lambda d: d["desired"] == c4 and d["state"] == "failed" and d["version"] == "0.2.0",
+        timeout=180,
+    )
+    assert doc["reason"] == "AgentUpgradeFailed", doc
+    assert "rolled back to 0.2.0" in doc["message"] and "dpkg -i failed" in doc["message"]
+    assert doc["applied"] == c2 and app.read_text() == "v2\n"
+    assert node.dpkg() == ["ii", "0.2.0"]
+    assert ct.show("edgefleet-agent", "ActiveState")["ActiveState"] == "active"
+    await node.event("agent_upgrade_failed")
+
+    # -- a stage rollback pins 0.1.0 again: the version run before, no flag needed --------
+    c5 = repo.commit(change("v5", pin(srv, debs.v1, "0.1.0")), sign=key)
+    doc = await node.status(lambda d: d["applied"] == c5 and d["state"] == "synced", timeout=180)
+    assert doc["version"] == "0.1.0" and node.dpkg() == ["ii", "0.1.0"]
+
+    # -- power cut while dpkg installs 0.2.0: the next boot finishes the job ----------------
+    c6 = repo.commit(change("v6", pin(srv, debs.v2, "0.2.0")), sign=key)
+    await until(
+        lambda: "dpkg" in ct.run("pgrep", "-a", "-f", "dpkg .*-i /var/lib/edgefleet", check=False),
+        timeout=60,
+        what="dpkg installing 0.2.0",
+        details=node.journal,
+    )
+    power_cut_and_boot(ct)
+    net.attach(ct)
+    doc = await node.status(lambda d: d["applied"] == c6 and d["state"] == "synced", timeout=240)
+    assert doc["version"] == "0.2.0"
+    assert node.dpkg() == ["ii", "0.2.0"]
+    assert ct.run("dpkg", "--audit") == ""
+    assert app.read_text() == "v6\n"
