@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ from agent.upgrade import record as rec_file
 from agent.upgrade.fetch import PackageRefused, PackageUnreachable, fetch_package
 from agent.upgrade.transient import unit_name
 from agent.upgrade.version import compare
+from tests.testbed.agentcfg import write_agent_config
+from tests.testbed.fleetrepo import FleetRepo, SigningKey
 from tests.testbed.pkgserver import package_server
 
 SHA = "ab" * 32
@@ -201,3 +204,33 @@ async def test_unreachable_server_is_transient(tmp_path: Path) -> None:
         url = srv.url("ef.deb")
     with pytest.raises(PackageUnreachable, match=r"package http://127\.0\.0\.1"):
         await fetch_package(url, SHA, tmp_path / "packages/x.deb")
+
+
+# -- through the real agent CLI on this host (not installed with dpkg) -----------------
+
+
+def test_idle_agent_does_not_import_the_upgrade_code() -> None:
+    code = (
+        "import sys, agent.service, agent.cli\n"
+        "print(sorted(m for m in sys.modules if m.startswith('agent.upgrade')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_pin_on_a_node_without_dpkg_install_is_refused(
+    tmp_path: Path, fleet_repo: FleetRepo, signing_key: SigningKey
+) -> None:
+    """This host runs the agent from a venv (as install.sh leaves it): no dpkg package."""
+    agent = write_agent_config(
+        tmp_path / "agent", fleet_repo.url, allowed_signers=signing_key.allowed_signers
+    )
+    target = f"common/files{agent.root}/app.conf"
+    pin = f'[agent]\nversion = "9.9.9"\npackage = "http://127.0.0.1:9/x.deb"\nsha256 = "{SHA}"\n'
+    fleet_repo.commit({target: "v1\n", "common/edgefleet.toml": pin}, sign=signing_key)
+    done = agent.cli("sync", "--once")
+    assert done.returncode == 1
+    assert "refused" in done.stdout and "installed without dpkg" in done.stdout, done.stdout
+    assert not (agent.root / "app.conf").exists()
+    assert not (agent.state_dir / "upgrade").exists()
+    assert not (agent.state_dir / "packages").exists()

@@ -28,6 +28,11 @@ new=$1 prev=$2 dir=$3 timeout=$4 lock_wait=$5
 up=$dir/upgrade
 say() { echo "edgefleet-upgrade: $*"; }
 finish() { printf '%s\n' "$1" >"$up/result.tmp" && mv "$up/result.tmp" "$up/result"; }
+# The line after "error processing" says why (e.g. "... post-installation script ...").
+why() {
+    printf '%s\n' "$1" | grep -A1 -m1 'error processing' | tail -n 1 | sed 's/^ *//' | grep . ||
+        printf '%s\n' "$1" | tail -n 1
+}
 dpkg_wait() {
     end=$(( $(date +%s) + lock_wait ))
     while :; do
@@ -38,7 +43,7 @@ dpkg_wait() {
         [ $rc = 0 ] && return 0
         case $out in
             *"locked by another process"*) ;;
-            *) last=$(printf '%s' "$out" | tail -n 1); return 1 ;;
+            *) last=$(why "$out"); return 1 ;;
         esac
         [ "$(date +%s)" -lt "$end" ] || { last="dpkg lock held for ${lock_wait}s"; return 1; }
         say "dpkg is locked (apt?); waiting"
