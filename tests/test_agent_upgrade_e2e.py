@@ -2,7 +2,8 @@
 container, upgrades ITSELF when the fleet repository pins another version.
 
 One container walks through the scenarios in order (each container boot and package
-install is slow): hash mismatch refused -> 0.1.0 upgraded to 0.2.0 -> downgrade without
+install is slow): hash mismatch refused -> 0.1.0 upgraded to 0.2.0 (after waiting for a
+dpkg lock held as apt holds it) -> downgrade without
 the flag refused -> a broken 0.3.0 rolled back to 0.2.0 -> a stage rollback back to 0.1.0
 (allowed: the version run before) -> a power cut in the middle of the install to 0.2.0,
 recovered on the next boot. Packages come from an HTTP server on the test bridge, MQTT
@@ -21,34 +22,23 @@ from typing import Any
 import pytest
 
 from common import wire
+from tests.test_packaging import NODE, _agent_toml
 from tests.testbed.agentdebs import AgentDebs
-from tests.testbed.edgenet import EdgeNet
+from tests.testbed.edgenet import EdgeNet, bridge_broker
 from tests.testbed.fleetrepo import FleetRepo, SigningKey
-from tests.testbed.mosquitto import Mosquitto, free_port
 from tests.testbed.mqtt import Watcher
 from tests.testbed.nspawn import NspawnContainer, power_cut_and_boot
 from tests.testbed.pkgserver import PackageServer, package_server
 from tests.testbed.wait import until
 
-NODE = "upgrade-node"
 APP_FILE = "common/files/srv/ef-demo/app.txt"
-AGENT_TOML = """node = "{node}"
-[git]
-url = "file:///srv/ef-test/fleet.git"
-branch = "stable"
-paths = ["common"]
-interval = 1
-[trust]
-allowed_signers = "/etc/edgefleet/allowed_signers"
-[mqtt]
-url = "{mqtt}"
-heartbeat = 5
-[targets.files]
-allowed_roots = ["/srv/ef-demo"]
-[health]
-timeout = 10
-settle = 0
-"""
+# What apt does: an fcntl lock on dpkg's frontend lock file, held until stopped.
+HOLD_DPKG_LOCK = (
+    "import fcntl, time\n"
+    "f = open('/var/lib/dpkg/lock-frontend', 'w')\n"
+    "fcntl.lockf(f, fcntl.LOCK_EX)\n"
+    "time.sleep(3600)\n"
+)
 
 
 class Node:
@@ -123,28 +113,16 @@ async def test_agent_upgrades_itself_through_pins(
 ) -> None:
     ct = fresh_systemd_container
     edgenet.attach(ct)
-    port = free_port()
-    broker = Mosquitto(
-        tmp_path / "mosquitto", extra=f"listener {port} {edgenet.host_ip}\nallow_anonymous true\n"
-    )
-    broker.start()
-    try:
-        with package_server(agent_debs.dir, host=edgenet.host_ip) as srv:
-            watcher = Watcher(broker.port, [wire.status_topic(NODE), wire.events_topic(NODE)])
-            try:
-                await watcher.ready()
-                await _scenarios(
-                    ct,
-                    Node(ct, watcher),
-                    srv,
-                    agent_debs,
-                    edgenet,
-                    f"mqtt://{edgenet.host_ip}:{port}",
-                )
-            finally:
-                watcher.close()
-    finally:
-        broker.stop()
+    with (
+        bridge_broker(tmp_path / "mosquitto", edgenet) as (broker, mqtt),
+        package_server(agent_debs.dir, host=edgenet.host_ip) as srv,
+    ):
+        watcher = Watcher(broker.port, [wire.status_topic(NODE), wire.events_topic(NODE)])
+        try:
+            await watcher.ready()
+            await _scenarios(ct, Node(ct, watcher), srv, agent_debs, edgenet, mqtt)
+        finally:
+            watcher.close()
 
 
 async def _scenarios(
@@ -152,14 +130,14 @@ async def _scenarios(
 ) -> None:
     app = ct.root / "srv/ef-demo/app.txt"
     kept = ct.root / "var/lib/edgefleet/packages"
-    # -- a node on 0.1.0, installed with dpkg ---------------------------------------------
+    # -- a node on 0.1.0, installed with dpkg, configured as tests/test_packaging.py does --
     shutil.copyfile(debs.v1, ct.root / "root" / debs.v1.name)
     ct.run("dpkg", "-i", f"/root/{debs.v1.name}", timeout=180)
     repo = FleetRepo(ct.root / "srv/ef-test")
     key = SigningKey.create(ct.root / "srv/ef-test/signing")
     (ct.root / "srv/ef-demo").mkdir(parents=True)
     shutil.copyfile(key.allowed_signers, ct.root / "etc/edgefleet/allowed_signers")
-    (ct.root / "etc/edgefleet/agent.toml").write_text(AGENT_TOML.format(node=NODE, mqtt=mqtt))
+    (ct.root / "etc/edgefleet/agent.toml").write_text(_agent_toml("/srv/ef-test/fleet.git", mqtt))
     c0 = repo.commit(change("v0", None), sign=key)
     ct.run("systemctl", "enable", "--now", "edgefleet-agent")
     doc = await node.status(lambda d: d["applied"] == c0 and d["state"] == "synced")
@@ -177,9 +155,20 @@ async def _scenarios(
     assert not (kept / "edgefleet_0.2.0.deb").exists()
 
     # -- 0.1.0 -> 0.2.0: applied by the new agent, reported ---------------------------------
+    # apt-daily holds dpkg's lock as the upgrade starts: the watchdog unit waits for it.
+    ct.run("systemd-run", "--unit", "fake-apt", "python3", "-c", HOLD_DPKG_LOCK)
     asked = len(srv.requests)
     c2 = repo.commit(change("v2", pin(srv, debs.v2, "0.2.0")), sign=key)
     await node.status(lambda d: d["desired"] == c2 and d["reason"] == "UpgradingAgent")
+    upgrade_log = ("journalctl", "-u", "edgefleet-upgrade-0.2.0", "--no-pager")
+    await until(
+        lambda: "dpkg is locked (apt?); waiting" in ct.run(*upgrade_log, check=False),
+        timeout=60,
+        what="the upgrade waiting for dpkg's lock",
+        details=node.journal,
+    )
+    assert node.dpkg() == ["ii", "0.1.0"]
+    ct.run("systemctl", "stop", "fake-apt")
     doc = await node.status(lambda d: d["applied"] == c2 and d["state"] == "synced")
     assert doc["version"] == "0.2.0"
     assert app.read_text() == "v2\n"
@@ -231,6 +220,9 @@ async def _scenarios(
     )
     power_cut_and_boot(ct)
     net.attach(ct)
+    # The test container boots a minimal target, not multi-user.target (which the package
+    # enables the agent in): start it as a real boot would.
+    ct.run("systemctl", "start", "edgefleet-agent", check=False)
     doc = await node.status(lambda d: d["applied"] == c6 and d["state"] == "synced", timeout=240)
     assert doc["version"] == "0.2.0"
     assert node.dpkg() == ["ii", "0.2.0"]

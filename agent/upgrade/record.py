@@ -57,16 +57,24 @@ def save(state_dir: Path, record: UpgradeRecord) -> None:
     write_atomic(_dir(state_dir) / "record.json", data, 0o600)
 
 
-def result(state_dir: Path) -> str | None:
-    """``ok``, ``failed: <reason>`` or None while the upgrade runs (or never ran)."""
+def _read_line(state_dir: Path, name: str) -> str | None:
     try:
-        return (_dir(state_dir) / "result").read_text().strip() or None
+        return (_dir(state_dir) / name).read_text().strip() or None
     except FileNotFoundError:
         return None
 
 
+def _write_line(state_dir: Path, name: str, text: str) -> None:
+    write_atomic(_dir(state_dir) / name, f"{text}\n".encode(), 0o600)
+
+
+def result(state_dir: Path) -> str | None:
+    """``ok``, ``failed: <reason>`` or None while the upgrade runs (or never ran)."""
+    return _read_line(state_dir, "result")
+
+
 def write_result(state_dir: Path, text: str) -> None:
-    write_atomic(_dir(state_dir) / "result", f"{text}\n".encode(), 0o600)
+    _write_line(state_dir, "result", text)
 
 
 def clear_result(state_dir: Path) -> None:
@@ -77,17 +85,14 @@ def clear_result(state_dir: Path) -> None:
 def mark_healthy(state_dir: Path, version: str, pid: int) -> None:
     """The watchdog checks ``pid`` against the unit's MainPID: only the agent running now
     (not one restarted since) can vouch for itself."""
-    write_atomic(_dir(state_dir) / "healthy", f"{pid} {version}\n".encode(), 0o600)
+    _write_line(state_dir, "healthy", f"{pid} {version}")
 
 
 def previous(state_dir: Path) -> str | None:
     """The version this node ran before the last successful upgrade (a stage rollback
     may go back to it without ``allow_downgrade``)."""
-    try:
-        return (_dir(state_dir) / "previous").read_text().strip() or None
-    except FileNotFoundError:
-        return None
+    return _read_line(state_dir, "previous")
 
 
 def set_previous(state_dir: Path, version: str) -> None:
-    write_atomic(_dir(state_dir) / "previous", f"{version}\n".encode(), 0o600)
+    _write_line(state_dir, "previous", version)
