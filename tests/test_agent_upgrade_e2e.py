@@ -84,8 +84,10 @@ class Node:
         return [e["type"] for e in self.events]
 
     def dpkg(self) -> list[str]:
-        out = self.ct.run("dpkg-query", "-W", "-f=${db:Status-Abbrev}${Version}", "edgefleet")
-        return out.split()
+        """dpkg's state abbreviation (``ii`` = installed) and version of the package."""
+        out = self.ct.run("dpkg-query", "-W", "-f=${db:Status-Abbrev}|${Version}", "edgefleet")
+        status, _, version = out.partition("|")
+        return [status.strip(), version]
 
 
 def pin(
@@ -212,12 +214,8 @@ async def _scenarios(
 
     # -- power cut while dpkg installs 0.2.0: the next boot finishes the job ----------------
     c6 = repo.commit(change("v6", pin(srv, debs.v2, "0.2.0")), sign=key)
-    await until(
-        lambda: "dpkg" in ct.run("pgrep", "-a", "-f", "dpkg .*-i /var/lib/edgefleet", check=False),
-        timeout=60,
-        what="dpkg installing 0.2.0",
-        details=node.journal,
-    )
+    # Cut when dpkg has started to change the package (half-installed, unpacked, ...).
+    await until(lambda: node.dpkg() != ["ii", "0.1.0"], timeout=60, what="dpkg installing 0.2.0")
     power_cut_and_boot(ct)
     net.attach(ct)
     # The test container boots a minimal target, not multi-user.target (which the package

@@ -1,7 +1,8 @@
-"""Three agent packages for upgrade tests, built once per session: 0.1.0 and 0.2.0 by
-packaging/build-deb (without the k3s extra, to keep builds and installs short), and a
-BROKEN 0.3.0 (0.2.0 repacked with an agent entry point that exits 1), plus their
-SHA-256s as a fleet repository pins them.
+"""Agent packages for upgrade tests, built once per session: 0.1.0 and 0.2.0 by
+packaging/build-deb (without the k3s extra, to keep builds and installs short), and two
+bad ones made by repacking 0.2.0 with another agent entry point: a BROKEN 0.3.0 that
+exits 1 (its postinst's restart fails, so does ``dpkg -i``) and a HUNG 0.4.0 that tells
+systemd it is ready and then does nothing (installs fine, never becomes healthy).
 """
 
 from __future__ import annotations
@@ -17,6 +18,15 @@ import pytest
 from tests.testbed.debpkg import build_deb
 
 BROKEN_AGENT = "#!/bin/sh\necho 'edgefleet-agent: this build is broken on purpose' >&2\nexit 1\n"
+HUNG_AGENT = """#!/bin/sh
+exec /usr/bin/python3 -c '
+import os, socket, time
+addr = os.environ["NOTIFY_SOCKET"]
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.sendto(b"READY=1", "\\0" + addr[1:] if addr.startswith("@") else addr)
+time.sleep(3600)
+'
+"""
 
 
 @dataclass(frozen=True)
@@ -26,18 +36,19 @@ class AgentDebs:
     v1: Path
     v2: Path
     broken: Path
+    hung: Path
 
     @staticmethod
     def sha256(deb: Path) -> str:
         return hashlib.sha256(deb.read_bytes()).hexdigest()
 
 
-def repack_broken(deb: Path, version: str, out: Path) -> Path:
-    """``deb`` as ``version`` with an agent that exits 1 at once."""
+def repack(deb: Path, version: str, out: Path, agent_script: str) -> Path:
+    """``deb`` as ``version`` with ``agent_script`` as the agent's entry point."""
     work = out / f"repack-{version}"
     subprocess.run(["dpkg-deb", "-R", str(deb), str(work)], check=True)
     agent = work / "opt/edgefleet/venv/bin/edgefleet-agent"
-    agent.write_text(BROKEN_AGENT)
+    agent.write_text(agent_script)
     control = work / "DEBIAN/control"
     lines = control.read_text().splitlines()
     control.write_text(
@@ -61,4 +72,5 @@ def agent_debs(tmp_path_factory: pytest.TempPathFactory) -> AgentDebs:
     out = tmp_path_factory.mktemp("agent-debs")
     v1 = build_deb(out, "0.1.0", extras="")
     v2 = build_deb(out, "0.2.0", extras="")
-    return AgentDebs(dir=out, v1=v1, v2=v2, broken=repack_broken(v2, "0.3.0", out))
+    broken = repack(v2, "0.3.0", out, BROKEN_AGENT)
+    return AgentDebs(out, v1, v2, broken, hung=repack(v2, "0.4.0", out, HUNG_AGENT))
