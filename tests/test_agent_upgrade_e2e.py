@@ -3,11 +3,12 @@ container, upgrades ITSELF when the fleet repository pins another version.
 
 One container walks through the scenarios in order (each container boot and package
 install is slow): hash mismatch refused -> 0.1.0 upgraded to 0.2.0 (after waiting for a
-dpkg lock held as apt holds it) -> downgrade without
-the flag refused -> a broken 0.3.0 rolled back to 0.2.0 -> a stage rollback back to 0.1.0
-(allowed: the version run before) -> a power cut in the middle of the install to 0.2.0,
-recovered on the next boot. Packages come from an HTTP server on the test bridge, MQTT
-from mosquitto on it; the repository is in the container's own file system.
+dpkg lock held as apt holds it) -> downgrade without the flag refused -> a broken 0.3.0
+(dpkg -i fails) and a hung 0.4.0 (never healthy) rolled back to 0.2.0 -> a stage rollback
+back to 0.1.0 (allowed: the version run before) -> a power cut in the middle of the
+install to 0.2.0, recovered on the next boot. Packages come from an HTTP server on the
+test bridge, MQTT from mosquitto on it; the repository is in the container's own file
+system.
 """
 
 from __future__ import annotations
@@ -91,11 +92,11 @@ class Node:
 
 
 def pin(
-    srv: PackageServer, deb: Path, version: str, sha256: str | None = None, extra: str = ""
+    srv: PackageServer, deb: Path, version: str, sha256: str | None = None, timeout: int = 120
 ) -> str:
     return (
         f'[agent]\nversion = "{version}"\npackage = "{srv.url(deb.name)}"\n'
-        f'sha256 = "{sha256 or AgentDebs.sha256(deb)}"\nupgrade_timeout = 120\n{extra}'
+        f'sha256 = "{sha256 or AgentDebs.sha256(deb)}"\nupgrade_timeout = {timeout}\n'
     )
 
 
@@ -206,6 +207,15 @@ async def _scenarios(
     assert node.dpkg() == ["ii", "0.2.0"]
     assert ct.show("edgefleet-agent", "ActiveState")["ActiveState"] == "active"
     await node.event("agent_upgrade_failed")
+
+    # -- a hung 0.4.0 (ready, never healthy): rolled back once upgrade_timeout runs out ------
+    c4h = repo.commit(change("v4h", pin(srv, debs.hung, "0.4.0", timeout=15)), sign=key)
+    doc = await node.status(
+        lambda d: d["desired"] == c4h and d["state"] == "failed" and d["version"] == "0.2.0",
+        timeout=180,
+    )
+    assert "the new agent was not healthy within 15s" in doc["message"], doc
+    assert node.dpkg() == ["ii", "0.2.0"] and app.read_text() == "v2\n"
 
     # -- a stage rollback pins 0.1.0 again: the version run before, no flag needed --------
     c5 = repo.commit(change("v5", pin(srv, debs.v1, "0.1.0")), sign=key)
