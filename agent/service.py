@@ -169,16 +169,20 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start_reporting()
+        upgrading = None
+        if upgrade_pending(self.cfg.state_dir):
+            from agent.upgrade import watch  # noqa: PLC0415 - only mid-upgrade
+
+            upgrading = await watch.resume_cut_off(self.reconciler)
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(self._poll_loop(), name="poll"),
                     tg.create_task(self._drift_loop(), name="drift"),
                 ]
-                if upgrade_pending(self.cfg.state_dir):
-                    from agent.upgrade.watch import watch_upgrade  # noqa: PLC0415 - mid-upgrade only
-
-                    tasks.append(tg.create_task(watch_upgrade(self.reconciler, self.reporter)))
+                if upgrading is not None:
+                    confirm = watch.confirm_healthy(self.reconciler, self.reporter, upgrading)
+                    tasks.append(tg.create_task(confirm, name="upgrade"))
                 watchdog = sdnotify.watchdog_interval()
                 if watchdog is not None:
                     tasks.append(tg.create_task(self._watchdog_loop(watchdog), name="watchdog"))

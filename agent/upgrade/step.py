@@ -25,7 +25,7 @@ from agent.upgrade.package import (
     package_path,
     prune_packages,
 )
-from agent.upgrade.transient import launch, unit_name
+from agent.upgrade.transient import launch, unit_active, unit_name
 from agent.upgrade.version import compare
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ async def _upgrade(rec: Reconciler, head: str, pin: AgentPin, dry_run: bool) -> 
     state_dir = rec.cfg.state_dir
     earlier = rec_file.load(state_dir)
     if earlier is not None and earlier.sha256 == pin.sha256 and not dry_run:
-        return _earlier_attempt(rec, head, pin, earlier)
+        return await _earlier_attempt(rec, head, pin, earlier)
     installed = await installed_version()
     if installed is None:
         return rec._refuse(
@@ -111,18 +111,25 @@ async def _upgrade(rec: Reconciler, head: str, pin: AgentPin, dry_run: bool) -> 
     return rec.outcome
 
 
-def _earlier_attempt(
+async def _earlier_attempt(
     rec: Reconciler, head: str, pin: AgentPin, earlier: rec_file.UpgradeRecord
 ) -> Outcome:
     """The verdict on this package from an attempt before (running, or failed)."""
-    result = rec_file.result(rec.cfg.state_dir)
-    if result is None:
-        return Outcome(
-            "progressing",
-            "UpgradingAgent",
-            f"agent upgrade {earlier.source} -> {pin.version} in progress ({earlier.unit})",
-            head,
-        )
+    state_dir = rec.cfg.state_dir
+    if rec_file.result(state_dir) is None:
+        if await unit_active(earlier.unit):
+            return Outcome(
+                "progressing",
+                "UpgradingAgent",
+                f"agent upgrade {earlier.source} -> {pin.version} in progress ({earlier.unit})",
+                head,
+            )
+        # Read again: the unit may have said its result just before it ended.
+        if rec_file.result(state_dir) is None:
+            rec_file.write_result(
+                state_dir, f"failed: {earlier.unit} ended without a result (see its journal)"
+            )
+    result = rec_file.result(state_dir) or ""
     reason = result.removeprefix("failed: ")
     if result == "ok":
         reason = f"edgefleet {pin.version} was installed, but the agent reports {__version__}"

@@ -1,12 +1,13 @@
-"""The agent's side of an upgrade in flight, started only when ``state_dir/upgrade``
+"""The agent's side of an upgrade in flight, loaded only when ``state_dir/upgrade``
 holds a record without a result (agent.agentpin.upgrade_pending).
 
-- The watchdog unit died with the node (power cut, kill -9): start it again. Its script
-  first runs ``dpkg --configure -a``, then installs the new package again and waits, so
-  a half-installed package ends either installed and healthy or rolled back.
-- This agent is the new version: once a reconcile ends synced (and the broker is
-  reachable, when it was before the upgrade), write the ``healthy`` marker the watchdog
-  waits for, and say so.
+- :func:`resume_cut_off`, before the agent's loops start: the watchdog unit died with
+  the node (power cut, kill -9), so start it again. Its script first runs
+  ``dpkg --configure -a``, then installs the new package again and waits, so a
+  half-installed package ends either installed and healthy or rolled back.
+- :func:`confirm_healthy`, a task of the new agent: once a reconcile ends synced (and the
+  broker is reachable, when it was before the upgrade), write the ``healthy`` marker the
+  watchdog waits for, and say so.
 """
 
 from __future__ import annotations
@@ -16,22 +17,33 @@ import logging
 import os
 
 from agent import __version__
+from agent.errors import ApplyError
 from agent.reconcile import Reconciler
 from agent.report import Reporter
 from agent.upgrade import record as rec_file
 from agent.upgrade.package import package_path
-from agent.upgrade.record import MAX_ATTEMPTS
+from agent.upgrade.record import MAX_ATTEMPTS, UpgradeRecord
 from agent.upgrade.transient import launch, unit_active
 
 log = logging.getLogger(__name__)
 PASS_POLL = 0.5
 
 
-async def watch_upgrade(reconciler: Reconciler, reporter: Reporter | None) -> None:
+async def resume_cut_off(reconciler: Reconciler) -> UpgradeRecord | None:
+    """The pending upgrade if this agent is its new version (it must confirm it)."""
+    try:
+        return await _resume(reconciler)
+    except OSError as err:
+        # The agent must come up whatever: the watchdog unit, if alive, still decides.
+        log.error("cannot resume the agent upgrade: %s", err)
+        return None
+
+
+async def _resume(reconciler: Reconciler) -> UpgradeRecord | None:
     state_dir = reconciler.cfg.state_dir
     record = rec_file.load(state_dir)
     if record is None:
-        return
+        return None
     if not await unit_active(record.unit):
         if record.attempts >= MAX_ATTEMPTS:
             log.error(
@@ -40,20 +52,30 @@ async def watch_upgrade(reconciler: Reconciler, reporter: Reporter | None) -> No
             rec_file.write_result(
                 state_dir, f"failed: the install was cut off {MAX_ATTEMPTS} times"
             )
-            return
+            return None
         record.attempts += 1
         rec_file.save(state_dir, record)
         log.warning("agent upgrade to %s was cut off; resuming it", record.target)
         new, prev = package_path(state_dir, record.target), package_path(state_dir, record.source)
-        await launch(state_dir, record.unit, new, prev, record.timeout)
-    if __version__ != record.target:
-        return  # the previous agent: the watchdog decides, this one just runs
+        try:
+            await launch(state_dir, record.unit, new, prev, record.timeout)
+        except ApplyError as err:
+            rec_file.write_result(state_dir, f"failed: cannot resume the install: {err}")
+            return None
+    # The previous agent (rolled back, or the install had not started): the unit decides.
+    return record if __version__ == record.target else None
+
+
+async def confirm_healthy(
+    reconciler: Reconciler, reporter: Reporter | None, record: UpgradeRecord
+) -> None:
     # No pass event in the pipeline; a local attribute read, and only mid-upgrade.
     while reconciler.outcome.state not in ("synced", "drifted"):  # noqa: ASYNC110
         await asyncio.sleep(PASS_POLL)
     if record.broker and reporter is not None:
         while not await reporter.wait_connected(timeout=record.timeout):
             log.warning("agent %s: broker not reachable yet, not healthy", __version__)
+    state_dir = reconciler.cfg.state_dir
     rec_file.set_previous(state_dir, record.source)
     rec_file.mark_healthy(state_dir, __version__, os.getpid())
     log.info("agent upgraded %s -> %s: healthy", record.source, __version__)
