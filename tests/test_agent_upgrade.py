@@ -19,6 +19,7 @@ from agent.desired import merge_options, parse_options
 from agent.errors import SourceError
 from agent.upgrade import record as rec_file
 from agent.upgrade.fetch import PackageRefused, PackageUnreachable, fetch_package
+from agent.upgrade.package import check_package
 from agent.upgrade.transient import unit_name
 from agent.upgrade.version import compare
 from tests.testbed.agentcfg import write_agent_config
@@ -234,3 +235,59 @@ def test_pin_on_a_node_without_dpkg_install_is_refused(
     assert not (agent.root / "app.conf").exists()
     assert not (agent.state_dir / "upgrade").exists()
     assert not (agent.state_dir / "packages").exists()
+
+
+# -- what the package says about itself (dpkg-deb -f, the real tool) -------------------
+
+
+def _tiny_deb(tmp_path: Path, package: str, version: str, arch: str) -> Path:
+    root = tmp_path / f"{package}-{version}-{arch}"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN/control").write_text(
+        f"Package: {package}\nVersion: {version}\nArchitecture: {arch}\n"
+        "Maintainer: t <t@example.org>\nDescription: test\n"
+    )
+    deb = tmp_path / f"{root.name}.deb"
+    subprocess.run(["dpkg-deb", "-b", str(root), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+def _host_arch() -> str:
+    return subprocess.run(
+        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+async def test_package_for_this_machine_passes(tmp_path: Path) -> None:
+    await check_package(_tiny_deb(tmp_path, "edgefleet", "0.2.0", _host_arch()), "0.2.0")
+    await check_package(_tiny_deb(tmp_path, "edgefleet", "0.2.0", "all"), "0.2.0")
+
+
+async def test_package_for_another_architecture_is_refused(tmp_path: Path) -> None:
+    other = "arm64" if _host_arch() != "arm64" else "amd64"
+    deb = _tiny_deb(tmp_path, "edgefleet", "0.2.0", other)
+    with pytest.raises(PackageRefused, match=f"package is for {other}, this node is"):
+        await check_package(deb, "0.2.0")
+
+
+@pytest.mark.parametrize(
+    ("package", "version", "message"),
+    [
+        ("nginx", "0.2.0", "package is 'nginx', not edgefleet"),
+        ("edgefleet", "0.2.1", "package is version 0.2.1, the pin says 0.2.0"),
+    ],
+)
+async def test_package_must_be_the_pinned_one(
+    tmp_path: Path, package: str, version: str, message: str
+) -> None:
+    deb = _tiny_deb(tmp_path, package, version, _host_arch())
+    with pytest.raises(PackageRefused) as err:
+        await check_package(deb, "0.2.0")
+    assert str(err.value) == message
+
+
+async def test_not_a_package_is_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "x.deb"
+    junk.write_bytes(b"<html>not found</html>")
+    with pytest.raises(PackageRefused, match=r"x\.deb is not a Debian package"):
+        await check_package(junk, "0.2.0")
