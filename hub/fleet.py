@@ -49,10 +49,10 @@ class Fleet:
         heads = self._heads()
         stages: dict[str, dict[str, Any]] = {
             s.name: {"branch": s.branch, "head": heads.get(s.branch), "nodes": 0,
-                     "states": empty_states()}
+                     "states": empty_states(), "versions": {}}
             for s in self._cfg.stages
         }  # fmt: skip
-        unstaged: dict[str, Any] = {"nodes": 0, "states": empty_states()}
+        unstaged: dict[str, Any] = {"nodes": 0, "states": empty_states(), "versions": {}}
         total = 0
         for branch, state, n in await self._store.state_counts(now):
             total += n
@@ -63,7 +63,7 @@ class Fleet:
             bucket["states"][state] = bucket["states"].get(state, 0) + n
         for branch, version, n in await self._store.version_counts():
             name = self.stage_name(branch)
-            versions = (stages[name] if name is not None else unstaged).setdefault("versions", {})
+            versions = (stages[name] if name is not None else unstaged)["versions"]
             versions[version or "unknown"] = versions.get(version or "unknown", 0) + n
         out: dict[str, Any] = {
             "nodes": total,
@@ -189,7 +189,7 @@ class Fleet:
                           "end": s.window.end},
                     "nodes": counts["nodes"],
                     "states": counts["states"],
-                    "versions": counts.get("versions", {}),
+                    "versions": counts["versions"],
                 }
             )  # fmt: skip
         return {"stages": out}

@@ -74,6 +74,7 @@ def test_versions_per_node_and_stage(versioned_hub: HubProc) -> None:
     stages = hub.get("/api/v1/summary")["stages"]
     assert stages["canary"]["versions"] == {"0.1.0": 1, "0.2.0": 1}
     assert stages["stable"]["versions"] == {"0.1.0": 2, "unknown": 1}
+    assert stages["beta"]["versions"] == {}  # no nodes yet, the key is there
     listed: dict[str, Any] = {s["name"]: s for s in hub.get("/api/v1/stages")["stages"]}
     assert listed["canary"]["versions"] == {"0.1.0": 1, "0.2.0": 1}
     assert listed["canary"]["gate"]["agent_version"] is None
