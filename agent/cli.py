@@ -19,6 +19,7 @@ from typing import Any
 from agent import __version__
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
 from agent.errors import ConfigError, EdgefleetError
+from agent.roots import prepare_roots
 from agent.state import StateStore, iter_owned
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -39,13 +40,17 @@ def _parser() -> argparse.ArgumentParser:
         help=f"agent config file (default: {DEFAULT_CONFIG_PATH})",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    # --config is also accepted after the command (`sync --once --config x`).
+    # The same options after the command (`sync --once --config x`); SUPPRESS keeps a
+    # value given before the command.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
         type=Path,
         default=argparse.SUPPRESS,
         help=f"agent config file (default: {DEFAULT_CONFIG_PATH})",
+    )
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser(
@@ -68,7 +73,16 @@ def _parser() -> argparse.ArgumentParser:
         "status", parents=[common], help="show this node's local state (no network)"
     )
     st.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.add_parser("verify", help="check config, Git access and the signature of the current head")
+    sub.add_parser(
+        "verify",
+        parents=[common],
+        help="check config, Git access and the signature of the current head",
+    )
+    sub.add_parser(
+        "prepare-roots",
+        parents=[common],
+        help="create missing allowed roots (0755) before the unit's sandbox needs them",
+    )
     return p
 
 
@@ -143,6 +157,12 @@ def _status(cfg: AgentConfig, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _prepare_roots(cfg: AgentConfig) -> int:
+    for path in prepare_roots(cfg.path, cfg.targets.files.allowed_roots):
+        print(f"created {path}")
+    return EXIT_OK
+
+
 async def _verify(cfg: AgentConfig) -> int:
     from agent.signcheck import SignatureChecker  # noqa: PLC0415
     from agent.source import GitSource  # noqa: PLC0415
@@ -150,7 +170,7 @@ async def _verify(cfg: AgentConfig) -> int:
     print(f"config     {cfg.path}: ok (node {cfg.node}, branch {cfg.git.branch})")
     # A scratch cache: verify must not touch the running daemon's Git cache.
     scratch = tempfile.TemporaryDirectory(prefix="edgefleet-verify-")
-    source = GitSource(cfg.git, Path(scratch.name))
+    source = GitSource(cfg.git, Path(scratch.name), cfg.targets.files)
     try:
         head = await source.remote_head()
         print(f"git        {cfg.git.url}: {cfg.git.branch} is at {head}")
@@ -188,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_sync(cfg, args.dry_run))
         if args.command == "status":
             return _status(cfg, args.json)
+        if args.command == "prepare-roots":
+            return _prepare_roots(cfg)
         return asyncio.run(_verify(cfg))
     except ConfigError as err:  # e.g. a malformed allowed_signers file
         print(f"edgefleet-agent: config error: {err}", file=sys.stderr)

@@ -7,6 +7,7 @@ errors too: a typo must not silently fall back to a default on a remote device.
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
+from common import wire
+from common.durations import DAY, HOUR
 from common.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/agent.toml")
@@ -23,6 +26,8 @@ NonFastForward = Literal["never", "known-good", "always"]
 DriftMode = Literal["correct", "report"]
 
 _GIT_SCHEMES = ("file", "git", "http", "https", "ssh")
+HEALTH_TIMEOUT_MAX = DAY
+"""Seconds; also the ceiling of a path's edgefleet.toml [health] timeout."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,11 @@ class FilesConfig:
     enabled: bool = True
     allowed_roots: tuple[Path, ...] = ()
     """Absolute directories files may be written under; empty = no file may be placed."""
+    max_file_size: int = 32 * 1024 * 1024
+    """Bytes one file of the node's paths may have (units, manifests included); a commit
+    with a larger one is refused before it is read. 32 MiB fits small devices' RAM."""
+    max_total_size: int = 256 * 1024 * 1024
+    """Bytes all files of the node's paths may add up to, checked the same way."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +146,15 @@ class AgentConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
 
 
+def resolves_to_itself(path: Path) -> bool:
+    """True when no existing part of an absolute path is a symlink (a missing tail is fine):
+    a root that is a link could point the agent's writes anywhere, even at '/'."""
+    try:
+        return path.resolve() == path
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+        return False
+
+
 def _check_repo_path(sec: Section, key: str, value: str) -> str:
     parts = value.strip("/").split("/")
     if value.startswith("/") or any(p in ("", ".", "..") for p in parts):
@@ -160,8 +179,8 @@ def _git(root: Section) -> GitConfig:
         url=url,
         branch=branch,
         paths=tuple(_check_repo_path(sec, "paths", p) for p in paths),
-        interval=sec.number("interval", 60.0, minimum=1.0),
-        timeout=sec.number("timeout", 30.0, minimum=1.0),
+        interval=sec.duration("interval", 60.0, minimum=1.0, maximum=DAY),
+        timeout=sec.duration("timeout", 30.0, minimum=1.0, maximum=HOUR),
         ssh_key=sec.file("ssh_key"),
         known_hosts=sec.file("known_hosts"),
         token_file=sec.file("token_file"),
@@ -196,8 +215,8 @@ def _mqtt(root: Section) -> MqttConfig:
     sec = root.table("mqtt")
     cfg = MqttConfig(
         **mqtt_connection(sec),
-        heartbeat=sec.number("heartbeat", 30.0, minimum=1.0),
-        outbox_max=sec.integer("outbox_max", 10_000, minimum=10),
+        heartbeat=sec.duration("heartbeat", 30.0, minimum=1.0, maximum=DAY),
+        outbox_max=sec.integer("outbox_max", 10_000, minimum=10, maximum=10_000_000),
     )
     sec.done()
     return cfg
@@ -213,15 +232,28 @@ def _targets(root: Section) -> TargetsConfig:
             raise fsec.err("allowed_roots", f"{raw!r} must be an absolute path without '..'")
         if p == Path("/"):
             raise fsec.err("allowed_roots", "'/' is not allowed; name the directories to manage")
+        if not resolves_to_itself(p):
+            raise fsec.err(
+                "allowed_roots",
+                f"{raw!r} leads through a symlink; name the real directory",
+            )
         roots.append(p)
-    files = FilesConfig(enabled=fsec.flag("enabled", True), allowed_roots=tuple(roots))
+    files = FilesConfig(
+        enabled=fsec.flag("enabled", True),
+        allowed_roots=tuple(roots),
+        max_file_size=fsec.integer("max_file_size", FilesConfig.max_file_size, minimum=1),
+        max_total_size=fsec.integer("max_total_size", FilesConfig.max_total_size, minimum=1),
+    )
     fsec.done()
 
     ssec = sec.table("systemd")
+    systemctl = ssec.str_list("systemctl")
+    if systemctl == ():
+        raise ssec.err("systemctl", "must name a command, e.g. ['systemctl'] (or leave it out)")
     systemd = SystemdConfig(
         enabled=ssec.flag("enabled", False),
         unit_dir=ssec.dir("unit_dir", Path("/etc/systemd/system")),
-        systemctl=ssec.str_list("systemctl") or ("systemctl",),
+        systemctl=systemctl or ("systemctl",),
     )
     ssec.done()
 
@@ -233,6 +265,13 @@ def _targets(root: Section) -> TargetsConfig:
         namespaces=ksec.str_list("namespaces") or (),
         allow_cluster_scoped=ksec.flag("allow_cluster_scoped", False),
     )
+    # Checked here, not at the first apply: the daemon would crash on every start.
+    if k3s.enabled and importlib.util.find_spec("kubernetes_asyncio") is None:
+        raise ksec.err(
+            "enabled",
+            "the k3s target needs kubernetes_asyncio, which is not installed: "
+            "pip install 'edgefleet[k3s]' (or set [targets.k3s] enabled = false)",
+        )
     ksec.done()
     sec.done()
     return TargetsConfig(files=files, systemd=systemd, k3s=k3s)
@@ -241,9 +280,12 @@ def _targets(root: Section) -> TargetsConfig:
 def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
     """Validate an already-parsed TOML document (exposed for tests of pure logic)."""
     root = Section(path, "", data, ConfigError)
-    node = root.text("node") or socket.gethostname()
-    if "/" in node or "+" in node or "#" in node or not node.isprintable():
-        raise root.err("node", f"{node!r} may not contain '/', '+', '#' (it names MQTT topics)")
+    configured = root.text("node")
+    node = configured or socket.gethostname()
+    if not wire.valid_node_name(node):
+        # The hub drops every message of an invalid name (it is an MQTT topic level).
+        where = "" if configured else " (the hostname; set node to a valid name)"
+        raise root.err("node", f"{node[:64]!r}{where} is not {wire.NODE_NAME_RULE}")
     labels_sec = root.table("labels")
     labels: dict[str, str] = {}
     for key in list(labels_sec.data):
@@ -256,13 +298,13 @@ def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
     dsec = root.table("drift")
     drift = DriftConfig(
         mode=cast(DriftMode, dsec.choice("mode", "correct", ("correct", "report"))),
-        interval=dsec.number("interval", 300.0, minimum=1.0),
+        interval=dsec.duration("interval", 300.0, minimum=1.0, maximum=7 * DAY),
     )
     dsec.done()
     hsec = root.table("health")
     health = HealthConfig(
-        timeout=hsec.number("timeout", 60.0, minimum=0.0),
-        settle=hsec.number("settle", 5.0, minimum=0.0),
+        timeout=hsec.duration("timeout", 60.0, maximum=HEALTH_TIMEOUT_MAX),
+        settle=hsec.duration("settle", 5.0, maximum=HOUR),
     )
     hsec.done()
     root.done()

@@ -8,12 +8,17 @@ are merged in path order (later wins per unit, health checks accumulate).
 from __future__ import annotations
 
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from agent.agentpin import AgentPin, PinError, parse_pin
+from agent.agentpin import AgentPin, parse_pin
+from agent.config import HEALTH_TIMEOUT_MAX
 from agent.errors import SourceError
+from common.durations import HOUR
+from common.tomlconf import Section
 
 OPTIONS_FILE = "edgefleet.toml"
 GIT_MODE_SYMLINK = 0o120000
@@ -29,6 +34,20 @@ class DesiredFile:
     git_mode: int
     origin: str
     """The repository path this file came from (for messages)."""
+
+    def __post_init__(self) -> None:
+        # Names come from Git as bytes (decoded with surrogateescape): a name that is not
+        # UTF-8 or holds a newline or escape would be placed, logged and reported garbled.
+        raw = self.path.encode("utf-8", "surrogateescape")
+        problem = None
+        if any(unicodedata.category(c) == "Cc" for c in self.path):
+            problem = "contains a control character"
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            problem = "is not valid UTF-8"
+        if problem is not None:
+            raise SourceError(f"{self.origin}/{str(raw)[2:-1]}: file name {problem}")
 
     @property
     def mode(self) -> int:
@@ -78,8 +97,12 @@ class DesiredState:
         return {p[len(prefix) :]: f for p, f in self.files.items() if p.startswith(prefix)}
 
 
+def _error(file: str, key: str, problem: str) -> SourceError:
+    return SourceError(f"{file}: {key}: {problem}")
+
+
 def _err(origin: str, key: str, problem: str) -> SourceError:
-    return SourceError(f"{origin}/{OPTIONS_FILE}: {key}: {problem}")
+    return _error(f"{origin}/{OPTIONS_FILE}", key, problem)
 
 
 def _str_list(origin: str, key: str, value: Any) -> tuple[str, ...]:
@@ -110,23 +133,18 @@ def _unit(origin: str, name: str, raw: Any) -> UnitOptions:
     return opts
 
 
-def _http(origin: str, index: int, raw: Any) -> HttpCheck:
-    key = f"health.http[{index}]"
-    if not isinstance(raw, dict):
-        raise _err(origin, key, "must be a table")
-    raw = dict(raw)
-    url = raw.pop("url", None)
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise _err(origin, f"{key}.url", "must be an http:// or https:// URL")
-    status = raw.pop("status", 200)
-    timeout = raw.pop("timeout", 5.0)
-    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
-        raise _err(origin, f"{key}.status", "must be an HTTP status code")
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-        raise _err(origin, f"{key}.timeout", "must be a positive number of seconds")
-    if raw:
-        raise _err(origin, f"{key}.{sorted(raw)[0]}", "unknown key")
-    return HttpCheck(url=url, status=status, timeout=float(timeout))
+def _http(sec: Section) -> HttpCheck:
+    url = sec.text("url")
+    if url is None or not url.startswith(("http://", "https://")):
+        raise sec.err("url", "must be an http:// or https:// URL")
+    check = HttpCheck(
+        url=url,
+        status=sec.integer("status", 200, minimum=100, maximum=599),
+        # Bounded: a huge timeout overflows the HTTP client's timer.
+        timeout=sec.duration("timeout", 5.0, minimum=0.001, maximum=HOUR),
+    )
+    sec.done()
+    return check
 
 
 def parse_options(origin: str, raw: bytes) -> Options:
@@ -135,38 +153,24 @@ def parse_options(origin: str, raw: bytes) -> Options:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise _err(origin, "(syntax)", f"invalid TOML: {err}") from err
+    except RecursionError as err:  # tomllib recurses per nesting level
+        raise _err(origin, "(syntax)", "nested too deeply") from err
     units_raw = data.pop("units", {})
     if not isinstance(units_raw, dict):
         raise _err(origin, "units", "must be a table of unit names")
     units = {name: _unit(origin, name, value) for name, value in units_raw.items()}
-    health = data.pop("health", {})
-    if not isinstance(health, dict):
-        raise _err(origin, "health", "must be a table")
-    health = dict(health)
-    http_raw = health.pop("http", [])
-    if not isinstance(http_raw, list):
-        raise _err(origin, "health.http", "must be an array of tables ([[health.http]])")
-    checks = tuple(_http(origin, i, c) for i, c in enumerate(http_raw))
-    timeout = health.pop("timeout", None)
-    if timeout is not None and (
-        not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0
-    ):
-        raise _err(origin, "health.timeout", "must be a number of seconds")
-    if health:
-        raise _err(origin, f"health.{sorted(health)[0]}", "unknown key")
-    agent_raw = data.pop("agent", None)
-    try:
-        agent = None if agent_raw is None else parse_pin(agent_raw)
-    except PinError as err:
-        raise _err(origin, err.key, err.problem) from err
-    if data:
-        raise _err(origin, sorted(data)[0], "unknown key")
-    return Options(
-        units=units,
-        http_checks=checks,
-        health_timeout=None if timeout is None else float(timeout),
-        agent=agent,
+    root = Section(Path(origin) / OPTIONS_FILE, "", data, _error)
+    health = root.table("health")
+    checks = tuple(_http(sec) for sec in health.tables("http"))
+    timeout = (
+        health.duration("timeout", 0.0, maximum=HEALTH_TIMEOUT_MAX)
+        if "timeout" in health.data
+        else None
     )
+    health.done()
+    agent = parse_pin(root.table("agent")) if "agent" in root.data else None
+    root.done()
+    return Options(units=units, http_checks=checks, health_timeout=timeout, agent=agent)
 
 
 def merge_options(layers: list[Options]) -> Options:

@@ -34,11 +34,13 @@ from agent.policy import check_move
 from agent.signcheck import SignatureChecker
 from agent.state import NodeState, Owned, StateStore
 from agent.targets.base import ApplyContext, HealthProblem, Target
-from common.wire import DriftItem, State, StatusDoc
+from common.backoff import ErrorKind
+from common.status import Health, NodeReport
+from common.status import HealthProblem as ReportedProblem
+from common.wire import DriftItem, State
 
 log = logging.getLogger(__name__)
 HEALTH_POLL = 0.25
-MAX_DRIFT_REPORTED = 200
 
 
 class Source(Protocol):
@@ -56,7 +58,7 @@ class Source(Protocol):
 class Reporting(Protocol):
     """What the pipeline needs from agent.report.Reporter."""
 
-    def publish_status(self, doc: StatusDoc) -> None: ...
+    def publish_status(self, report: NodeReport) -> None: ...
     def emit_event(self, type: str, commit: str | None, details: dict[str, Any]) -> int: ...
 
 
@@ -69,10 +71,8 @@ class Outcome:
     message: str = ""
     commit: str | None = None
     changes: dict[str, ChangeSet] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "synced"
+    retry: ErrorKind | None = None
+    """Set when the failure may clear by itself (e.g. Git unreachable): retry with backoff."""
 
 
 class Reconciler:
@@ -103,35 +103,33 @@ class Reconciler:
 
     # -- status -------------------------------------------------------------------
 
-    def status_doc(self) -> StatusDoc:
+    def node_report(self) -> NodeReport:
+        """The node's side of its status; the reporter adds the delivery fields."""
         o = self.outcome
-        return StatusDoc(
-            schema=1,
+        return NodeReport(
             node=self.cfg.node,
+            state=o.state,
             labels=dict(self.cfg.labels),
             version=__version__,
             branch=self.cfg.git.branch,
-            paths=list(self.cfg.git.paths),
+            paths=tuple(self.cfg.git.paths),
             desired=self.desired_head,
             applied=self.state.applied,
             last_good=self.state.last_good,
-            state=o.state,
             reason=o.reason,
             message=o.message,
-            drift=self.drift[:MAX_DRIFT_REPORTED],
+            drift=tuple(self.drift),
+            drift_total=len(self.drift),
             resources=self.state.counts(),
-            health={
-                "ok": not self.health,
-                "problems": [
-                    {"target": p.target, "subject": p.subject, "reason": p.reason}
-                    for p in self.health
-                ],
-            },
+            health=Health(
+                ok=not self.health,
+                problems=tuple(ReportedProblem(p.target, p.subject, p.reason) for p in self.health),
+            ),
         )
 
     def _publish(self) -> None:
         if self.report is not None:
-            self.report.publish_status(self.status_doc())
+            self.report.publish_status(self.node_report())
 
     def _event(self, type_: str, commit: str | None, **details: Any) -> None:
         log.info("event %s %s %s", type_, (commit or "")[:12], details or "")
@@ -143,15 +141,17 @@ class Reconciler:
                 log.error("event %s not stored: %s", type_, err)
 
     def _save(self) -> None:
+        """Write the whole state; this also compacts the inventory journal into it."""
         self.store.save(self.state)
 
     def _record(self, target: str, subject: str, owned: Owned | None) -> None:
+        # One journal line per object: an apply of N objects writes O(N) bytes, not O(N^2).
         objs = self.state.owned(target)
         if owned is None:
             objs.pop(subject, None)
         else:
             objs[subject] = owned
-        self._save()
+        self.store.record(target, subject, owned)
 
     def _ctx(self, commit: str, changes: dict[str, ChangeSet]) -> ApplyContext:
         return ApplyContext(commit=commit, record=self._record, changes=changes, log=log)
@@ -191,7 +191,9 @@ class Reconciler:
                 self._fetch_failing = True
                 log.warning("git unreachable, keeping the applied state: %s", err)
                 self._event("error", None, reason="GitUnreachable", message=str(err))
-            return Outcome("error", "GitUnreachable", str(err), self.state.applied)
+            return Outcome(
+                "error", "GitUnreachable", str(err), self.state.applied, retry=ErrorKind.TRANSIENT
+            )
         except SourceError as err:
             return Outcome("error", "SourceError", str(err), self.state.applied)
         self.desired_head = head
@@ -214,7 +216,7 @@ class Reconciler:
             await self._check_trust(head)
             desired = await asyncio.to_thread(self.source.read_desired, head)
         except FetchError as err:
-            return Outcome("error", "GitUnreachable", str(err), head)
+            return Outcome("error", "GitUnreachable", str(err), head, retry=ErrorKind.TRANSIENT)
         except TrustError as err:
             return self._refuse(head, "Untrusted", str(err))
         except SourceError as err:
@@ -309,10 +311,16 @@ class Reconciler:
 
     async def _apply_plans(self, desired: DesiredState, plans: dict[str, ChangeSet]) -> None:
         ctx = self._ctx(desired.commit, plans)
-        for target in self.targets:
-            await target.apply(plans[target.name], desired, ctx)
-        for target in reversed(self.targets):
-            await target.prune(plans[target.name], ctx)
+        try:
+            for target in self.targets:
+                await target.apply(plans[target.name], desired, ctx)
+                self.store.sync()
+            for target in reversed(self.targets):
+                await target.prune(plans[target.name], ctx)
+                self.store.sync()
+        finally:
+            # What a failed step did record must be durable too: the rollback plans from it.
+            self.store.sync()
 
     async def _wait_healthy(
         self, desired: DesiredState, plans: dict[str, ChangeSet]

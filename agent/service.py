@@ -29,10 +29,14 @@ from agent.source import GitSource
 from agent.state import StateStore
 from agent.targets.base import Target
 from agent.targets.files import FilesTarget
+from common.backoff import Backoff
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0
 STOP_GRACE = 5.0
+REPACK_AFTER_PACKS = 16
+"""Every fetch that brings objects adds a pack to the Git cache; past this many the daemon
+repacks it, so a long-lived node's cache (and each object lookup) stays small."""
 
 
 def jittered(seconds: float, spread: float = 0.1) -> float:
@@ -88,7 +92,8 @@ class Agent:
         self.lock.acquire()
         self.wake = asyncio.Event()
         self.hint: str | None = None
-        self.source = GitSource(cfg.git, cfg.state_dir)
+        self.source = GitSource(cfg.git, cfg.state_dir, cfg.targets.files)
+        self.repack_after = REPACK_AFTER_PACKS
         self.targets = build_targets(cfg)
         self.reporter: Reporter | None = None
         if with_reporter and cfg.mqtt.url:
@@ -140,22 +145,42 @@ class Agent:
     # -- daemon -------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
-        failures = 0
+        # Retry soon after a blip, then back off to spare a flaky or metered link.
+        interval = self.cfg.git.interval
+        backoff = Backoff(
+            initial=2 * min(interval, 5.0), maximum=max(interval, MAX_BACKOFF), jitter=0.2
+        )
         while True:
             hint, self.hint = self.hint, None
+            applied = self.reconciler.state.applied
             outcome = await self.reconciler.reconcile(head=hint)
+            if self.reconciler.state.applied != applied:  # never after a no-op reconcile
+                await self._repack_git_cache()
             sdnotify.notify(f"STATUS={outcome.state}: {outcome.message[:200]}")
-            if outcome.reason == "GitUnreachable":
-                # Retry soon after a blip, then back off to spare a flaky or metered link.
-                failures += 1
-                base = min(self.cfg.git.interval, 5.0)
-                delay = min(max(self.cfg.git.interval, MAX_BACKOFF), base * 2 ** min(failures, 10))
+            if outcome.retry is None:
+                backoff.success()
+                delay = jittered(interval)
             else:
-                failures = 0
-                delay = self.cfg.git.interval
+                delay = backoff.failure(outcome.retry)
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), jittered(delay, 0.2 if failures else 0.1))
+                await asyncio.wait_for(self.wake.wait(), delay)
+
+    async def _repack_git_cache(self) -> None:
+        """Repack the Git cache once packs piled up, keeping what is applied and last good
+        (a rollback and the drift check read them offline)."""
+        packs = self.source.pack_count()
+        if packs <= self.repack_after:
+            return
+        state = self.reconciler.state
+        keep = [c for c in (state.applied, state.last_good) if c is not None]
+        try:
+            async with self.reconciler.lock:  # no fetch or tree read while packs are replaced
+                await asyncio.to_thread(self.source.maintain, keep)
+        except StateError as err:
+            log.warning("Git cache not repacked: %s", err)
+        else:
+            log.info("Git cache repacked: %d packs into 1", packs)
 
     async def _drift_loop(self) -> None:
         while True:

@@ -52,7 +52,7 @@ async def fill(db: Path, n: int) -> None:
                 heard = now - 3600 if i % 100 == 7 else now
                 batch.statuses.append(
                     StatusRow(node, doc["branch"], state, 1, "a" * 40, "a" * 40, len(drift), 30.0,
-                              heard, heard + 90, now, json.dumps(doc), True)
+                              heard, 90.0, now, json.dumps(doc), True)
                 )  # fmt: skip
                 if i % 200 == 3:
                     batch.onlines.append((node, 0, now, 90.0, False))

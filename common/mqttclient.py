@@ -10,7 +10,12 @@ thread for a short-lived client) and retry with :class:`common.backoff.Backoff`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
@@ -123,12 +128,14 @@ def make_client(
     protocol: MQTTProtocolVersion,
     *,
     persistent: bool,
-    client_class: type[C] = mqtt.Client,  # type: ignore[assignment]
+    client_class: Callable[..., C] = mqtt.Client,  # type: ignore[assignment]
     will: tuple[str, bytes] | None = None,
     **kwargs: Any,
 ) -> C:
     """A configured, unconnected client. ``persistent``: the broker keeps the session
-    (3.1.1 clean_session=False here; MQTT 5 asks for it in :func:`connect`)."""
+    (3.1.1 clean_session=False here; MQTT 5 asks for it in :func:`connect`).
+    ``client_class``: a paho Client subclass (or a partial of one); ``kwargs`` go to it.
+    ``will``: (topic, payload) the broker publishes, retained, if we vanish."""
     if persistent:
         clean: bool | None = None if protocol == MQTT5 else False
     else:
@@ -183,3 +190,41 @@ def connect(
         raise ConnectFailed(f"{type(err).__name__}: {err}") from err
     if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
         raise ConnectFailed(mqtt.error_string(rc))
+
+
+async def connect_in_thread(
+    client: mqtt.Client,
+    ep: Endpoint,
+    *,
+    session_expiry: int | None,
+    receive_maximum: int | None = None,
+) -> None:
+    """:func:`connect` in a daemon thread, awaited from the loop (ConnectFailed on error).
+
+    Not the default executor: a connect abandoned by a cancelled caller (shutdown) must
+    not hold up loop shutdown for up to CONNECT_TIMEOUT. An abandoned thread closes the
+    socket it opened.
+    """
+    done: Future[None] = Future()
+    abandoned = threading.Event()
+
+    def work() -> None:
+        # InvalidStateError: the awaiting task was cancelled meanwhile.
+        with contextlib.suppress(InvalidStateError):
+            try:
+                connect(client, ep, session_expiry=session_expiry, receive_maximum=receive_maximum)
+            except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
+                done.set_exception(err)
+            else:
+                done.set_result(None)
+        if abandoned.is_set():
+            sock = client.socket()
+            if sock is not None:
+                sock.close()
+
+    threading.Thread(target=work, name="edgefleet-mqtt-connect", daemon=True).start()
+    try:
+        await asyncio.wrap_future(done)
+    except asyncio.CancelledError:
+        abandoned.set()
+        raise

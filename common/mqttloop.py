@@ -3,9 +3,10 @@
 paho does the protocol, asyncio does the I/O: paho's socket callbacks hand the socket to
 ``loop.add_reader``/``add_writer``, and the owner's ``readable``/``writable`` callbacks
 call ``loop_read``/``loop_write``. ``connect()`` blocks (DNS, TCP, TLS handshake), so
-owners run it (:func:`connect_persistent`) in another thread; the socket callbacks then
-fire there, and the rest on the loop. In this mode paho neither reconnects nor pings by
-itself: the owner reconnects and calls ``loop_misc`` about once a second.
+owners run it in another thread (common.mqttclient.connect_in_thread); the socket
+callbacks then fire there, and the rest on the loop. In this mode paho neither
+reconnects nor pings by itself: the owner reconnects and calls ``loop_misc`` about once
+a second.
 """
 
 from __future__ import annotations

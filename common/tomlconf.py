@@ -8,15 +8,22 @@ the hub may import this module (like common.wire) without pulling in the agent.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
+from common.durations import DAY, DurationError, parse_duration
+
 T = TypeVar("T")
 ErrorFactory = Callable[[str, str, str], Exception]
 """(file, key, problem) -> the caller's ConfigError."""
+MAX_DURATION = 365 * DAY
+"""Default ceiling of a duration key: longer is a slip (and overflows timers downstream)."""
+MQTT_KEEPALIVE_MAX = 65535
+"""The MQTT keepalive field is 16 bits."""
 
 
 def load_toml(path: Path, error: ErrorFactory) -> dict[str, Any]:
@@ -85,22 +92,53 @@ class Section:
         value = self._take(key, (int, float), "a number")
         if value is None:
             return default
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = (
-                f"between {minimum:g} and {maximum:g}"
-                if maximum is not None
-                else f"at least {minimum:g}"
-            )
-            raise self.err(key, f"must be {bound}, got {value}")
+        # nan compares false with every bound, so it would pass a range check unseen.
+        if not math.isfinite(value):
+            raise self.err(key, f"must be a finite number, got {value}")
+        self._check_range(key, value, minimum, maximum)
         return float(value)
 
-    def integer(self, key: str, default: int, minimum: int = 0) -> int:
+    def integer(self, key: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
         value = self._take(key, int, "an integer")
         if value is None:
             return default
-        if value < minimum:
-            raise self.err(key, f"must be at least {minimum}, got {value}")
+        self._check_range(key, value, minimum, maximum)
         return value
+
+    def duration(
+        self,
+        key: str,
+        default: float,
+        minimum: float = 0.0,
+        maximum: float = MAX_DURATION,
+    ) -> float:
+        """Seconds, written as a number or as text such as "30s", "5m", "1h30m", "2d"."""
+        if key not in self.data:
+            return default
+        raw = self.data.pop(key)
+        try:
+            seconds = parse_duration(raw)
+        except DurationError as err:
+            raise self.err(key, str(err)) from err
+        self._check_range(key, seconds, minimum, maximum, unit=" seconds")
+        return seconds
+
+    def _check_range(
+        self,
+        key: str,
+        value: float,
+        minimum: float,
+        maximum: float | None,
+        unit: str = "",
+    ) -> None:
+        if minimum <= value and (maximum is None or value <= maximum):
+            return
+        bound = (
+            f"between {minimum:.15g} and {maximum:.15g}{unit}"
+            if maximum is not None
+            else f"at least {minimum:.15g}{unit}"
+        )
+        raise self.err(key, f"must be {bound}, got {value:.15g}")
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.text(key)
@@ -114,6 +152,8 @@ class Section:
         value = self.text(key)
         if value is None:
             return None
+        if "\0" in value:
+            raise self.err(key, "must not contain a NUL character")
         path = Path(value)
         if path.is_absolute():
             return path
@@ -206,7 +246,7 @@ def mqtt_connection(sec: Section, default_url: str | None = None) -> dict[str, A
         "client_cert": sec.file("client_cert"),
         "client_key": sec.file("client_key"),
         "protocol": sec.choice("protocol", "auto", ("auto", "5", "3.1.1")),
-        "keepalive": sec.integer("keepalive", 60, minimum=5),
+        "keepalive": sec.integer("keepalive", 60, minimum=5, maximum=MQTT_KEEPALIVE_MAX),
     }
     if (keys["client_cert"] is None) != (keys["client_key"] is None):
         raise sec.err("client_key", "client_cert and client_key must be set together")

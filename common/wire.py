@@ -1,7 +1,9 @@
-"""The MQTT wire contract shared by agent and hub (the only agent module the hub imports).
+"""The MQTT wire contract shared by agent and hub: topics, node names, payload shapes.
 
-Topics and payload shapes are defined in docs/design.md ("MQTT contract"). Keep this
-module free of I/O and third-party imports so the hub can use it cheaply.
+Topics and payload shapes are defined in docs/design.md ("MQTT contract"); the typed
+status and event model, its one builder and its one strict parser are in
+:mod:`common.status`. Keep this module free of I/O and third-party imports so the hub
+can use it cheaply.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Final, Literal, TypedDict
 SCHEMA: Final = 1
 PREFIX: Final = "edgefleet/v1"
 MAX_PAYLOAD: Final = 256 * 1024
-"""Larger payloads are dropped by the hub; the agent truncates drift lists to stay below."""
+"""Larger payloads are dropped by the hub; the agent cuts drift lists to stay below."""
 
 State = Literal["synced", "progressing", "failed", "drifted", "refused", "error"]
 STATES: Final[tuple[State, ...]] = (
@@ -26,12 +28,24 @@ STATES: Final[tuple[State, ...]] = (
 )
 DriftKind = Literal["modified", "missing", "stopped", "extra", "disabled", "masked"]
 
-_NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+NODE_NAME_RULE: Final = (
+    "1 to 128 ASCII letters, digits and . _ : -, starting with a letter or digit"
+)
+_NODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 def valid_node_name(node: str) -> bool:
-    """Node names become MQTT topic levels: no wildcards, separators or spaces."""
-    return bool(_NODE_RE.match(node))
+    """The one node-name rule (agent config and hub): names become MQTT topic levels and
+    URL path segments, so no wildcards, separators, spaces or non-ASCII."""
+    return _NODE_RE.fullmatch(node) is not None
+
+
+_INCARNATION_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def valid_incarnation(incarnation: str) -> bool:
+    """An agent's incarnation: the random id of its state dir (see StatusDoc)."""
+    return _INCARNATION_RE.fullmatch(incarnation) is not None
 
 
 def status_topic(node: str) -> str:
@@ -69,12 +83,23 @@ class DriftItem(TypedDict):
     detail: str
 
 
+class HealthProblemDoc(TypedDict):
+    target: str
+    subject: str
+    reason: str
+
+
+class HealthDoc(TypedDict):
+    ok: bool
+    problems: list[HealthProblemDoc]
+
+
 class StatusDoc(TypedDict, total=False):
     schema: int
     node: str
     labels: dict[str, str]
-    version: str
-    branch: str
+    version: str | None
+    branch: str | None
     paths: list[str]
     desired: str | None
     applied: str | None
@@ -83,13 +108,17 @@ class StatusDoc(TypedDict, total=False):
     reason: str
     message: str
     drift: list[DriftItem]
+    drift_total: int
+    """How many objects drifted; ``drift`` may carry fewer (cut to fit MAX_PAYLOAD)."""
     drift_omitted: int
-    """Drift items cut from ``drift`` to keep the payload under MAX_PAYLOAD."""
+    """``drift_total - len(drift)`` when items were cut; kept for hubs before drift_total."""
     resources: dict[str, int]
-    health: dict[str, Any]
+    health: HealthDoc
     heartbeat: float
-    observed_at: float
+    observed_at: float | None
     seq: int
+    incarnation: str
+    """Random id of the agent's state dir: a new one (re-imaged node) restarts the seqs."""
 
 
 class EventDoc(TypedDict, total=False):
@@ -100,6 +129,7 @@ class EventDoc(TypedDict, total=False):
     type: str
     commit: str | None
     details: dict[str, Any]
+    incarnation: str
 
 
 def encode(doc: StatusDoc | EventDoc | dict[str, Any]) -> bytes:

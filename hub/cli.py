@@ -17,82 +17,19 @@ import logging
 import signal
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hub import demo, enroll
-from hub.config import DEFAULT_CONFIG_PATH, HubConfig, load_config, read_secret
+from hub import demo
+from hub.apiclient import api_client
+from hub.config import DEFAULT_CONFIG_PATH, HubConfig, load_config
+from hub.enroll import options as enroll
 from hub.errors import ApiClientError, ConfigError, HubError
-from hub.fleet import ALL_STATES
-from hub.service import serve
+from hub.states import ALL_STATES
 
 log = logging.getLogger("hub")
-
-
-# -- API client --------------------------------------------------------------------
-
-
-class ApiClient:
-    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            raise ApiClientError(f"hub API URL {url!r} must start with http:// or https://")
-        self.url = url.rstrip("/")
-        self.token = token
-        self.timeout = timeout
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        params: Sequence[tuple[str, str]] = (),
-        body: dict[str, Any] | None = None,
-    ) -> Any:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        data = None if body is None else json.dumps(body).encode()
-        # The scheme is checked in __init__ (http/https only).
-        req = urllib.request.Request(f"{self.url}{path}{query}", data, method=method)  # noqa: S310
-        req.add_header("Accept", "application/json")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as err:
-            try:
-                message = json.loads(err.read()).get("error", err.reason)
-            except (ValueError, AttributeError):
-                message = err.reason
-            raise ApiClientError(f"hub API {path}: HTTP {err.code}: {message}") from err
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise ApiClientError(f"cannot reach the hub API at {self.url}: {reason}") from err
-        except ValueError as err:
-            raise ApiClientError(f"hub API {path} did not answer with JSON") from err
-
-
-def _client(args: argparse.Namespace) -> ApiClient:
-    url: str | None = args.url
-    token_file: Path | None = args.token_file
-    if url is None or token_file is None:
-        path = args.config or (DEFAULT_CONFIG_PATH if url is None else None)
-        if path is not None:
-            cfg = load_config(path)
-            url = url or cfg.hub.api_url
-            token_file = token_file or cfg.hub.token_file
-    assert url is not None
-    token = None
-    if token_file is not None:
-        try:
-            token = read_secret(token_file)
-        except OSError as err:
-            raise ApiClientError(f"cannot read token file {token_file}: {err.strerror}") from err
-    return ApiClient(url, token, args.timeout)
 
 
 # -- output ------------------------------------------------------------------------
@@ -230,6 +167,9 @@ def show_action(data: Any) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # The server stack (aiohttp, aiosqlite, paho) only for serve: client commands stay light.
+    from hub.service import serve  # noqa: PLC0415
+
     cfg: HubConfig = load_config(args.config or DEFAULT_CONFIG_PATH)
 
     async def main() -> None:
@@ -247,7 +187,7 @@ def _query(
     path: str, render: Callable[[Any], str], params: Callable[[argparse.Namespace], list[Any]]
 ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        data = _client(args).call("GET", path, params(args))
+        data = api_client(args).call("GET", path, params(args))
         print(json.dumps(data, indent=2) if args.json else render(data))
         return 0
 
@@ -260,7 +200,7 @@ def _action(
     def run(args: argparse.Namespace) -> int:
         stage = urllib.parse.quote(args.stage, safe="")
         payload = {**body(args), "who": f"cli:{_user()}"}
-        data = _client(args).call("POST", f"/api/v1/stages/{stage}/{verb}", body=payload)
+        data = api_client(args).call("POST", f"/api/v1/stages/{stage}/{verb}", body=payload)
         print(json.dumps(data, indent=2) if args.json else show_action(data))
         return 0
 
@@ -283,19 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgefleet-hub",
         description="Fleet hub: ingest agent reports, serve the fleet API and dashboard.",
     )
+    config_help = (
+        f"fleet.toml (default {DEFAULT_CONFIG_PATH}); client commands take the API address"
+        " and token from it"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--config", type=Path, help=config_help)
+    # The same options after the command; SUPPRESS keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging")  # fmt: skip
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the hub (MQTT ingest, API, dashboard)")
-    serve.add_argument("--config", type=Path, help=f"fleet.toml (default {DEFAULT_CONFIG_PATH})")
-    serve.set_defaults(func=cmd_serve)
+    p = sub.add_parser("serve", parents=[common], help="run the hub (MQTT ingest, API, dashboard)")
+    p.set_defaults(func=cmd_serve)
 
-    client = argparse.ArgumentParser(add_help=False)
+    client = argparse.ArgumentParser(add_help=False, parents=[common])
     group = client.add_argument_group("hub API")
-    group.add_argument(
-        "--config", type=Path,
-        help=f"fleet.toml to take the API address and token from (default {DEFAULT_CONFIG_PATH})",
-    )  # fmt: skip
     group.add_argument("--url", help="hub API base URL, e.g. http://127.0.0.1:8080")
     group.add_argument("--token-file", type=Path, help="file holding the API bearer token")
     group.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
@@ -369,10 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
         func=_query("/api/v1/history", show_history, lambda a: _opt(stage=a.stage, limit=a.limit))
     )
 
-    # Rollout commands (promote, rollback, resume, history), enroll and demo are added
-    # here by their own issues; they reuse ApiClient and the `client` parent parser.
     demo.add_parser(sub)
-    enroll.add_parser(sub)
+    enroll.add_parser(sub, common)
     return parser
 
 

@@ -8,6 +8,7 @@ against the directory of fleet.toml, so an example fleet can live in one directo
 
 from __future__ import annotations
 
+import errno
 import re
 import socket
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from common.durations import DAY, HOUR
 from common.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
 from hub.errors import ConfigError
 
@@ -30,6 +32,10 @@ _WINDOW_RE = re.compile(
     r"(?P<h1>\d\d):(?P<m1>\d\d)-(?P<h2>\d\d):(?P<m2>\d\d)$"
 )
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+YEAR = 365 * DAY
+MQTT_SESSION_EXPIRY_MAX = 2**32 - 1
+"""Seconds; MQTT 5 carries the session expiry interval in 32 bits."""
+MAX_NODES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -82,13 +88,20 @@ class GitSettings:
     url: str | None = None
     """Where the stage branches live; unset = no branch heads, no ref notifications."""
     ssh_key: Path | None = None
+    known_hosts: Path | None = None
+    """known_hosts file for ssh:// URLs; host keys are always checked, unknown hosts refused."""
     token_file: Path | None = None
+    """File holding an HTTP(S) token, sent as basic auth (read at each use, so it can rotate)."""
     ca_file: Path | None = None
+    """PEM bundle to verify an https:// Git server with a private CA."""
     interval: float = 30.0
     """Seconds between ls-remote polls of the stage branches."""
     webhook_secret_file: Path | None = None
     """Shared secret of Git push webhooks (``POST /api/v1/hooks/git``), read at each
     delivery; unset = the endpoint answers 403."""
+    timeout: float = 30.0
+    """Seconds a connect or one read from the Git server may take (as the agent's): a hung
+    server fails the poll or the promotion instead of holding the rollout lock."""
 
 
 @dataclass(frozen=True)
@@ -162,17 +175,28 @@ def _listen(sec: Section) -> tuple[str, int]:
     return (host.strip("[]") or "0.0.0.0", int(port))
 
 
+def _database(sec: Section) -> Path:
+    raw = sec.data.get("database")
+    if isinstance(raw, str) and "://" in raw:
+        # Taken as a path, "postgresql://..." would silently become a SQLite file.
+        raise sec.err(
+            "database",
+            f"{raw!r} is a URL; only SQLite is supported for now: give the database file's path",
+        )
+    return sec.path_value("database") or HubSettings.database
+
+
 def _hub(root: Section) -> HubSettings:
     sec = root.table("hub")
-    heartbeat = sec.number("heartbeat", 30.0, minimum=0.1)
+    heartbeat = sec.duration("heartbeat", 30.0, minimum=0.1, maximum=DAY)
     cfg = HubSettings(
         listen=_listen(sec),
-        database=sec.path_value("database") or HubSettings.database,
+        database=_database(sec),
         token_file=sec.file("token_file"),
         heartbeat=heartbeat,
-        stale_after=sec.number("stale_after", 3 * heartbeat, minimum=0.1),
-        events_max_age=sec.number("events_max_age", 30 * 86400.0, minimum=60.0),
-        events_max=sec.integer("events_max", 1_000_000, minimum=100),
+        stale_after=sec.duration("stale_after", 3 * heartbeat, minimum=0.1, maximum=7 * DAY),
+        events_max_age=sec.duration("events_max_age", 30 * DAY, minimum=60.0, maximum=10 * YEAR),
+        events_max=sec.integer("events_max", 1_000_000, minimum=100, maximum=1_000_000_000),
     )
     if cfg.stale_after < cfg.heartbeat:
         raise sec.err("stale_after", f"must be at least heartbeat ({cfg.heartbeat:g} s)")
@@ -189,7 +213,9 @@ def _mqtt(root: Section) -> MqttSettings:
     cfg = MqttSettings(
         **keys,
         shared=sec.flag("shared", True),
-        session_expiry=sec.integer("session_expiry", 7 * 86400, minimum=0),
+        session_expiry=round(
+            sec.duration("session_expiry", 7 * DAY, maximum=MQTT_SESSION_EXPIRY_MAX)
+        ),
     )
     if any(c in cfg.client_id for c in "/+#"):
         raise sec.err("client_id", "may not contain '/', '+' or '#'")
@@ -210,10 +236,12 @@ def _git(root: Section) -> GitSettings:
     cfg = GitSettings(
         url=url,
         ssh_key=sec.file("ssh_key"),
+        known_hosts=sec.file("known_hosts"),
         token_file=sec.file("token_file"),
         ca_file=sec.file("ca_file"),
-        interval=sec.number("interval", 30.0, minimum=0.1),
+        interval=sec.duration("interval", 30.0, minimum=0.1, maximum=DAY),
         webhook_secret_file=sec.file("webhook_secret_file"),
+        timeout=sec.duration("timeout", 30.0, minimum=1.0, maximum=HOUR),
     )
     if cfg.webhook_secret_file is not None and url is None:
         raise sec.err("webhook_secret_file", "needs url (the repository a push is read from)")
@@ -254,10 +282,11 @@ def _stage(sec: Section) -> Stage:
         raise sec.err("branch", f"{branch!r} is not a plain branch name")
     gsec = sec.table("gate")
     gate = Gate(
-        min_nodes=gsec.integer("min_nodes", 1, minimum=0),
+        # 0 would open the gate of a stage whose source has no nodes at all.
+        min_nodes=gsec.integer("min_nodes", 1, minimum=1, maximum=MAX_NODES),
         min_ready_ratio=gsec.number("min_ready_ratio", 1.0, minimum=0.0, maximum=1.0),
-        max_failed=gsec.integer("max_failed", 0, minimum=0),
-        soak=gsec.number("soak", 600.0, minimum=0.0),
+        max_failed=gsec.integer("max_failed", 0, minimum=0, maximum=MAX_NODES),
+        soak=gsec.duration("soak", 600.0, maximum=30 * DAY),
         agent_version=gsec.text("agent_version"),
     )
     gsec.done()
@@ -324,4 +353,8 @@ def load_config(path: Path = DEFAULT_CONFIG_PATH) -> HubConfig:
 
 def read_secret(path: Path) -> str:
     """First line of a secret file (token, password), read at use so it can rotate."""
-    return path.read_text().strip()
+    try:
+        return path.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError as err:
+        # Callers already report an unusable secret file as an OSError (missing, denied).
+        raise OSError(errno.EINVAL, "not UTF-8 text", str(path)) from err

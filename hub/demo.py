@@ -45,6 +45,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def pick_port(preferred: int, say: Callable[[str], None] = print) -> int:
+    """``preferred`` when it is free on 127.0.0.1, else a free port (and say so): a taken
+    8080 must not end the demo before it starts."""
+    with socket.socket() as s:
+        # As the hub's listener does: a port in TIME_WAIT is free, one with a listener is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError as err:
+            port = _free_port()
+            say(f"==> port {preferred} is not available ({err.strerror}); "
+                f"the hub uses port {port} instead")  # fmt: skip
+            return port
+    return preferred
+
+
 def _wait_port(port: int, what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -324,7 +340,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     root = args.dir or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
     root.mkdir(parents=True, exist_ok=True)
-    demo = Demo(root=root, port=args.port)
+    demo = Demo(root=root, port=pick_port(args.port))
 
     def on_signal(_sig: int, _frame: object) -> None:
         demo.stopping = True

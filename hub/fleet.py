@@ -1,9 +1,9 @@
 """The fleet model: effective node states, stages and aggregations for the API.
 
-A node's state is what it last reported, overridden by ``offline`` (its LWT said 0)
-and ``stale`` (not heard within its stale window); overridden nodes are never counted
+A node's state is its effective state (:mod:`hub.states`: what it last
+reported, overridden by ``offline`` and ``stale``); overridden nodes are never counted
 healthy. Its stage is the fleet.toml stage whose branch it reported. Shapes returned
-here are the API contract in docs/design.md ("Hub").
+here are the API contract in docs/design.md ("Hub"), typed in :mod:`hub.shapes`.
 """
 
 from __future__ import annotations
@@ -13,24 +13,40 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from common import wire
 from hub.config import HubConfig, Stage
-from hub.store import Store
+from hub.shapes import (
+    Bucket,
+    DriftGroup,
+    EventJson,
+    NodeDetailJson,
+    NodeJson,
+    NodePage,
+    StageBucket,
+    StageJson,
+    StageRollout,
+    Summary,
+)
+from hub.states import ALL_STATES, HEALTHY
+from hub.store import EventRow, NodeQueries, NodeRow
 
-ALL_STATES: tuple[str, ...] = (*wire.STATES, "stale", "offline")
-HEALTHY = "synced"
 _EXAMPLES = 5
+_NODE_EVENTS = 20
+"""Newest events shown with one node."""
 
 
-def empty_states() -> dict[str, int]:
+def _empty_states() -> dict[str, int]:
     return dict.fromkeys(ALL_STATES, 0)
+
+
+def _bucket() -> Bucket:
+    return {"nodes": 0, "states": _empty_states()}
 
 
 class Fleet:
     def __init__(
         self,
         cfg: HubConfig,
-        store: Store,
+        store: NodeQueries,
         heads: Callable[[], Mapping[str, str]] = dict,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -39,33 +55,35 @@ class Fleet:
         self._heads = heads
         self._clock = clock
 
-    def stage_name(self, branch: str | None) -> str | None:
+    def _stage_name(self, branch: str | None) -> str | None:
         stage = self._cfg.stage_for_branch(branch)
         return stage.name if stage else None
 
-    async def summary(self, label: str | None = None) -> dict[str, Any]:
+    async def summary(self, label: str | None = None) -> Summary:
         now = self._clock()
-        states = empty_states()
+        states = _empty_states()
         heads = self._heads()
-        stages: dict[str, dict[str, Any]] = {
+        stages: dict[str, StageBucket] = {
             s.name: {"branch": s.branch, "head": heads.get(s.branch), "nodes": 0,
-                     "states": empty_states(), "versions": {}}
+                     "states": _empty_states(), "versions": {}}
             for s in self._cfg.stages
         }  # fmt: skip
-        unstaged: dict[str, Any] = {"nodes": 0, "states": empty_states(), "versions": {}}
+        unstaged = _bucket()
         total = 0
-        for branch, state, n in await self._store.state_counts(now):
-            total += n
-            states[state] = states.get(state, 0) + n
-            name = self.stage_name(branch)
-            bucket = stages[name] if name is not None else unstaged
-            bucket["nodes"] += n
-            bucket["states"][state] = bucket["states"].get(state, 0) + n
-        for branch, version, n in await self._store.version_counts():
-            name = self.stage_name(branch)
-            versions = (stages[name] if name is not None else unstaged)["versions"]
-            versions[version or "unknown"] = versions.get(version or "unknown", 0) + n
-        out: dict[str, Any] = {
+        for count in await self._store.state_counts(now):
+            total += count.nodes
+            states[count.state] = states.get(count.state, 0) + count.nodes
+            name = self._stage_name(count.branch)
+            bucket: Bucket = stages[name] if name is not None else unstaged
+            bucket["nodes"] += count.nodes
+            bucket["states"][count.state] = bucket["states"].get(count.state, 0) + count.nodes
+        for vc in await self._store.version_counts():
+            name = self._stage_name(vc.branch)
+            if name is not None:
+                versions = stages[name]["versions"]
+                key = vc.version or "unknown"
+                versions[key] = versions.get(key, 0) + vc.nodes
+        out: Summary = {
             "nodes": total,
             "states": states,
             "healthy": states[HEALTHY],
@@ -74,12 +92,11 @@ class Fleet:
             "generated_at": now,
         }
         if label is not None:
-            values: dict[str, dict[str, Any]] = {}
-            for value, state, n in await self._store.label_counts(label, now):
-                key = "" if value is None else str(value)
-                group = values.setdefault(key, {"nodes": 0, "states": empty_states()})
-                group["nodes"] += n
-                group["states"][state] += n
+            values: dict[str, Bucket] = {}
+            for lc in await self._store.label_counts(label, now):
+                group = values.setdefault("" if lc.value is None else lc.value, _bucket())
+                group["nodes"] += lc.nodes
+                group["states"][lc.state] += lc.nodes
             out["labels"] = {label: values}
         return out
 
@@ -90,7 +107,7 @@ class Fleet:
         labels: dict[str, str] | None = None,
         limit: int = 100,
         offset: int = 0,
-    ) -> dict[str, Any]:
+    ) -> NodePage:
         total, rows = await self._store.list_nodes(
             self._clock(),
             branches=None if stage is None else [stage.branch],
@@ -103,49 +120,55 @@ class Fleet:
             "total": total,
             "limit": limit,
             "offset": offset,
-            "nodes": [self._node_row(r) for r in rows],
+            "nodes": [self._node_json(r) for r in rows],
         }
 
-    def _node_row(self, r: Any) -> dict[str, Any]:
+    def _node_json(self, r: NodeRow) -> NodeJson:
         return {
-            "node": r["node"],
-            "stage": self.stage_name(r["branch"]),
-            "branch": r["branch"],
-            "state": r["effective"],
-            "reported_state": r["state"],
-            "online": bool(r["online"]),
-            "applied": r["applied"],
-            "desired": r["desired"],
-            "in_sync": r["applied"] is not None and r["applied"] == r["desired"],
-            "last_heard": r["last_heard"],
-            "observed_at": r["observed_at"],
-            "seq": r["seq"],
-            "labels": json.loads(r["labels"]) if r["labels"] else {},
-            "drift_count": r["drift_count"],
-            "version": r["version"],
+            "node": r.node,
+            "stage": self._stage_name(r.branch),
+            "branch": r.branch,
+            "state": r.state,
+            "reported_state": r.reported,
+            "online": r.online,
+            "applied": r.applied,
+            "desired": r.desired,
+            "in_sync": r.applied is not None and r.applied == r.desired,
+            "last_heard": r.last_heard,
+            "observed_at": r.observed_at,
+            "seq": r.seq,
+            "labels": r.labels,
+            "drift_count": r.drift_count,
+            "version": r.version,
         }
 
-    async def node(self, name: str, events: int = 20) -> dict[str, Any] | None:
-        row = await self._store.get_node(name, self._clock())
-        if row is None:
-            return None
-        out = self._node_row(row)
-        status: dict[str, Any] = json.loads(row["doc"]) if row["doc"] else {}
-        out["status"] = status
-        out["drift"] = status.get("drift", [])
-        out["stale_at"] = row["stale_at"]
-        out["events"] = [event_dict(e) for e in await self._store.events(node=name, limit=events)]
-        return out
+    async def exists(self, name: str) -> bool:
+        return await self._store.get_node(name, self._clock()) is not None
 
-    async def drift(self, stage: Stage | None = None) -> dict[str, Any]:
+    async def node(self, name: str) -> NodeDetailJson | None:
+        detail = await self._store.get_node(name, self._clock())
+        if detail is None:
+            return None
+        status: dict[str, Any] = json.loads(detail.doc) if detail.doc else {}
+        return {
+            **self._node_json(detail.row),
+            "status": status,
+            "drift": status.get("drift", []),
+            "stale_at": detail.stale_at,
+            "events": [
+                _event_json(e) for e in await self._store.events(node=name, limit=_NODE_EVENTS)
+            ],
+        }
+
+    async def drift(self, stage: Stage | None = None) -> dict[str, list[DriftGroup]]:
         """Drift grouped by (target, subject, kind) across nodes, biggest group first."""
-        groups: dict[tuple[str, str, str], dict[str, Any]] = {}
-        for node, branch, state, doc in await self._store.drifted(self._clock()):
-            if stage is not None and branch != stage.branch:
+        groups: dict[tuple[str, str, str], DriftGroup] = {}
+        for drifted in await self._store.drifted(self._clock()):
+            if stage is not None and drifted.branch != stage.branch:
                 continue
-            name = self.stage_name(branch)
+            name = self._stage_name(drifted.branch)
             seen: set[tuple[str, str, str]] = set()
-            for item in json.loads(doc).get("drift", []):
+            for item in json.loads(drifted.doc).get("drift", []):
                 key = (item["target"], item["subject"], item["kind"])
                 if key in seen:
                     continue
@@ -158,15 +181,18 @@ class Fleet:
                 group["nodes"] += 1
                 stage_key = name if name is not None else ""
                 group["by_stage"][stage_key] = group["by_stage"].get(stage_key, 0) + 1
-                group["by_state"][state] = group["by_state"].get(state, 0) + 1
+                group["by_state"][drifted.state] = group["by_state"].get(drifted.state, 0) + 1
                 if len(group["examples"]) < _EXAMPLES:
-                    group["examples"].append(node)
+                    group["examples"].append(drifted.node)
         ordered = sorted(groups.values(), key=lambda g: (-g["nodes"], g["target"], g["subject"]))
         return {"drift": ordered}
 
-    async def stages(self) -> dict[str, Any]:
+    async def stages(
+        self, rollouts: Mapping[str, StageRollout] | None = None
+    ) -> dict[str, list[StageJson]]:
+        """Every stage's config and counts, joined with its rollout status (by name)."""
         summary = await self.summary()
-        out = []
+        out: list[StageJson] = []
         for s in self._cfg.stages:
             counts = summary["stages"][s.name]
             out.append(
@@ -190,6 +216,7 @@ class Fleet:
                     "nodes": counts["nodes"],
                     "states": counts["states"],
                     "versions": counts["versions"],
+                    **(rollouts or {}).get(s.name, {}),
                 }
             )  # fmt: skip
         return {"stages": out}
@@ -200,18 +227,18 @@ class Fleet:
         type_: str | None = None,
         since: float | None = None,
         limit: int = 100,
-    ) -> dict[str, Any]:
+    ) -> dict[str, list[EventJson]]:
         rows = await self._store.events(node=node, type_=type_, since=since, limit=limit)
-        return {"events": [event_dict(r) for r in rows]}
+        return {"events": [_event_json(r) for r in rows]}
 
 
-def event_dict(r: Any) -> dict[str, Any]:
+def _event_json(e: EventRow) -> EventJson:
     return {
-        "node": r["node"],
-        "seq": r["seq"],
-        "at": r["at"],
-        "type": r["type"],
-        "commit": r["commit_sha"],
-        "details": json.loads(r["details"]),
-        "received": r["received"],
+        "node": e.node,
+        "seq": e.seq,
+        "at": e.at,
+        "type": e.type,
+        "commit": e.commit,
+        "details": json.loads(e.details),
+        "received": e.received,
     }

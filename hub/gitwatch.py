@@ -1,8 +1,9 @@
 """Tracks the head of every stage branch and announces changes over MQTT.
 
-One ls-remote (dulwich ``get_refs`` limited to ``refs/heads/``) per interval; when a
-stage head changes, a retained ``edgefleet/v1/ref/<branch>`` message tells the agents
-of that stage to fetch at once instead of waiting for their own poll.
+One ls-remote (limited to ``refs/heads/``, through :mod:`common.gittransport`, so a
+hung server fails after ``[git] timeout``) per interval; when a stage head changes, a
+retained ``edgefleet/v1/ref/<branch>`` message tells the agents of that stage to fetch
+at once instead of waiting for their own poll.
 """
 
 from __future__ import annotations
@@ -13,12 +14,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from dulwich.client import get_transport_and_path
-from dulwich.config import ConfigDict
-from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
-
 from common import wire
-from hub.config import GitSettings, read_secret
+from common.gittransport import GitError, GitRemote
+from hub.config import GitSettings
 from hub.errors import GitWatchError
 
 log = logging.getLogger(__name__)
@@ -29,6 +27,7 @@ Publish = Callable[[str, bytes, int, bool], bool]
 class GitWatch:
     def __init__(self, cfg: GitSettings, branches: Sequence[str], publish: Publish) -> None:
         self._cfg = cfg
+        self._remote = GitRemote(cfg) if cfg.url is not None else None
         self._branches = tuple(branches)
         self._publish = publish
         self.heads: dict[str, str] = {}
@@ -39,24 +38,14 @@ class GitWatch:
 
     def _ls_remote(self) -> dict[str, str]:
         """Blocking: the heads of the stage branches (runs in a thread)."""
-        assert self._cfg.url is not None
-        config = ConfigDict()
-        if self._cfg.ca_file is not None:
-            config.set((b"http",), b"sslCAInfo", str(self._cfg.ca_file).encode())
-        token = read_secret(self._cfg.token_file) if self._cfg.token_file else None
+        if self._remote is None:
+            raise GitWatchError("no [git] url configured: stage heads cannot be read")
         try:
-            client, path = get_transport_and_path(
-                self._cfg.url,
-                config=config,
-                username="edgefleet" if token else None,
-                password=token,
-                key_filename=str(self._cfg.ssh_key) if self._cfg.ssh_key else None,
-            )
-            result = client.get_refs(path.encode(), ref_prefix=[b"refs/heads/"])
-        except (OSError, GitProtocolError, HangupException, NotGitRepository, ValueError) as err:
-            raise GitWatchError(f"ls-remote {self._cfg.url} failed: {err}") from err
+            refs = self._remote.refs("ls-remote", [b"refs/heads/"])
+        except GitError as err:
+            raise GitWatchError(str(err)) from err
         wanted = {f"refs/heads/{b}".encode(): b for b in self._branches}
-        return {wanted[k]: bytes(v).decode() for k, v in result.refs.items() if k in wanted and v}
+        return {wanted[k]: v.decode() for k, v in refs.items() if k in wanted}
 
     async def poll_once(self) -> dict[str, str]:
         """Refresh heads and announce changes; raises GitWatchError."""
@@ -91,7 +80,7 @@ class GitWatch:
         self.announce()
 
     async def run(self, stop: asyncio.Event) -> None:
-        if self._cfg.url is None or not self._branches:
+        if self._remote is None or not self._branches:
             return
         while not stop.is_set():
             try:

@@ -1,30 +1,36 @@
 """Ingest: validate node messages and write them to the store in batches.
 
-Every message is checked on arrival (size, topic, JSON, schema, types, that the node
-in the payload is the node in the topic); a bad one is counted by reason, logged at
-most once per reason per 10 s, acknowledged and dropped. Good ones are collected and
+Every message is checked on arrival (size, topic, then once, strictly, by
+:mod:`common.strict`: JSON, schema, types, that the node in the payload is the node in
+the topic); a bad one is counted by reason, logged at most once per reason per 10 s,
+acknowledged and dropped. The store gets the typed fields and the re-encoding of the
+validated status, never the raw payload. Good ones are collected and
 written every ``interval`` seconds in one transaction; their MQTT acks are sent only
 after that commit, so a hub crash loses nothing the broker considers delivered.
 
 Ordering rules: a status with a lower seq than the stored one is ignored (late
 delivery); the same seq again is a heartbeat (refreshes "last heard"); events are
-deduplicated by (node, seq) in SQL.
+deduplicated by (node, incarnation, seq) in SQL. A status whose incarnation differs from
+the stored one is a new life of the node (re-imaged, its seqs restarted): it replaces
+the old one whatever its seq. Statuses without an incarnation (older agents) are only
+ordered by seq.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, NoReturn
+from typing import NamedTuple
 
 from common import wire
+from common.status import ContractError, Status, details_json, status_json
+from common.strict import parse_event, parse_status
 from hub.errors import HubError, StoreError
 from hub.mqtt import Message
 from hub.store import Batch, EventRow, StatusRow, Store
@@ -55,182 +61,24 @@ class Rejected(HubError):
         self.detail = detail
 
 
-class Status(NamedTuple):
-    node: str
-    seq: int
-    state: str
-    branch: str | None
-    applied: str | None
-    desired: str | None
-    drift_count: int
-    heartbeat: float
-    observed_at: float | None
-    doc: str
-
-
-class Event(NamedTuple):
-    node: str
-    seq: int
-    at: float | None
-    type: str
-    commit: str | None
-    details: str
-
-
-_MAX_INT = 2**63 - 1
-"""SQLite's INTEGER range: a larger seq could not be stored."""
-
-
-def _no_constant(name: str) -> NoReturn:
-    # NaN and Infinity are not JSON: SQLite's JSON functions reject a stored document
-    # holding one, which would break every API query over all nodes.
-    raise Rejected("bad_type", f"{name} is not a JSON number")
-
-
-_decode = json.JSONDecoder(parse_constant=_no_constant).decode
-
-
-def _load(payload: bytes) -> tuple[dict[str, Any], str]:
-    try:
-        text = payload.decode("utf-8")
-        doc = _decode(text)
-    except (ValueError, RecursionError) as err:  # RecursionError: deeply nested input
-        raise Rejected("bad_json", str(err)[:80]) from err
-    if type(doc) is not dict:
-        raise Rejected("bad_json", f"top level is {type(doc).__name__}, not an object")
-    return doc, text
-
-
-def _check_header(doc: dict[str, Any], node: str) -> int:
-    schema = doc.get("schema")
-    if type(schema) is not int or schema != wire.SCHEMA:
-        raise Rejected("bad_schema", f"schema {str(schema)[:32]!r} (want {wire.SCHEMA})")
-    payload_node = doc.get("node")
-    if type(payload_node) is not str:
-        raise Rejected("bad_type", "node is not a string")
-    if payload_node != node:
-        raise Rejected("node_mismatch", f"payload node {payload_node[:64]!r} on topic of {node!r}")
-    seq = doc.get("seq")
-    if type(seq) is not int or not 0 <= seq <= _MAX_INT:
-        raise Rejected("bad_type", f"seq {str(seq)[:32]!r} is not an integer in 0..2^63-1")
-    return seq
-
-
-def _column(value: object, key: str) -> str | None:
-    """A string (or null) that becomes an SQLite column: lone surrogates (JSON allows
-    ``\\ud800``) cannot be encoded to UTF-8 and would fail the whole batch."""
-    if value is None:
-        return None
-    if type(value) is not str:
-        raise Rejected("bad_type", f"{key} is {type(value).__name__}, not a string")
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError as err:
-            raise Rejected("bad_type", f"{key} is not valid Unicode") from err
-    return value
-
-
-def _number(value: object, key: str) -> float | None:
-    # bool is an int in Python; JSON true is not a number here
-    if value is None:
-        return None
-    if type(value) is float:
-        if math.isfinite(value):  # 1e999 parses as inf
-            return value
-    elif type(value) is int:
-        with contextlib.suppress(OverflowError):  # a 400-digit integer
-            return float(value)
-    raise Rejected("bad_type", f"{key} is not a finite number")
-
-
-_OTHER_STR = ("last_good", "reason", "message", "version")
-_DICT_OR_NONE = ("resources", "health")
-_STATE_SET = frozenset(wire.STATES)
-
-
-def parse_status(node: str, payload: bytes) -> Status:
-    """Validate a status document (wire.StatusDoc); raises Rejected.
-
-    Written for speed (it runs for every message): plain loops and type checks.
-    """
-    doc, text = _load(payload)
-    seq = _check_header(doc, node)
-    get = doc.get
-    state = get("state")
-    if type(state) is not str or state not in _STATE_SET:
-        raise Rejected("bad_type", f"state {str(state)[:32]!r} is not one of {wire.STATES}")
-    branch = _column(get("branch"), "branch")
-    applied = _column(get("applied"), "applied")
-    desired = _column(get("desired"), "desired")
-    for key in _OTHER_STR:
-        value = get(key)
-        if value is not None and type(value) is not str:
-            raise Rejected("bad_type", f"{key} is {type(value).__name__}, not a string")
-    for key in _DICT_OR_NONE:
-        value = get(key)
-        if value is not None and type(value) is not dict:
-            raise Rejected("bad_type", f"{key} is {type(value).__name__}, not an object")
-    labels = get("labels") or {}
-    if type(labels) is not dict:
-        raise Rejected("bad_type", "labels must map strings to strings")
-    for value in labels.values():
-        if type(value) is not str:
-            raise Rejected("bad_type", "labels must map strings to strings")
-    drift = get("drift") or []
-    if type(drift) is not list:
-        raise Rejected("bad_type", "drift must be a list of items with target, subject, kind")
-    for item in drift:
-        if (
-            type(item) is not dict
-            or type(item.get("target")) is not str
-            or type(item.get("subject")) is not str
-            or type(item.get("kind")) is not str
-        ):
-            raise Rejected("bad_type", "drift must be a list of items with target, subject, kind")
-    paths = get("paths") or []
-    if type(paths) is not list:
-        raise Rejected("bad_type", "paths must be a list of strings")
-    for path in paths:
-        if type(path) is not str:
-            raise Rejected("bad_type", "paths must be a list of strings")
-    heartbeat = _number(get("heartbeat"), "heartbeat") or 0.0
-    observed_at = _number(get("observed_at"), "observed_at")
-    return Status(
-        node, seq, state, branch, applied, desired, len(drift), max(heartbeat, 0.0),
-        observed_at, text,
-    )  # fmt: skip
-
-
-def parse_event(node: str, payload: bytes) -> Event:
-    """Validate an event document (wire.EventDoc); raises Rejected."""
-    doc, _ = _load(payload)
-    seq = _check_header(doc, node)
-    type_ = _column(doc.get("type"), "type")
-    if not type_ or len(type_) > 64:
-        raise Rejected("bad_type", "type must be a non-empty string of at most 64 characters")
-    details = doc.get("details") or {}
-    if type(details) is not dict:
-        raise Rejected("bad_type", "details must be an object")
-    try:
-        # allow_nan=False: 1e999 parsed as inf must not be stored as non-JSON "Infinity"
-        details_text = json.dumps(details, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (ValueError, RecursionError) as err:
-        raise Rejected("bad_type", f"details cannot be stored: {str(err)[:80]}") from err
-    return Event(
-        node=node,
-        seq=seq,
-        at=_number(doc.get("at"), "at"),
-        type=type_,
-        commit=_column(doc.get("commit"), "commit"),
-        details=details_text,
-    )
-
-
 def parse_online(payload: bytes) -> int:
     if payload in (b"0", b"1"):
         return int(payload)
     raise Rejected("bad_type", f"online payload {payload[:16]!r} is not 0 or 1")
+
+
+def _new_life(known: str | None, incarnation: str | None) -> bool:
+    """A status of another incarnation than the ``known`` one: the node's seqs
+    restarted, so seq order says nothing."""
+    return incarnation is not None and incarnation != known
+
+
+class _Stored(NamedTuple):
+    """A status committed for ``node``: the next ones are ordered against it."""
+
+    node: str
+    seq: int
+    incarnation: str | None
 
 
 @dataclass
@@ -302,9 +150,11 @@ class Ingest:
         self._events_max_age = events_max_age
         self._events_max = events_max
         self._seqs: dict[str, int] = {}
+        self._lives: dict[str, str] = {}
+        """Incarnation of each node's stored status (nodes of older agents have none)."""
         self._routes: dict[str, tuple[str, str]] = {}
         self._pending = _Pending()
-        self._retry: tuple[Batch, list[tuple[int, int]], list[tuple[str, int]]] | None = None
+        self._retry: tuple[Batch, list[tuple[int, int]], list[_Stored]] | None = None
         self._full = asyncio.Event()
         self._limiter = _LogLimiter(_LOG_EVERY)
         self.counters = IngestCounters()
@@ -312,12 +162,13 @@ class Ingest:
     async def start(self) -> None:
         """Load the stored seq per node (the out-of-order check runs in memory)."""
         self._seqs = await self._store.node_seqs()
+        self._lives = await self._store.node_incarnations()
         await self._store.restale(self._stale_after)
 
     def submit(self, msg: Message) -> None:
         try:
             self._accept(msg)
-        except Rejected as rej:
+        except (Rejected, ContractError) as rej:
             self.counters.dropped[rej.reason] += 1
             self._limiter.warning(rej.reason, "dropped message on %s: %s", msg.topic[:200], rej)
             self._ack(msg.mid, msg.qos)
@@ -348,7 +199,11 @@ class Ingest:
         if kind == "status":
             status = parse_status(node, msg.payload)
             old = pending.statuses.get(node)
-            if old is None or status.seq >= old[0].seq:
+            if (
+                old is None
+                or status.seq >= old[0].seq
+                or _new_life(old[0].incarnation, status.incarnation)
+            ):
                 pending.statuses[node] = (status, not msg.retain, now)
             else:
                 self.counters.status_out_of_order += 1
@@ -357,8 +212,9 @@ class Ingest:
         else:
             ev = parse_event(node, msg.payload)
             pending.events.append(
-                EventRow(node, ev.seq, ev.at, ev.type, ev.commit, ev.details, now)
-            )
+                EventRow(node, ev.seq, ev.at, ev.type, ev.commit, details_json(ev), now,
+                         ev.incarnation or "")
+            )  # fmt: skip
         pending.acks.append((msg.mid, msg.qos))
         if len(pending.acks) >= self._max_batch:
             self._full.set()
@@ -387,27 +243,27 @@ class Ingest:
         if removed:
             log.info("event retention removed %d old events", removed)
 
-    def _build(self) -> tuple[Batch, list[tuple[int, int]], list[tuple[str, int]]]:
+    def _build(self) -> tuple[Batch, list[tuple[int, int]], list[_Stored]]:
         pending, self._pending = self._pending, _Pending()
         batch = Batch(events=pending.events)
-        seqs: list[tuple[str, int]] = []
+        seqs: list[_Stored] = []
         for status, live, received in pending.statuses.values():
             heard = received
-            known = self._seqs.get(status.node, -1)
-            if status.seq > known:
+            r = status.report
+            known = self._seqs.get(r.node, -1)
+            if status.seq > known or _new_life(self._lives.get(r.node), status.incarnation):
                 if not live and status.observed_at is not None:
                     heard = min(heard, status.observed_at)  # a replay proves nothing about now
-                window = max(self._stale_after, 3 * status.heartbeat)
                 batch.statuses.append(
                     StatusRow(
-                        status.node, status.branch, status.state, status.seq, status.applied,
-                        status.desired, status.drift_count, status.heartbeat,
-                        heard, heard + window, status.observed_at, status.doc, live,
+                        r.node, r.branch, r.state, status.seq, r.applied, r.desired,
+                        r.drift_total, status.heartbeat, heard, self._stale_after,
+                        status.observed_at, status_json(status), live,
                     )
                 )  # fmt: skip
-                seqs.append((status.node, status.seq))
+                seqs.append(_Stored(r.node, status.seq, status.incarnation))
             elif status.seq == known and live:
-                batch.heartbeats.append((heard, self._stale_after, status.node))
+                batch.heartbeats.append((heard, self._stale_after, r.node))
             else:
                 self.counters.status_out_of_order += 1
         for node, (online, live, heard) in pending.onlines.items():
@@ -429,7 +285,10 @@ class Ingest:
             self._limiter.warning("store", "ingest batch not stored, will retry: %s", err)
             return
         self._retry = None
-        self._seqs.update(seqs)
+        for stored in seqs:
+            self._seqs[stored.node] = stored.seq
+            if stored.incarnation is not None:
+                self._lives[stored.node] = stored.incarnation
         for mid, qos in acks:
             self._ack(mid, qos)
         c = self.counters

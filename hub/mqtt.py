@@ -1,9 +1,10 @@
 """The hub's MQTT client: paho-mqtt driven by the asyncio loop, subscribe-focused.
 
-Pitfalls handled (docs/TESTBED "paho-mqtt on asyncio"): connect()/reconnect() block,
-so they run in an executor; :class:`common.mqttloop.SocketBridge` hands paho's socket to
-the loop; in that mode paho does not reconnect by itself, so :meth:`HubMqtt.run` does,
-with jittered exponential backoff.
+The client is built and connected by common.mqttclient (credentials, TLS, the MQTT 5 ->
+3.1.1 fallback, typed connect failures), its blocking connect in a thread;
+:class:`common.mqttloop.SocketBridge` hands paho's socket to the loop; in that mode paho
+does not reconnect by itself, so :meth:`HubMqtt.run` does, with
+:class:`common.backoff.Backoff`.
 
 Delivery: QoS 1, a persistent session (MQTT 5 clean_start=False + session expiry, or
 3.1.1 clean_session=False) under a stable client id, and manual acks: a message is
@@ -19,9 +20,7 @@ while the hub is down or its window is full. With MQTT 3.1.1, ``max_inflight_mes
 (default 20) bounds the messages in flight to the hub: with acks sent after each
 commit that caps ingest at ~200 messages/s, so set it to 0 (the hub bounds itself).
 
-Throughput (bench/bench_ingest.py): the receive path is paho's, made cheaper where
-profiling showed it spends more than the whole rest of the hub (see :class:`_Client`);
-acks of one committed batch leave as one socket write instead of one per message.
+Throughput: the receive path and the batched acks are :mod:`hub.mqttrecv`'s.
 """
 
 from __future__ import annotations
@@ -30,106 +29,37 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
-import ssl
-import struct
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
-from common.mqttloop import SocketBridge, connect_persistent
-from hub.config import MqttSettings, read_secret
+from common.backoff import Backoff
+from common.mqttclient import (
+    ConnectFailed,
+    connect_in_thread,
+    fallback_protocol,
+    initial_protocol,
+    make_client,
+    refused,
+)
+from common.mqttloop import SocketBridge
+from hub.config import MqttSettings
+from hub.mqttrecv import Message, ReceiveClient
+
+__all__ = ["SHARE_GROUP", "HubMqtt", "Message"]  # Message: what ingest receives
 
 log = logging.getLogger(__name__)
 
 SHARE_GROUP = "$share/edgefleet-hub/"
 _BACKOFF_MIN = 0.5
 _BACKOFF_MAX = 30.0
-# CONNACK codes meaning "this broker does not speak MQTT 5" (3.1.1 rc 1, MQTT 5 0x84).
-_UNSUPPORTED_PROTOCOL = (1, 0x84)
+_STOP_GRACE = 2.0
+"""Seconds a clean stop waits for the broker to confirm its acks, then for DISCONNECT."""
 _PACKETS_PER_WAKEUP = 2000
 """Packets handled per loop callback before other tasks (commit, API) get a turn."""
 _MAX_UNACKED = 20_000
 """Default of HubMqtt's ``max_unacked``."""
-_RECV_BYTES = 256 * 1024
-_PUBACK = 0x40
-_PUBACK_WORD = 0x40020000
-"""A PUBACK as one big-endian word: type, remaining length 2, packet id (low 16 bits).
-Valid for 3.1.1 and for MQTT 5 (no reason code = success), as paho sends it itself."""
-
-
-class Message(NamedTuple):  # a tuple: cheap to build for every message
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    mid: int
-
-
-class _Client(paho.Client):
-    """paho's client with a cheaper receive path for what the hub receives most.
-
-    Profiled on paho 2.2: for every incoming packet paho makes 3-4 ``recv`` calls (one
-    per header byte), and for every MQTT 5 PUBLISH it builds a ``Properties`` object
-    (~23 us, twice the hub's own validation of a status). Here the socket is read in
-    large chunks, and a QoS 0/1 PUBLISH without properties - every message the broker
-    sends to this client, as it asks for no topic aliases - is decoded in a few slices
-    and handed straight to ``deliver``. Anything else (properties, QoS 2, malformed)
-    goes through paho's own code, which also delivers through ``on_message``.
-    """
-
-    def __init__(self, deliver: Callable[[Message], None], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._deliver = deliver
-        self._rbuf = b""
-        self._rpos = 0
-        self._rsock: object = None
-        self.starved = False
-        """Set when a read found the socket empty (the event loop will call again)."""
-        self.paused = False
-        """Set while reading waits for acks (too many unacked messages)."""
-        self.unacked: set[int] = set()
-        """Packet ids of QoS 1 messages delivered on this connection and not acked yet."""
-        self.acks: list[int] = []
-        """Packet ids whose PUBACK goes out with the next :meth:`send_acks`."""
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        buf, pos = self._rbuf, self._rpos
-        if pos >= len(buf) or self._rsock is not self._sock:
-            try:
-                buf = super()._sock_recv(_RECV_BYTES)
-            except BlockingIOError:
-                self.starved = True
-                raise
-            self._rbuf, self._rsock, pos = buf, self._sock, 0
-        self._rpos = pos + bufsize
-        return buf[pos : pos + bufsize]
-
-    def _handle_publish(self) -> MQTTErrorCode:
-        header: int = self._in_packet["command"]
-        packet: bytearray = self._in_packet["packet"]
-        qos = (header & 0x06) >> 1
-        topic_end = 2 + int.from_bytes(packet[:2], "big")
-        mid = int.from_bytes(packet[topic_end : topic_end + 2], "big") if qos else 0
-        start = topic_end + 2 if qos else topic_end  # payload, or MQTT 5 properties length
-        if self._protocol == MQTTProtocolVersion.MQTTv5:
-            if start >= len(packet) or packet[start] != 0:  # properties: paho decodes them
-                return super()._handle_publish()
-            start += 1
-        if qos == 2 or topic_end == 2 or start > len(packet) or (qos and not mid):
-            return super()._handle_publish()
-        topic = packet[2:topic_end].decode("utf-8", "replace")
-        self._deliver(Message(topic, bytes(packet[start:]), qos, bool(header & 1), mid))
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def send_acks(self) -> None:
-        """Queue the collected PUBACKs as one packet: one socket write for a batch."""
-        mids, self.acks = self.acks, []
-        if mids and self.is_connected():
-            blob = struct.pack(f"!{len(mids)}I", *[_PUBACK_WORD | mid for mid in mids])
-            self._packet_queue(_PUBACK, blob, 0, 0)
 
 
 class HubMqtt:
@@ -151,11 +81,12 @@ class HubMqtt:
         self._topics = [SHARE_GROUP + t if cfg.shared else t for t in topics]
         self._on_message = on_message
         self._on_ready = on_ready
-        self._v5 = cfg.protocol != "3.1.1"
-        self._client: _Client | None = None
+        self._protocol = initial_protocol(cfg.protocol)
+        self._client: ReceiveClient | None = None
         self._bridge: SocketBridge | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._lost: asyncio.Future[str] | None = None
+        self._lost: asyncio.Future[ConnectFailed] | None = None
+        self._stopping = False
         self.ready = asyncio.Event()
         """Set while connected and subscribed."""
 
@@ -185,7 +116,7 @@ class HubMqtt:
             self._loop.call_soon(self._send_acks, client)
         client.acks.append(mid)
 
-    def _send_acks(self, client: _Client) -> None:
+    def _send_acks(self, client: ReceiveClient) -> None:
         client.send_acks()
         if client.paused and len(client.unacked) < self._max_unacked:
             client.paused = False
@@ -204,50 +135,57 @@ class HubMqtt:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, subscribe, and reconnect with backoff until ``stop`` is set."""
         self._loop = asyncio.get_running_loop()
-        backoff = _BACKOFF_MIN
-        failing = False
+        backoff = Backoff(initial=_BACKOFF_MIN, maximum=_BACKOFF_MAX, jitter=0.5)
         while not stop.is_set():
             problem = await self._session(stop)
             if stop.is_set():
                 break
-            if problem is None:
-                backoff = _BACKOFF_MIN
+            if problem is None:  # the session was up: reconnect at once
+                backoff.success()
                 continue
-            if not failing:
+            fallback = fallback_protocol(self._cfg.protocol, self._protocol, problem.refusal)
+            if fallback is not None:
+                log.warning("MQTT broker %s refused MQTT 5; using 3.1.1", self._cfg.url)
+                self._protocol = fallback
+                continue
+            if not backoff.failing:
                 log.warning("MQTT broker %s unavailable: %s; retrying", self._cfg.url, problem)
-                failing = True
-            delay = backoff * random.uniform(0.5, 1.5)  # noqa: S311 (jitter, not crypto)
-            backoff = min(backoff * 2, _BACKOFF_MAX)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            if failing and self.ready.is_set():
-                failing = False
+                await asyncio.wait_for(stop.wait(), backoff.failure(problem.kind))
 
     # -- one connection -----------------------------------------------------------
 
-    async def _session(self, stop: asyncio.Event) -> str | None:
-        """One connection's life; returns a problem text, or None after a clean session."""
+    async def _session(self, stop: asyncio.Event) -> ConnectFailed | None:
+        """One connection's life; the failure, or None after a session that was up."""
         assert self._loop is not None
         if self._bridge is not None:
             self._bridge.detach()  # a late callback of the old client must not touch the loop
-        client = self._client = self._make_client()
-        self._bridge = SocketBridge(
+            self._bridge = None
+        try:
+            client = self._client = self._make_client()
+        except ConnectFailed as err:
+            return err
+        bridge = self._bridge = SocketBridge(
             client, functools.partial(self._readable, client), client.loop_write
         )
         self._lost = self._loop.create_future()
+        self._stopping = False
         try:
-            await self._loop.run_in_executor(None, self._connect, client)
-        except (OSError, ssl.SSLError, ValueError) as err:
-            return f"connect failed: {err}"
+            await connect_in_thread(
+                client,
+                self._cfg,
+                session_expiry=self._cfg.session_expiry,
+                receive_maximum=min(self._max_unacked, 65535),
+            )
+        except ConnectFailed as err:
+            return err
         misc = asyncio.create_task(self._misc(client), name="mqtt-misc")
         stopper = asyncio.create_task(stop.wait(), name="mqtt-stop-wait")
         waiting: set[asyncio.Future[Any]] = {self._lost, stopper}
         try:
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if stop.is_set():
-                client.disconnect()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._lost), 2.0)
+                await self._disconnect(client)
                 return None
             problem = self._lost.result()
             was_ready = self.ready.is_set()
@@ -258,6 +196,10 @@ class HubMqtt:
             return problem
         finally:
             self.ready.clear()
+            sock = client.socket()
+            if sock is not None:  # refused, or a broker that did not take our DISCONNECT
+                bridge.detach()
+                sock.close()
             stopper.cancel()
             misc.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -265,13 +207,37 @@ class HubMqtt:
             with contextlib.suppress(asyncio.CancelledError):
                 await stopper
 
-    def _connect(self, client: paho.Client) -> None:
-        """Blocking connect (runs in an executor)."""
-        cfg = self._cfg
-        receive_maximum = min(self._max_unacked, 65535)
-        connect_persistent(
-            client, cfg.host, cfg.port, cfg.keepalive, cfg.session_expiry, receive_maximum
-        )
+    async def _disconnect(self, client: ReceiveClient) -> None:
+        """A clean stop: every ack given to :meth:`ack` is handled by the broker before
+        this returns, then DISCONNECT; bounded by _STOP_GRACE.
+
+        Acks still waiting for their ``call_soon`` are queued now (once disconnecting,
+        paho is no longer "connected" and would drop them). Written is not handled: a
+        broker handles one packet of a connection per turn, and a new connection under
+        the same client id (a restarted hub) takes the session over, dropping what the
+        old connection had not handled yet - those messages would be delivered again.
+        So a PINGREQ follows the acks and its PINGRESP is awaited; reading resumes for
+        it, and messages still arriving are left unacked for the next session.
+        """
+        assert self._loop is not None and self._lost is not None
+        self._stopping = True
+        client.send_acks()
+        pong = self._loop.create_future()
+        client.on_pong = functools.partial(_resolve, pong)
+        client.ping()
+        if client.paused:
+            client.paused = False
+            if self._bridge is not None and self._bridge.resume_reading():
+                self._loop.call_soon(self._readable, client)  # bytes may wait in its buffer
+        await asyncio.wait({pong, self._lost}, timeout=_STOP_GRACE)
+        if not pong.done():
+            log.warning("MQTT broker did not confirm the last acks in %gs", _STOP_GRACE)
+        client.disconnect()
+        try:
+            async with asyncio.timeout(_STOP_GRACE):
+                await asyncio.shield(self._lost)
+        except TimeoutError:
+            log.warning("MQTT broker did not take the DISCONNECT in %gs; closing", _STOP_GRACE)
 
     async def _misc(self, client: paho.Client) -> None:
         """paho's housekeeping (keepalive pings, retries) once a second."""
@@ -279,28 +245,17 @@ class HubMqtt:
             await asyncio.sleep(1.0)
             client.loop_misc()
 
-    def _make_client(self) -> _Client:
-        cfg = self._cfg
-        client = _Client(
-            self._deliver,
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if self._v5 else MQTTProtocolVersion.MQTTv311,
-            clean_session=None if self._v5 else False,
-            reconnect_on_failure=False,
+    def _make_client(self) -> ReceiveClient:
+        client = make_client(
+            self._cfg,
+            self._cfg.client_id,
+            self._protocol,
+            persistent=True,
+            client_class=functools.partial(ReceiveClient, self._deliver),
             manual_ack=True,
         )
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(10_000)
-        if cfg.username is not None:
-            password = read_secret(cfg.password_file) if cfg.password_file else None
-            client.username_pw_set(cfg.username, password)
-        if cfg.tls:
-            client.tls_set(
-                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                certfile=str(cfg.client_cert) if cfg.client_cert else None,
-                keyfile=str(cfg.client_key) if cfg.client_key else None,
-            )
         client.on_connect = self._handle_connect
         client.on_subscribe = self._handle_subscribe
         client.on_disconnect = self._handle_disconnect
@@ -309,7 +264,7 @@ class HubMqtt:
 
     # -- paho callbacks (on the loop) ----------------------------------------------
 
-    def _readable(self, client: _Client) -> None:
+    def _readable(self, client: ReceiveClient) -> None:
         """paho handles one packet per loop_read (its max_packets is ignored for QoS1):
         keep going until the socket is empty, so a burst costs one loop wake-up, not one
         per message. Bytes already read but not yet handled sit in the client's buffer,
@@ -323,9 +278,11 @@ class HubMqtt:
         self._loop.call_soon(self._readable, client)
 
     def _deliver(self, msg: Message) -> None:
-        """Every message of the current connection, decoded by _Client or by paho."""
+        """Every message of the current connection, decoded by ReceiveClient or by paho."""
         client = self._client
         assert client is not None
+        if self._stopping:
+            return  # not acked: the broker delivers it again to the next session
         if msg.qos == 1:
             client.unacked.add(msg.mid)
             if len(client.unacked) >= self._max_unacked and not client.paused:
@@ -341,9 +298,7 @@ class HubMqtt:
         self, client: paho.Client, _ud: Any, flags: Any, rc: Any, _props: Any
     ) -> None:
         if rc.is_failure:
-            if self._v5 and self._cfg.protocol == "auto" and rc.value in _UNSUPPORTED_PROTOCOL:
-                self._v5 = False
-            self._set_lost(f"broker refused the connection: {rc}")
+            self._set_lost(refused(rc.value, str(rc)))
             client.disconnect()
             return
         log.debug("MQTT connected (session present: %s)", flags.session_present)
@@ -354,7 +309,7 @@ class HubMqtt:
     ) -> None:
         bad = [str(c) for c in codes if c.is_failure]
         if bad:
-            self._set_lost(f"subscription refused: {', '.join(bad)}")
+            self._set_lost(ConnectFailed(f"subscription refused: {', '.join(bad)}"))
             return
         log.info("MQTT connected to %s, subscribed to %d topics", self._cfg.url, len(codes))
         self.ready.set()
@@ -364,11 +319,16 @@ class HubMqtt:
     def _handle_disconnect(
         self, _client: paho.Client, _ud: Any, _flags: Any, rc: Any, _props: Any
     ) -> None:
-        self._set_lost(f"disconnected: {rc}")
+        self._set_lost(ConnectFailed(f"disconnected: {rc}"))
 
-    def _set_lost(self, problem: str) -> None:
+    def _set_lost(self, problem: ConnectFailed) -> None:
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(problem)
 
     def _handle_message(self, _client: paho.Client, _ud: Any, msg: paho.MQTTMessage) -> None:
         self._deliver(Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), msg.mid))
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

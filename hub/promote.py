@@ -7,6 +7,9 @@ head?" before a promotion and to build the pack if the server lacks an object.
 A branch update is a compare-and-swap: the remote's advertised value must equal the
 value the caller decided on, and the server checks it again while it holds the ref
 lock. ``send_pack`` does not raise for a refused ref: ``ref_status`` is checked.
+
+Clients come from :mod:`common.gittransport`: every read is bounded by ``[git] timeout``,
+so a hung server fails the promotion (and frees the rollout lock) instead of blocking.
 """
 
 from __future__ import annotations
@@ -15,20 +18,19 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from dulwich.client import GitClient, get_transport_and_path
-from dulwich.config import ConfigDict
-from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
-from dulwich.objects import Commit, ObjectID
+from dulwich.errors import NotGitRepository
+from dulwich.objects import ObjectID
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
-from hub.config import GitSettings, read_secret
+from common.gittransport import PROTOCOL_VERSION, GitError, GitRemote
+from hub.config import GitSettings
 from hub.errors import BranchMoved, PromoteError
 
 log = logging.getLogger(__name__)
 
-ZERO_SHA = b"0" * 40
-_GIT_ERRORS = (OSError, GitProtocolError, HangupException, NotGitRepository, ValueError, KeyError)
+_MIRROR_ERRORS = (OSError, NotGitRepository, ValueError, KeyError)
+"""What the local mirror can raise (unreadable or broken files, a missing object)."""
 
 
 def _short(sha: str | None) -> str:
@@ -41,25 +43,11 @@ class StageGit:
     def __init__(self, cfg: GitSettings, mirror: Path) -> None:
         if cfg.url is None:
             raise PromoteError("no [git] url configured: stage branches cannot be moved")
-        self._cfg = cfg
-        self._url: str = cfg.url
+        self._remote = GitRemote(cfg)
         self._mirror = mirror
         self.before_update: Callable[[str, str | None, str], None] | None = None
         """Test hook: runs after the remote advertised the branch and before the update
         command is sent (branch, old, new) - the window a concurrent push can hit."""
-
-    def _client(self) -> tuple[GitClient, str]:
-        config = ConfigDict()
-        if self._cfg.ca_file is not None:
-            config.set((b"http",), b"sslCAInfo", str(self._cfg.ca_file).encode())
-        token = read_secret(self._cfg.token_file) if self._cfg.token_file else None
-        return get_transport_and_path(
-            self._url,
-            config=config,
-            username="edgefleet" if token else None,
-            password=token,
-            key_filename=str(self._cfg.ssh_key) if self._cfg.ssh_key else None,
-        )
 
     def _repo(self) -> Repo:
         if (self._mirror / "objects").is_dir():
@@ -71,8 +59,7 @@ class StageGit:
         """Fetch the branches' history into the mirror; returns their heads."""
         wanted = {f"refs/heads/{b}".encode(): b for b in branches}
         try:
-            client, path = self._client()
-            with self._repo() as repo:
+            with self._repo() as repo, self._remote.session("fetch") as (client, path):
                 result = client.fetch(
                     path,
                     repo,
@@ -81,14 +68,17 @@ class StageGit:
                         if ref in wanted and sha and sha not in repo.object_store
                     ],
                     ref_prefix=list(wanted),
+                    protocol_version=PROTOCOL_VERSION,
                 )  # fmt: skip
                 heads = {}
                 for ref, sha in result.refs.items():
                     if ref in wanted and sha:
                         repo.refs[ref] = sha
                         heads[wanted[ref]] = sha.decode()
-        except _GIT_ERRORS as err:
-            raise PromoteError(f"fetching stage branches from {self._url} failed: {err}") from err
+        except GitError as err:
+            raise PromoteError(f"fetching stage branches failed: {err}") from err
+        except _MIRROR_ERRORS as err:
+            raise PromoteError(f"cannot update the stage mirror {self._mirror}: {err}") from err
         return heads
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
@@ -98,24 +88,14 @@ class StageGit:
             with self._repo() as repo:
                 walker = repo.get_walker(include=[ObjectID(descendant.encode())])
                 found = any(entry.commit.id == target for entry in walker)
-        except _GIT_ERRORS as err:
+        except _MIRROR_ERRORS as err:
             raise PromoteError(f"cannot walk history of {descendant[:12]}: {err}") from err
         return found
 
-    def has_commit(self, sha: str) -> bool:
+    def _confirm_moved(self, ref: bytes, branch: str, new: str) -> None:
         try:
-            with self._repo() as repo:
-                obj = repo.object_store[ObjectID(sha.encode())]
-        except KeyError:
-            return False
-        return isinstance(obj, Commit)
-
-    def _confirm_moved(
-        self, client: GitClient, path: str, ref: bytes, branch: str, new: str
-    ) -> None:
-        try:
-            now = client.get_refs(path.encode()).refs.get(Ref(ref))
-        except _GIT_ERRORS as err:
+            now = self._remote.refs("ls-remote", [ref]).get(Ref(ref))
+        except GitError as err:
             raise PromoteError(f"cannot confirm the push of {branch}: {err}") from err
         if now != new.encode():
             raise BranchMoved(
@@ -139,8 +119,7 @@ class StageGit:
             return {**refs, ref: new.encode()}
 
         try:
-            client, path = self._client()
-            with self._repo() as repo:
+            with self._repo() as repo, self._remote.session("push") as (client, path):
 
                 def pack(
                     have: set[ObjectID], want: set[ObjectID], *, ofs_delta: bool = False,
@@ -151,8 +130,10 @@ class StageGit:
                     return count, list(data)
 
                 result = client.send_pack(path, update_refs, pack)  # type: ignore[arg-type]
-        except _GIT_ERRORS as err:
-            raise PromoteError(f"pushing {branch} to {self._url} failed: {err}") from err
+        except GitError as err:
+            raise PromoteError(f"pushing {branch} failed: {err}") from err
+        except _MIRROR_ERRORS as err:
+            raise PromoteError(f"cannot read the stage mirror {self._mirror}: {err}") from err
         current = seen[0].decode() if seen and seen[0] else None
         if current != old:
             raise BranchMoved(
@@ -161,8 +142,8 @@ class StageGit:
             )
         statuses = result.ref_status or {}
         if ref not in statuses:
-            # dulwich's file:// client updates the ref in place and reports nothing: ask.
-            self._confirm_moved(client, path, ref, branch, new)
+            # A server without report-status (git's own receive-pack has it) says nothing: ask.
+            self._confirm_moved(ref, branch, new)
             statuses = {ref: None}
         if statuses[ref] is not None:
             # The server re-checks the old value under its ref lock: someone pushed first.

@@ -1,10 +1,8 @@
-"""Staged rollouts: health gates, promotion, halt, rollback and the audit log.
+"""Staged rollouts: the promotion engine, halt, rollback and the audit log.
 
 A stage with ``promote_from`` takes the head of its source stage (the candidate) when
-the source stage's nodes run it healthily: :func:`evaluate_gate` is that decision as a
-pure function of fresh node reports. Stale and offline nodes are in the denominator
-and never in the numerator; the gate must hold continuously for ``soak`` seconds
-(tracked per candidate in memory: a hub restart starts the soak over, which is safe).
+:func:`hub.gate.evaluate_gate` opens; the soak is tracked per candidate in memory (a
+hub restart starts the soak over, which is safe).
 
 :class:`Rollout` runs the loop: it records stage heads, halts a pipeline whose stage
 fails on its head beyond ``max_failed`` (and with ``auto_rollback`` moves that stage
@@ -19,119 +17,21 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from hub.config import Gate, HubConfig, Stage
+from hub.config import HubConfig, Stage
 from hub.errors import BranchMoved, HubError, PromoteError, RolloutRefused
+from hub.gate import GateResult, blocked_by, evaluate_gate, failed_on
 from hub.promote import StageGit
-from hub.store import AuditRow, Pause, Store
+from hub.shapes import AuditJson, PauseJson, PromoteJson, ResumeJson, RollbackJson, StageRollout
+from hub.store import AuditRow, NodeState, Pause, RolloutStore
 
 log = logging.getLogger(__name__)
 
-FAILED_STATES = ("failed", "refused")
 AUTO = "auto"
-
-
-# -- pure gate logic ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NodeView:
-    node: str
-    state: str
-    """Effective state: what the node said, overridden by stale/offline."""
-    reported: str | None
-    """What the node last said, however old (a failure stays evidence)."""
-    applied: str | None
-    desired: str | None
-    version: str | None = None
-    """The agent version the node reports."""
-
-
-@dataclass(frozen=True)
-class GateResult:
-    open: bool
-    candidate: str | None
-    total: int
-    ready: int
-    needed: int
-    failed: int
-    stale: int
-    offline: int
-    holding_since: float | None
-    """Since when the condition (without soak) holds; None while it does not."""
-    soak_left: float
-    reason: str
-
-    def evidence(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def duration(seconds: float) -> str:
-    """Short human duration: 45s, 4m, 2h."""
-    seconds = max(seconds, 0.0)
-    if seconds < 100:
-        return f"{math.ceil(seconds)}s"
-    if seconds < 6000:
-        return f"{math.ceil(seconds / 60)}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def failed_on(nodes: Sequence[NodeView], commit: str) -> list[str]:
-    """Nodes whose last report says they failed on (or refused) ``commit``; a node that
-    rolled back locally reports ``failed`` with ``desired`` = the bad commit."""
-    return sorted(n.node for n in nodes if n.reported in FAILED_STATES and n.desired == commit)
-
-
-def evaluate_gate(
-    gate: Gate,
-    candidate: str | None,
-    nodes: Sequence[NodeView],
-    holding_since: float | None,
-    now: float,
-) -> GateResult:
-    """Is ``candidate`` healthy on enough ``nodes`` (the source stage), long enough?
-
-    ``holding_since`` is the previous result's value for the same candidate (None at
-    first); the returned one continues or restarts the soak.
-    """
-    total = len(nodes)
-    stale = sum(n.state == "stale" for n in nodes)
-    offline = sum(n.state == "offline" for n in nodes)
-    if candidate is None:
-        return GateResult(False, None, total, 0, 0, 0, stale, offline, None, gate.soak,
-                          "the source stage branch has no head yet")  # fmt: skip
-    ready = sum(
-        n.state == "synced" and n.applied == candidate and gate.agent_version in (None, n.version)
-        for n in nodes
-    )
-    failed = len(failed_on(nodes, candidate))
-    # 1e-9: 0.8 * 5 must need 4 nodes, not 5 through float rounding.
-    needed = max(gate.min_nodes, math.ceil(gate.min_ready_ratio * total - 1e-9))
-    short = candidate[:7]
-    counts = f"{ready}/{total} nodes applied {short}"
-    if gate.agent_version is not None:
-        counts += f" on agent {gate.agent_version}"
-    unfresh = ", ".join(f"{n} {what}" for n, what in ((stale, "stale"), (offline, "offline")) if n)
-    if failed > gate.max_failed:
-        reason = f"{failed} node{'s' * (failed != 1)} failed on {short} (max {gate.max_failed})"
-    elif ready < needed:
-        reason = f"{counts}, need {needed}" + (f" ({unfresh})" if unfresh else "")
-    else:
-        since = now if holding_since is None else holding_since
-        left = max(gate.soak - (now - since), 0.0)
-        if left > 0:
-            reason = f"{counts}, soak {duration(left)} left"
-        else:
-            reason = f"{counts}, healthy for {duration(now - since)}"
-        return GateResult(left == 0, candidate, total, ready, needed, failed, stale, offline,
-                          since, left, reason)  # fmt: skip
-    return GateResult(False, candidate, total, ready, needed, failed, stale, offline, None,
-                      gate.soak, reason)  # fmt: skip
 
 
 # -- the rollout loop -----------------------------------------------------------------
@@ -155,7 +55,7 @@ class Rollout:
     def __init__(
         self,
         cfg: HubConfig,
-        store: Store,
+        store: RolloutStore,
         git: StageGit | None,
         heads: Callable[[], Mapping[str, str]],
         moved: Moved,
@@ -183,10 +83,8 @@ class Rollout:
 
     # -- evaluation -----------------------------------------------------------------
 
-    async def _nodes(self, stage: Stage) -> list[NodeView]:
-        rows = await self._store.stage_nodes(stage.branch, self._clock())
-        return [NodeView(r["node"], r["effective"], r["state"], r["applied"], r["desired"],
-                         r["version"]) for r in rows]  # fmt: skip
+    async def _nodes(self, stage: Stage) -> list[NodeState]:
+        return await self._store.stage_nodes(stage.branch, self._clock())
 
     async def evaluate(self, stage: Stage, track: bool = False) -> GateResult:
         """The gate into ``stage``; ``track`` (the loop) advances the soak bookkeeping."""
@@ -210,35 +108,19 @@ class Rollout:
             raise RolloutRefused(f"stage {stage.name} has no promote_from: nothing to promote")
         return source
 
-    def _blocked(self, stage: Stage, pauses: Mapping[str, Pause]) -> str | None:
-        """Why automatic promotion into ``stage`` is paused, or None."""
-        pause = pauses.get(stage.name)
-        if pause is not None:
-            return (
-                f"stage {stage.name} is paused ({pause.kind} by {pause.who}: {pause.reason}); "
-                f"`edgefleet-hub resume {stage.name}` lifts it"
-            )
-        name = stage.promote_from
-        while name is not None:
-            pause = pauses.get(name)
-            if pause is not None and pause.kind == "halt":
-                return f"pipeline halted at {name}: {pause.reason}"
-            upstream = self._cfg.stage(name)
-            name = upstream.promote_from if upstream else None
-        return None
-
-    async def status(self) -> dict[str, dict[str, Any]]:
+    async def status(self) -> dict[str, StageRollout]:
         """Per stage: gate (if it has a source), pause, what blocks auto promotion."""
         pauses = await self._store.pauses()
         heads = self._heads()
         now = self._clock()
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, StageRollout] = {}
         for stage in self._cfg.stages:
             pause = pauses.get(stage.name)
-            info: dict[str, Any] = {
+            blocked = blocked_by(self._cfg, stage, pauses)
+            info: StageRollout = {
                 "auto_rollback": stage.auto_rollback,
-                "paused": None if pause is None else pause._asdict(),
-                "blocked": self._blocked(stage, pauses),
+                "paused": None if pause is None else _pause_json(pause),
+                "blocked": blocked,
                 "in_window": stage.window is None or stage.window.contains(now),
                 "gate_status": None,
             }
@@ -250,8 +132,8 @@ class Rollout:
                 status["up_to_date"] = up_to_date
                 if up_to_date:
                     status["reason"] = f"{stage.name} is at {candidate[:7]} already"
-                elif info["blocked"] and gate.open:
-                    status["reason"] = f"gate open, but {info['blocked']}"
+                elif blocked and gate.open:
+                    status["reason"] = f"gate open, but {blocked}"
                 info["gate_status"] = status
             out[stage.name] = info
         return out
@@ -295,7 +177,7 @@ class Rollout:
             if not (stage.auto and gate.open and gate.candidate is not None):
                 continue
             current = heads.get(stage.branch)
-            if current == gate.candidate or self._blocked(stage, pauses):
+            if current == gate.candidate or blocked_by(self._cfg, stage, pauses):
                 continue
             if stage.window is not None and not stage.window.contains(self._clock()):
                 continue
@@ -353,9 +235,7 @@ class Rollout:
             raise RolloutRefused("no [git] url configured: the hub cannot move stage branches")
         return self._git
 
-    async def promote(
-        self, name: str, who: str, reason: str, force: bool = False
-    ) -> dict[str, Any]:
+    async def promote(self, name: str, who: str, reason: str, force: bool = False) -> PromoteJson:
         """Manual promotion into stage ``name``; RolloutRefused says why it was not done."""
         stage = self._stage(name)
         gate = await self.evaluate(stage)
@@ -365,7 +245,7 @@ class Rollout:
         if current == gate.candidate:
             raise RolloutRefused(f"{name} is at {gate.candidate[:7]} already", gate.evidence())
         if not force:
-            blocked = self._blocked(stage, await self._store.pauses())
+            blocked = blocked_by(self._cfg, stage, await self._store.pauses())
             if blocked:
                 raise RolloutRefused(f"{blocked} (or use --force)", gate.evidence())
             if not gate.open:
@@ -390,7 +270,7 @@ class Rollout:
         who: str,
         reason: str,
         forced: bool,
-    ) -> dict[str, Any]:
+    ) -> PromoteJson:
         """Fast-forward ``stage`` from ``expected`` (the head the decision saw) to the
         candidate; a branch that moved since is reported, audited, never overwritten."""
         git = self._need_git()
@@ -443,14 +323,14 @@ class Rollout:
     async def _previous(self, stage: Stage, head: str) -> str | None:
         """The commit ``stage`` had before ``head``: the promotion's origin, else the
         previous head the hub saw."""
-        promo = await self._store.last_promotion(stage.name, head)
-        if promo is not None and promo["from_commit"]:
-            return str(promo["from_commit"])
+        origin = await self._store.promotion_origin(stage.name, head)
+        if origin:
+            return origin
         return next((c for c in await self._store.head_history(stage.name) if c != head), None)
 
     async def rollback(
         self, name: str, who: str, reason: str, to: str | None = None, pause: bool = True
-    ) -> dict[str, Any]:
+    ) -> RollbackJson:
         """Move ``name`` back (a forced push, old value checked) and pause it."""
         stage = self._stage(name)
         git = self._need_git()
@@ -489,7 +369,7 @@ class Rollout:
                     reason)  # fmt: skip
         return {"stage": name, "from": head, "to": target, "paused": True}
 
-    async def resume(self, name: str, who: str, reason: str) -> dict[str, Any]:
+    async def resume(self, name: str, who: str, reason: str) -> ResumeJson:
         stage = self._stage(name)
         pause = (await self._store.pauses()).get(name)
         if pause is None:
@@ -497,20 +377,24 @@ class Rollout:
         await self._store.clear_pause(name)
         self._auto_failed.pop(name, None)
         await self._audit("resume", stage, who, None, None, "done", reason,
-                          {"lifted": pause._asdict()})  # fmt: skip
+                          {"lifted": _pause_json(pause)})  # fmt: skip
         log.info("resumed %s (was paused: %s) by %s", name, pause.reason, who)
         self._wake.set()
-        return {"stage": name, "resumed": True, "was": pause._asdict()}
+        return {"stage": name, "resumed": True, "was": _pause_json(pause)}
 
-    async def history(self, stage: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        rows = await self._store.history(stage, limit)
+    async def history(self, stage: str | None = None, limit: int = 100) -> list[AuditJson]:
         return [
-            {"id": r["id"], "at": r["at"], "action": r["action"], "stage": r["stage"],
-             "who": r["who"], "from": r["from_commit"], "to": r["to_commit"],
-             "outcome": r["outcome"], "forced": bool(r["forced"]), "reason": r["reason"],
-             "evidence": json.loads(r["evidence"])}
-            for r in rows
+            {"id": e.id, "at": e.row.at, "action": e.row.action, "stage": e.row.stage,
+             "who": e.row.who, "from": e.row.from_commit, "to": e.row.to_commit,
+             "outcome": e.row.outcome, "forced": e.row.forced, "reason": e.row.reason,
+             "evidence": json.loads(e.row.evidence)}
+            for e in await self._store.history(stage, limit)
         ]  # fmt: skip
+
+
+def _pause_json(p: Pause) -> PauseJson:
+    return {"stage": p.stage, "kind": p.kind, "commit": p.commit, "at": p.at, "who": p.who,
+            "reason": p.reason}  # fmt: skip
 
 
 def _short(sha: str | None) -> str:

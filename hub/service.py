@@ -19,8 +19,9 @@ from hub.ingest import TOPICS, Ingest
 from hub.mqtt import HubMqtt, Message
 from hub.promote import StageGit
 from hub.rollout import Rollout
+from hub.sse import Updates
 from hub.store import Store
-from hub.web import Updates, WebContext, make_app
+from hub.web import WebContext, make_app
 
 log = logging.getLogger(__name__)
 

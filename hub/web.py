@@ -1,6 +1,8 @@
-"""The hub's HTTP side (aiohttp): JSON API, Prometheus metrics, SSE stream, dashboard.
+"""The hub's HTTP side (aiohttp): routes and handlers of the JSON API and dashboard.
 
-Shapes follow docs/design.md ("Hub"). Every bad request gets a 4xx JSON
+Handlers parse and check the request, then send what :mod:`hub.fleet` and
+:mod:`hub.rollout` build (shapes in docs/design.md, "Hub"); the SSE stream is
+:mod:`hub.sse`, the Prometheus text :mod:`hub.metrics`. Every bad request gets a 4xx JSON
 ``{"error": ...}``; unexpected exceptions are logged and answered with a JSON 500 by
 the middleware. Mutating calls need ``Authorization: Bearer <token>`` (the token is
 read from ``[hub] token_file`` at each call so it can be rotated).
@@ -9,13 +11,11 @@ read from ``[hub] token_file`` at each call so it can be rotated).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
-import json
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,15 @@ from typing import Any
 from aiohttp import web
 
 from common import wire
+from hub import sse
 from hub.config import HubConfig, Stage, read_secret
 from hub.errors import HubError, RolloutRefused
-from hub.fleet import ALL_STATES, Fleet
-from hub.ingest import DROP_REASONS, IngestCounters
+from hub.fleet import Fleet
+from hub.ingest import IngestCounters
+from hub.metrics import prometheus_text
 from hub.rollout import Rollout
+from hub.sse import Updates
+from hub.states import ALL_STATES
 from hub.webhook import GitPushHooks, Refresh
 
 log = logging.getLogger(__name__)
@@ -35,68 +39,9 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 _MAX_LIMIT = 1000
-_SSE_KEEPALIVE = 15.0
 
 Publish = Callable[[str, bytes, int, bool], bool]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class Updates:
-    """Pushes a fresh summary to SSE clients after ingest commits (at most every
-    ``min_interval``) and every ``idle`` seconds anyway, since nodes go stale in silence."""
-
-    def __init__(self, fleet: Fleet, min_interval: float = 0.25, idle: float = 5.0) -> None:
-        self._fleet = fleet
-        self._min_interval = min_interval
-        self._idle = idle
-        self._changed = asyncio.Event()
-        self._clients: set[asyncio.Queue[str | None]] = set()
-
-    def changed(self) -> None:
-        self._changed.set()
-
-    def subscribe(self) -> asyncio.Queue[str | None]:
-        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=8)
-        self._clients.add(queue)
-        return queue
-
-    def unsubscribe(self, queue: asyncio.Queue[str | None]) -> None:
-        self._clients.discard(queue)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        try:
-            while not stop.is_set():
-                waiter = asyncio.ensure_future(self._changed.wait())
-                stopper = asyncio.ensure_future(stop.wait())
-                try:
-                    await asyncio.wait({waiter, stopper}, timeout=self._idle,
-                                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-                finally:
-                    waiter.cancel()
-                    stopper.cancel()
-                if stop.is_set():
-                    break
-                self._changed.clear()
-                if self._clients:
-                    await self._push()
-                await asyncio.sleep(self._min_interval)
-        finally:
-            for queue in list(self._clients):
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(None)
-
-    async def _push(self) -> None:
-        try:
-            summary = await self._fleet.summary()
-        except HubError as err:
-            log.warning("summary for live updates failed: %s", err)
-            return
-        data = json.dumps(summary, separators=(",", ":"))
-        for queue in list(self._clients):
-            if queue.full():  # a slow client gets the newest state, not a backlog
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-            queue.put_nowait(data)
 
 
 @dataclass
@@ -225,12 +170,8 @@ async def drift(request: web.Request) -> web.Response:
 
 async def stages(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    data = await ctx.fleet.stages()
-    if ctx.rollout is not None:
-        status = await ctx.rollout.status()
-        for stage in data["stages"]:
-            stage.update(status.get(stage["name"], {}))
-    return web.json_response(data)
+    rollouts = await ctx.rollout.status() if ctx.rollout is not None else None
+    return web.json_response(await ctx.fleet.stages(rollouts))
 
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -276,7 +217,7 @@ def _rollout_ctx(request: web.Request) -> tuple[Rollout, Stage]:
     return ctx.rollout, stage
 
 
-async def _rollout_call(call: Awaitable[dict[str, Any]]) -> web.Response:
+async def _rollout_call(call: Awaitable[Mapping[str, object]]) -> web.Response:
     try:
         return web.json_response(await call)
     except RolloutRefused as err:
@@ -360,7 +301,9 @@ def _check_token(ctx: WebContext, request: web.Request) -> None:
     if (
         scheme.lower() != "bearer"
         or not token
-        or not hmac.compare_digest(given.strip().encode(), token.encode())
+        # surrogateescape: aiohttp keeps undecodable header bytes as surrogates; they
+        # must compare unequal (401), not fail to encode (500).
+        or not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
     ):
         raise web.HTTPUnauthorized(
             reason="a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
@@ -371,7 +314,7 @@ async def sync_node(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     _check_token(ctx, request)
     name = _node_name(request)
-    if await ctx.fleet.node(name, events=0) is None:
+    if not await ctx.fleet.exists(name):
         raise BadRequest(f"no node named {name!r} has reported", status=404)
     if not ctx.publish(wire.cmd_topic(name), wire.encode({"op": "sync"}), 1, False):
         raise BadRequest("MQTT broker not connected; try again later", status=503)
@@ -380,88 +323,40 @@ async def sync_node(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    c = ctx.counters
-    summary = await ctx.fleet.summary()
-    lines = [
-        "# HELP edgefleet_hub_messages_received_total MQTT messages received, by topic kind.",
-        "# TYPE edgefleet_hub_messages_received_total counter",
-        *(f'edgefleet_hub_messages_received_total{{kind="{k}"}} {c.received[k]}'
-          for k in ("status", "online", "events", "unknown")),
-        "# HELP edgefleet_hub_messages_dropped_total Messages dropped as invalid, by reason.",
-        "# TYPE edgefleet_hub_messages_dropped_total counter",
-        *(f'edgefleet_hub_messages_dropped_total{{reason="{r}"}} {c.dropped[r]}'
-          for r in DROP_REASONS),
-        "# HELP edgefleet_hub_messages_committed_total Valid messages committed, then acked.",
-        "# TYPE edgefleet_hub_messages_committed_total counter",
-        f"edgefleet_hub_messages_committed_total {c.committed}",
-        "# HELP edgefleet_hub_rows_stored_total Rows written, by kind.",
-        "# TYPE edgefleet_hub_rows_stored_total counter",
-        *(f'edgefleet_hub_rows_stored_total{{kind="{k}"}} {c.stored[k]}'
-          for k in ("status", "heartbeat", "online", "events")),
-        "# HELP edgefleet_hub_status_out_of_order_total Statuses older than the stored one.",
-        "# TYPE edgefleet_hub_status_out_of_order_total counter",
-        f"edgefleet_hub_status_out_of_order_total {c.status_out_of_order}",
-        "# HELP edgefleet_hub_events_duplicate_total Events already stored (same node and seq).",
-        "# TYPE edgefleet_hub_events_duplicate_total counter",
-        f"edgefleet_hub_events_duplicate_total {c.events_duplicate}",
-        "# HELP edgefleet_hub_batches_total Ingest transactions committed.",
-        "# TYPE edgefleet_hub_batches_total counter",
-        f"edgefleet_hub_batches_total {c.batches}",
-        "# HELP edgefleet_hub_batch_errors_total Ingest transactions that failed (retried).",
-        "# TYPE edgefleet_hub_batch_errors_total counter",
-        f"edgefleet_hub_batch_errors_total {c.batch_errors}",
-        "# HELP edgefleet_hub_last_batch_seconds Duration of the last ingest transaction.",
-        "# TYPE edgefleet_hub_last_batch_seconds gauge",
-        f"edgefleet_hub_last_batch_seconds {c.last_batch_seconds:.6f}",
-        "# HELP edgefleet_hub_mqtt_connected 1 while connected and subscribed.",
-        "# TYPE edgefleet_hub_mqtt_connected gauge",
-        f"edgefleet_hub_mqtt_connected {int(ctx.mqtt_ready())}",
-        "# HELP edgefleet_hub_nodes Nodes by effective state.",
-        "# TYPE edgefleet_hub_nodes gauge",
-        *(f'edgefleet_hub_nodes{{state="{s}"}} {n}' for s, n in summary["states"].items()),
-        "# HELP edgefleet_hub_stage_nodes Nodes by stage and effective state.",
-        "# TYPE edgefleet_hub_stage_nodes gauge",
-        *(f'edgefleet_hub_stage_nodes{{stage="{name}",state="{s}"}} {n}'
-          for name, st in summary["stages"].items() for s, n in st["states"].items()),
-    ]  # fmt: skip
-    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
+    text = prometheus_text(ctx.counters, ctx.mqtt_ready(), await ctx.fleet.summary())
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: ``event: summary`` with the summary JSON on every change."""
     ctx = request.app[CTX]
-    resp = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                 "X-Accel-Buffering": "no"}
-    )  # fmt: skip
-    await resp.prepare(request)
-    queue = ctx.updates.subscribe()
-    try:
-        first = json.dumps(await ctx.fleet.summary(), separators=(",", ":"))
-        await resp.write(f"retry: 2000\nevent: summary\ndata: {first}\n\n".encode())
-        while True:
-            try:
-                data = await asyncio.wait_for(queue.get(), _SSE_KEEPALIVE)
-            except TimeoutError:
-                await resp.write(b": keepalive\n\n")
-                continue
-            if data is None:
-                break
-            await resp.write(f"event: summary\ndata: {data}\n\n".encode())
-    except (ConnectionResetError, ConnectionError):
-        pass
-    finally:
-        ctx.updates.unsubscribe(queue)
-    return resp
+    return await sse.stream(request, ctx.fleet, ctx.updates)
 
 
 async def index(_request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+# The dashboard is one static page with its own script and stylesheet: nothing inline,
+# nothing from elsewhere, never framed.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+async def _security_headers(_request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
+
+
 def make_app(ctx: WebContext) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
     app[CTX] = ctx
+    app.on_response_prepare.append(_security_headers)
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC)
     app.router.add_get("/metrics", metrics)

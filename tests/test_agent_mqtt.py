@@ -101,6 +101,7 @@ async def test_sync_command_and_lwt(
     setup: AgentSetup,
     fleet_repo: FleetRepo,
     signing_key: SigningKey,
+    mosquitto: Mosquitto,
     watcher: Watcher,
     daemon: subprocess.Popen[str],
 ) -> None:
@@ -108,14 +109,20 @@ async def test_sync_command_and_lwt(
     await status_where(watcher, lambda d: d["applied"] == c1)
     c2 = fleet_repo.commit({conf(setup, "app.conf"): "v2\n"}, sign=signing_key)
     await watcher.publish(wire.cmd_topic(NODE), json.dumps({"op": "sync"}).encode())
-    await status_where(watcher, lambda d: d["applied"] == c2, timeout=10)
+    doc = await status_where(watcher, lambda d: d["applied"] == c2, timeout=10)
+    assert doc["state"] == "synced" and (setup.root / "app.conf").read_text() == "v2\n"
 
+    # The online=1 of the connection came before the statuses read above: the next
+    # message on the topic is the broker's will, published when the socket dies.
     daemon.send_signal(signal.SIGKILL)
-    async with asyncio.timeout(90):  # the broker notices after 1.5 x keepalive at most
-        while True:
-            msg = await watcher.next(90, topic=wire.online_topic(NODE))
-            if msg.payload == b"0":
-                break
+    will = await watcher.next(30, topic=wire.online_topic(NODE))
+    assert will.payload == b"0"
+    late = Watcher(mosquitto.port, [wire.online_topic(NODE)])
+    try:
+        retained = await late.next(10)
+    finally:
+        late.close()
+    assert retained.payload == b"0" and retained.retain
 
 
 async def test_refused_commit_is_reported(

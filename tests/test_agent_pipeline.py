@@ -352,3 +352,16 @@ def test_stale_git_locks_from_a_killed_fetch_are_cleared(
     assert done.returncode == 0, done.stdout + done.stderr
     assert status(agent)["applied"] == c2
     assert not [p for p in stale if p.exists()]
+
+
+def test_fresh_node_creates_its_missing_allowed_root(
+    agent: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey
+) -> None:
+    """A new device has no /srv/app yet: the first signed commit creates it (0755)."""
+    agent.root.rmdir()
+    c1 = fleet_repo.commit({conf(agent, "app.conf"): "v1\n"}, sign=signing_key)
+    done = agent.cli("sync", "--once")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (agent.root / "app.conf").read_text() == "v1\n"
+    assert agent.root.stat().st_mode & 0o777 == 0o755
+    assert status(agent)["applied"] == c1

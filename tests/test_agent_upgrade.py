@@ -98,7 +98,7 @@ def test_agent_pin_later_path_wins() -> None:
         ),
         (
             f'version = "1.0"\npackage = "http://p/x"\nsha256 = "{SHA}"\nupgrade_timeout = 0',
-            "agent.upgrade_timeout: must be a positive",
+            "agent.upgrade_timeout: must be between 1 and 86400 seconds, got 0",
         ),
         (
             f'version = "1.0"\npackage = "http://p/x"\nsha256 = "{SHA}"\nchannel = "beta"',

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
+from agent.config import load_config, parse_config
 from agent.errors import ConfigError
+from common import wire
 
 MINIMAL = """
 node = "pi-01"
@@ -95,13 +98,25 @@ settle = 2
         (MINIMAL.replace("file:///", "ftp://"), "git.url", "unsupported scheme"),
         (MINIMAL + "[drift]\nmode = 'fix'\n", "drift.mode", "must be one of"),
         (MINIMAL + "[drift]\ninterval = true\n", "drift.interval", "boolean"),
-        (MINIMAL + "[health]\ntimeout = -1\n", "health.timeout", "at least"),
+        (MINIMAL + "[health]\ntimeout = -1\n", "health.timeout", "between 0 and"),
+        (MINIMAL + "[health]\ntimeout = nan\n", "health.timeout", "finite"),
+        (MINIMAL + "[health]\nsettle = '5 sec'\n", "health.settle", "is not a duration"),
+        (MINIMAL + "[drift]\ninterval = inf\n", "drift.interval", "finite"),
+        (MINIMAL.replace("paths =", "timeout = '2h'\npaths ="), "git.timeout", "between 1 and"),
+        (MINIMAL + "[mqtt]\nheartbeat = -inf\n", "mqtt.heartbeat", "finite"),
+        (MINIMAL + "[mqtt]\nkeepalive = 100000\n", "mqtt.keepalive", "between 5 and 65535"),
+        (MINIMAL + "[mqtt]\noutbox_max = 9223372036854775807\n", "mqtt.outbox_max", "between"),
+        (
+            MINIMAL + "[targets.systemd]\nsystemctl = []\n",
+            "targets.systemd.systemctl",
+            "must name a command",
+        ),
         (MINIMAL.replace("require_signed = false", ""), "trust.allowed_signers", "required"),
         (MINIMAL + "[mqtt]\nurl = 'http://x'\n", "mqtt.url", "mqtt://"),
         (MINIMAL + "[targets.files]\nallowed_roots = ['/']\n", "targets.files.allowed_roots", "/"),
         (MINIMAL + "[targets.files]\nallowed_roots = ['etc']\n", "allowed_roots", "absolute"),
         (MINIMAL + "[git2]\n", "git2", "unknown key"),
-        (MINIMAL.replace('"pi-01"', '"a/b"', 1), "node", "may not contain"),
+        (MINIMAL.replace('"pi-01"', '"a/b"', 1), "node", "is not 1 to 128 ASCII"),
         ("node = [\n", "(syntax)", "invalid TOML"),
     ],
 )
@@ -115,6 +130,34 @@ def test_bad_config_names_key_and_problem(
     assert str(path) in message
     assert key in info.value.key or key in message
     assert problem in message
+
+
+def test_durations_accept_seconds_and_unit_text(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(
+            tmp_path,
+            MINIMAL.replace("paths =", "interval = '5m'\ntimeout = 45\npaths =")
+            + "[mqtt]\nheartbeat = '30s'\n[drift]\ninterval = '1h30m'\n"
+            "[health]\ntimeout = '2m'\nsettle = '500ms'\n",
+        )
+    )
+    assert (cfg.git.interval, cfg.git.timeout, cfg.mqtt.heartbeat) == (300, 45, 30)
+    assert (cfg.drift.interval, cfg.health.timeout, cfg.health.settle) == (5400, 120, 0.5)
+
+
+def test_allowed_root_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "to-root").symlink_to("/")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for root in ("to-root", "link", "link/missing-below"):
+        text = MINIMAL + f"[targets.files]\nallowed_roots = ['{tmp_path / root}']\n"
+        with pytest.raises(ConfigError, match="leads through a symlink") as info:
+            load_config(write(tmp_path, text))
+        assert info.value.key == "targets.files.allowed_roots"
+    text = MINIMAL + f"[targets.files]\nallowed_roots = ['{tmp_path / 'real/missing'}']\n"
+    assert load_config(write(tmp_path, text)).targets.files.allowed_roots == (
+        tmp_path / "real/missing",
+    )
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -135,3 +178,48 @@ def test_cli_exit_code_2_and_nothing_applied(tmp_path: Path) -> None:
     assert "targets.files.x: unknown key" in done.stderr
     assert done.stderr.count("\n") == 1, "one clear error line"
     assert not target.exists()
+
+
+def test_cli_config_that_is_a_directory_exits_2(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "--config", str(tmp_path), "status"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"{tmp_path}: (file): cannot be read: Is a directory" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["shop berlin", "büro-1", "n" * 129, "-lead", "a+b", "x\n"])
+def test_node_name_the_hub_would_drop_exits_2_naming_file_and_key(
+    tmp_path: Path, name: str
+) -> None:
+    """The hub drops every message of such a node as bad_topic: refuse it at start."""
+    path = write(tmp_path, MINIMAL.replace('"pi-01"', repr(name), 1))
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "--config", str(path), "sync", "--once"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"{path}: node: " in done.stderr
+    assert "is not 1 to 128 ASCII letters" in done.stderr
+
+
+def test_node_name_rule_is_the_hubs(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL.replace('"pi-01"', '"shop_7.berlin:a-1"', 1)))
+    assert wire.valid_node_name(cfg.node)
+    assert wire.valid_node_name("n" * 128) and not wire.valid_node_name("n" * 129)
+
+
+def test_invalid_hostname_default_is_refused_with_a_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(socket, "gethostname", lambda: "Büro PC")
+    data = tomllib.loads(MINIMAL.replace('node = "pi-01"\n', ""))
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, tmp_path / "agent.toml")
+    assert info.value.key == "node"
+    assert "the hostname" in str(info.value)

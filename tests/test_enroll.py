@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from hub import enroll
+from hub.cli import build_parser
+from hub.enroll import EnrollError, options, steps
 from tests.testbed.debpkg import deb_field
 from tests.testbed.edgenet import EdgeNet
 from tests.testbed.fleetrepo import FleetRepo, SigningKey
@@ -167,13 +168,11 @@ def site(tmp_path_factory: pytest.TempPathFactory, edgenet: EdgeNet) -> Iterator
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="edgefleet-hub")
-    enroll.add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 async def _enroll(argv: list[str]) -> int:
-    return await enroll.run(_parse(argv))
+    return await steps.enroll(options.settings(_parse(argv)))
 
 
 def _known_hosts(site: Site, tmp_path: Path, key: str | None = None) -> Path:
@@ -184,7 +183,7 @@ def _known_hosts(site: Site, tmp_path: Path, key: str | None = None) -> Path:
 
 async def test_unknown_host_key_is_refused_without_accept_new(site: Site, tmp_path: Path) -> None:
     known = tmp_path / "known_hosts"
-    with pytest.raises(enroll.EnrollError, match=r"host key of .* is unknown.*--accept-new"):
+    with pytest.raises(EnrollError, match=r"host key of .* is unknown.*--accept-new"):
         await _enroll(site.args(known_hosts=known))
     assert not known.exists()
 
@@ -193,14 +192,14 @@ async def test_changed_host_key_is_refused_even_with_accept_new(site: Site, tmp_
     other = _keygen(tmp_path / "other").with_suffix(".pub").read_text().split()
     known = _known_hosts(site, tmp_path, " ".join(other[:2]))
     before = known.read_text()
-    with pytest.raises(enroll.EnrollError, match="does NOT match"):
+    with pytest.raises(EnrollError, match="does NOT match"):
         await _enroll(site.args("--accept-new", known_hosts=known))
     assert known.read_text() == before
 
 
 async def test_wrong_key_is_an_authentication_error(site: Site, tmp_path: Path) -> None:
     wrong = _keygen(tmp_path / "wrong_ed25519")
-    with pytest.raises(enroll.EnrollError, match=r"authentication failed for root@.* with key"):
+    with pytest.raises(EnrollError, match=r"authentication failed for root@.* with key"):
         await _enroll(site.args(known_hosts=_known_hosts(site, tmp_path), identity=wrong))
 
 
@@ -208,7 +207,7 @@ async def test_unreachable_host(site: Site, tmp_path: Path, edgenet: EdgeNet) ->
     argv = site.args(known_hosts=_known_hosts(site, tmp_path))
     argv[1] = f"root@{edgenet.host_ip}"
     argv += ["--port", str(free_port())]  # nothing listens there
-    with pytest.raises(enroll.EnrollError, match=r"cannot reach .*: Connection refused"):
+    with pytest.raises(EnrollError, match=r"cannot reach .*: Connection refused"):
         await _enroll(argv)
 
 
@@ -219,7 +218,7 @@ async def test_unsupported_os(site: Site, tmp_path: Path) -> None:
     os_release.unlink()
     os_release.write_text('ID=alpine\nPRETTY_NAME="Alpine Linux v3.20"\n')
     try:
-        with pytest.raises(enroll.EnrollError, match=r"unsupported OS 'Alpine Linux v3\.20'"):
+        with pytest.raises(EnrollError, match=r"unsupported OS 'Alpine Linux v3\.20'"):
             await _enroll(site.args(known_hosts=_known_hosts(site, tmp_path)))
     finally:
         os_release.unlink()
@@ -229,6 +228,20 @@ async def test_unsupported_os(site: Site, tmp_path: Path) -> None:
             os_release.write_text(original)
     # Nothing was installed on the way.
     assert site.ct.run("dpkg-query", "-W", "edgefleet", check=False) == ""
+
+
+async def test_config_the_agent_would_refuse_stops_before_anything_is_written(
+    site: Site, tmp_path: Path
+) -> None:
+    argv = site.args("--label", "site=", known_hosts=_known_hosts(site, tmp_path))
+    passwd_before = site.passwd.read_bytes() if site.passwd.exists() else None
+    with pytest.raises(
+        EnrollError, match=r"agent would refuse .*agent\.toml: labels\.site: must not be empty"
+    ):
+        await _enroll(argv)
+    assert not (site.ct.root / "etc/edgefleet").exists()
+    assert site.ct.run("dpkg-query", "-W", "edgefleet", check=False) == ""
+    assert (site.passwd.read_bytes() if site.passwd.exists() else None) == passwd_before
 
 
 @pytest.mark.timeout(300)
@@ -246,6 +259,8 @@ async def test_first_and_second_enrollment(
         str(edgefleet_deb),
         "--broker-pid",
         str(site.broker.proc.pid if site.broker.proc else 0),
+        "--label",
+        'site=Zürich "HQ"',
         known_hosts=known,
     )
 
@@ -254,12 +269,14 @@ async def test_first_and_second_enrollment(
     out = capsys.readouterr().out
     version = deb_field(edgefleet_deb, "Version")
     assert "trusted on first use" in out
+    assert "config       /etc/edgefleet/agent.toml accepted by the agent's config schema" in out
     assert f"edgefleet {version} installed" in out
     assert f"mqtt user    {NODE} set in" in out
     assert "agent        enabled, started" in out
     status = json.loads(out[out.index("{") :])
     assert status["node"] == NODE and status["state"] == "synced"
     assert status["applied"] == sha
+    assert status["labels"] == {"site": 'Zürich "HQ"'}
     assert known.read_text() == f"{site.ip} {site.host_pub}\n"
     assert (ct.root / f"{DEMO_ROOT.lstrip('/')}/motd").read_text() == "enrolled by the hub\n"
     toml = ct.root / "etc/edgefleet/agent.toml"

@@ -11,7 +11,7 @@ from agent.atomic import write_atomic
 from agent.changeset import Action
 from agent.config import FilesConfig
 from agent.desired import GIT_MODE_EXEC, GIT_MODE_SYMLINK, DesiredFile, DesiredState
-from agent.errors import PlanError
+from agent.errors import ApplyError, PlanError
 from agent.state import Owned
 from agent.targets.base import ApplyContext
 from agent.targets.files import ORIG_SUFFIX, FilesTarget
@@ -203,3 +203,72 @@ async def test_full_disk_keeps_old_file(root: Path) -> None:
         assert [p.name for p in small.iterdir()] == ["keep.conf"]
     finally:
         os.system(f"umount {small}")
+
+
+async def test_missing_allowed_root_is_created(tmp_path: Path) -> None:
+    """A fresh device: the allowed root and its parents do not exist yet."""
+    root = tmp_path / "srv" / "app"
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    inv = Inventory()
+    old = os.umask(0o077)
+    try:
+        await converge(target, inv, desired({rel(root, "conf/app.conf"): b"v1\n"}))
+    finally:
+        os.umask(old)
+    assert (root / "conf/app.conf").read_bytes() == b"v1\n"
+    assert root.stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "srv").stat().st_mode & 0o777 == 0o755
+    assert root.stat().st_uid == os.getuid()
+
+
+async def test_missing_root_behind_a_planted_symlink_is_refused(tmp_path: Path) -> None:
+    """An attacker links an ancestor of a not-yet-existing root somewhere else."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root = tmp_path / "x" / "srv" / "app"
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "srv").symlink_to(elsewhere)
+    with pytest.raises(PlanError, match="outside allowed_roots"):
+        await target.plan(desired({rel(root, "app.conf"): b"x"}), {})
+    # Linked before the agent started: still refused.
+    with pytest.raises(PlanError, match="outside allowed_roots"):
+        await FilesTarget(FilesConfig(allowed_roots=(root,))).plan(
+            desired({rel(root, "app.conf"): b"x"}), {}
+        )
+    assert list(elsewhere.iterdir()) == []
+
+
+async def test_symlink_planted_between_plan_and_apply_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root = tmp_path / "x" / "srv" / "app"
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    want = desired({rel(root, "app.conf"): b"x"})
+    plan = await target.plan(want, {})
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "srv").symlink_to(elsewhere)
+    with pytest.raises(ApplyError, match="outside allowed_roots"):
+        await target.apply(plan, want, Inventory().ctx())
+    assert list(elsewhere.iterdir()) == []
+
+
+async def test_regular_file_where_a_directory_is_needed(root: Path) -> None:
+    (root / "etc").write_text("a file\n")
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    with pytest.raises(PlanError, match=f"{root}/etc exists and is not a directory"):
+        await target.plan(desired({rel(root, "etc/app.conf"): b"x"}), {})
+    with pytest.raises(PlanError, match=f"{root}/etc exists and is not a directory"):
+        await target.plan(desired({rel(root, "etc/deeper/app.conf"): b"x"}), {})
+
+
+async def test_drift_of_a_file_whose_directory_became_a_file(root: Path) -> None:
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    inv = Inventory()
+    want = desired({rel(root, "etc/app.conf"): b"v1\n"})
+    await converge(target, inv, want)
+    (root / "etc/app.conf").unlink()
+    (root / "etc").rmdir()
+    (root / "etc").write_text("a file\n")
+    drift = await target.drift(want, inv.owned)
+    assert [(d["subject"], d["kind"]) for d in drift] == [(str(root / "etc/app.conf"), "missing")]

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -107,6 +109,29 @@ def test_sync_needs_token_and_publishes_cmd(fleet_hub: HubProc, mosquitto: Mosqu
         assert json.loads(got[0]) == {"op": "sync"}
     finally:
         stop_client(sub)
+
+
+@pytest.mark.parametrize("token", ["\xff\xfe", "s3cret-t\u00f6ken", " "])
+def test_undecodable_or_odd_bearer_tokens_get_401(fleet_hub: HubProc, token: str) -> None:
+    # urllib sends the header latin-1 encoded: "\xff\xfe" arrives as those raw bytes
+    status, body = fleet_hub.request("POST", "/api/v1/nodes/pi-01/sync", token=token)
+    assert (status, body) == (401, {"error": "a valid bearer token is required"})
+
+
+def test_every_response_carries_the_security_headers(fleet_hub: HubProc) -> None:
+    for path in ("/", "/static/app.js", "/api/v1/summary", "/api/v1/nodes/ghost", "/metrics"):
+        req = urllib.request.Request(fleet_hub.url + path)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                headers = resp.headers
+        except urllib.error.HTTPError as err:
+            headers = err.headers
+        csp = headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "script-src 'self'" in csp, path
+        assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp, path
+        assert headers["X-Frame-Options"] == "DENY", path
+        assert headers["X-Content-Type-Options"] == "nosniff", path
+        assert headers["Referrer-Policy"] == "no-referrer", path
 
 
 def test_sync_refused_without_token_file(

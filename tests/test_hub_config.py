@@ -52,7 +52,23 @@ TWO_X = STAGE.format(name="a", branch="x", extra="") + STAGE.format(name="b", br
     ("text", "key", "problem"),
     [
         ("[hub]\nlisten = 'localhost'\n", "hub.listen", "must look like"),
-        ("[hub]\nheartbeat = 'fast'\n", "hub.heartbeat", "must be a number"),
+        ("[hub]\nheartbeat = 'fast'\n", "hub.heartbeat", "is not a duration"),
+        ("[hub]\nheartbeat = nan\n", "hub.heartbeat", "finite"),
+        ("[hub]\nstale_after = inf\n", "hub.stale_after", "finite"),
+        ("[hub]\nevents_max_age = '20y'\n", "hub.events_max_age", "is not a duration"),
+        ("[hub]\ndatabase = 'postgresql://hub@db/edgefleet'\n", "hub.database", "only SQLite"),
+        ("[hub]\nevents_max = 9223372036854775807\n", "hub.events_max", "between 100 and"),
+        ("[mqtt]\nkeepalive = 100000\n", "mqtt.keepalive", "between 5 and 65535"),
+        ("[mqtt]\nsession_expiry = 99999999999\n", "mqtt.session_expiry", "4294967295"),
+        ("[git]\ninterval = -inf\n", "git.interval", "finite"),
+        (STAGE.format(name="a", branch="a", extra="gate = { min_ready_ratio = nan }"),
+         "stages[0].gate.min_ready_ratio", "finite"),
+        (STAGE.format(name="a", branch="a", extra="gate = { soak = nan }"),
+         "stages[0].gate.soak", "finite"),
+        (STAGE.format(name="a", branch="a", extra="gate = { soak = '10 min' }"),
+         "stages[0].gate.soak", "is not a duration"),
+        (STAGE.format(name="a", branch="a", extra="gate = { min_nodes = 0 }"),
+         "stages[0].gate.min_nodes", "between 1 and"),
         ("[hub]\nheartbeat = true\n", "hub.heartbeat", "boolean"),
         ("[hub]\nheartbeat = 10\nstale_after = 5\n", "hub.stale_after", "at least heartbeat"),
         ("[hub]\ntoken_file = '/nonexistent/token'\n", "hub.token_file", "does not exist"),
@@ -77,7 +93,7 @@ TWO_X = STAGE.format(name="a", branch="x", extra="") + STAGE.format(name="b", br
         (STAGE.format(name="a", branch="a", extra="gate = { min_ready_ratio = 1.5 }"),
          "stages[0].gate.min_ready_ratio", "between 0 and 1"),
         (STAGE.format(name="a", branch="a", extra="gate = { soak = -1 }"),
-         "stages[0].gate.soak", "at least 0"),
+         "stages[0].gate.soak", "between 0 and"),
         (STAGE.format(name="a", branch="a", extra="gate = { min_nodes = 1.5 }"),
          "stages[0].gate.min_nodes", "integer"),
         (STAGE.format(name="a", branch="a", extra="gate = { soke = 1 }"),
@@ -95,6 +111,17 @@ def test_bad_values_name_the_key(text: str, key: str, problem: str) -> None:
     assert problem in info.value.problem
 
 
+def test_durations_accept_seconds_and_unit_text() -> None:
+    cfg = parse(
+        "[hub]\nheartbeat = '30s'\nstale_after = '1m30s'\nevents_max_age = '2d'\n"
+        "[mqtt]\nsession_expiry = '1h'\n[git]\ninterval = 2.5\n"
+        + STAGE.format(name="a", branch="a", extra="gate = { soak = '10m' }")
+    )
+    assert (cfg.hub.heartbeat, cfg.hub.stale_after, cfg.hub.events_max_age) == (30, 90, 172800)
+    assert cfg.mqtt.session_expiry == 3600 and isinstance(cfg.mqtt.session_expiry, int)
+    assert cfg.git.interval == 2.5 and cfg.stages[0].gate.soak == 600
+
+
 def test_window_wraps_the_week() -> None:
     cfg = parse(STAGE.format(name="a", branch="a", extra="window = 'Sat-Mon 22:00-23:30'"))
     window = cfg.stages[0].window
@@ -110,9 +137,45 @@ def test_serve_exits_2_on_bad_config(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=30, check=False,
     )  # fmt: skip
     assert done.returncode == 2
-    assert f"{conf}: hub.heartbeat: must be at least" in done.stderr
+    assert f"{conf}: hub.heartbeat: must be between 0.1 and" in done.stderr
     missing = subprocess.run(
         [sys.executable, "-m", "hub.cli", "serve", "--config", str(tmp_path / "nope.toml")],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=30, check=False,
     )  # fmt: skip
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--url", "http://127.0.0.1:notaport"], "is not a URL"),
+        (["--url", "http://[::1"], "is not a URL"),
+        (["--url", "http://"], "must look like http://127.0.0.1:8080"),
+        (["--url", "http://a b/"], "must look like http://127.0.0.1:8080"),
+        (["--url", "ftp://hub"], "must start with http://"),
+        (["--url", "http://127.0.0.1:8080", "--timeout", "nan"], "--timeout must be between"),
+        (["--config", "."], ": (file): cannot be read: Is a directory"),
+    ],
+)
+def test_client_commands_refuse_bad_input_without_a_traceback(
+    argv: list[str], message: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "status", *argv],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode in (1, 2)
+    assert "Traceback" not in done.stderr
+    assert message in done.stderr
+
+
+def test_token_file_that_is_not_text_is_a_clear_error(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_bytes(b"\xff\xfe")
+    done = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "status", "--url", "http://127.0.0.1:1",
+         "--token-file", str(token)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert f"cannot read token file {token}: not UTF-8 text" in done.stderr

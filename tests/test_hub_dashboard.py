@@ -15,6 +15,7 @@ import pytest
 
 from tests.testbed.hubproc import HubProc, Publisher, status_doc
 from tests.testbed.mosquitto import free_port
+from tests.testbed.wait import until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -25,24 +26,37 @@ class Page:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
         self.ids = itertools.count(1)
+        self.notices: list[dict[str, Any]] = []
+        """DevTools notifications seen so far (console, log, exceptions)."""
 
-    async def eval(self, expression: str) -> Any:
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
         msg_id = next(self.ids)
-        await self.ws.send_json(
-            {"id": msg_id, "method": "Runtime.evaluate",
-             "params": {"expression": expression, "returnByValue": True}}
-        )  # fmt: skip
+        await self.ws.send_json({"id": msg_id, "method": method, "params": params})
         while True:
             reply = await self.ws.receive_json(timeout=10)
             if reply.get("id") == msg_id:
-                result = reply["result"]
-                assert "exceptionDetails" not in result, result
-                return result["result"].get("value")
+                result: dict[str, Any] = reply["result"]
+                return result
+            if "method" in reply:
+                self.notices.append(reply)
+
+    async def eval(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
+
+    def errors(self) -> list[dict[str, Any]]:
+        """Console errors, uncaught exceptions and browser log errors (CSP violations
+        are reported there)."""
+        return [
+            n for n in self.notices
+            if n["method"] == "Runtime.exceptionThrown"
+            or (n["method"] == "Runtime.consoleAPICalled" and n["params"]["type"] == "error")
+            or (n["method"] == "Log.entryAdded" and n["params"]["entry"]["level"] == "error")
+        ]  # fmt: skip
 
     async def wait(self, expression: str, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not await self.eval(expression):
-                await asyncio.sleep(0.05)
+        await until(lambda: self.eval(expression), timeout, f"the page: {expression}")
 
 
 @pytest.fixture
@@ -75,8 +89,12 @@ async def browser(tmp_path: Path) -> AsyncIterator[Callable[[str], Any]]:
                     pass
                 await asyncio.sleep(0.1)
         ws = await session.ws_connect(targets[0]["webSocketDebuggerUrl"], max_msg_size=0)
-        pages.append(Page(ws))
-        return pages[-1]
+        page = Page(ws)
+        # Both replay what was logged before they were enabled.
+        await page.call("Runtime.enable")
+        await page.call("Log.enable")
+        pages.append(page)
+        return page
 
     yield open_page
     for page in pages:
@@ -132,3 +150,35 @@ async def test_dashboard_updates_live(
     await page.wait("document.querySelector('#node-name').textContent === 'pi-02'")
     await page.wait("document.querySelector('#node-drift').textContent.includes('nginx.service')")
     assert await page.eval("document.querySelector('#overview').hidden") is True
+    assert page.errors() == []
+
+
+async def test_dashboard_runs_under_its_security_headers(
+    hub_factory: Callable[..., HubProc], publisher: Publisher, browser: Callable[[str], Any]
+) -> None:
+    hub = hub_factory()
+    publisher.status(status_doc("pi-01", 1, "failed", branch="stable"))
+    hub.wait_for(lambda: hub.get("/api/v1/summary")["nodes"] == 1)
+    async with aiohttp.ClientSession() as session, session.get(hub.url + "/") as resp:
+        headers = resp.headers
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "no-referrer"
+
+    page = await browser(hub.url + "/")
+    await page.wait(f"{count('stable', 'failed')}?.textContent === '1'")
+    await page.wait("document.querySelector('#live').textContent === 'live'")
+    # the state filter is filled from the hub's own list of states
+    options = await page.eval(
+        "[...document.querySelectorAll('#filters select[name=state] option')].map(o => o.value)"
+    )
+    assert options == ["", *hub.get("/api/v1/summary")["states"]]
+    await page.eval(
+        "document.querySelector('#filters select[name=state]').value = 'failed';"
+        "document.querySelector('#filters button').click()"
+    )
+    await page.wait("document.querySelector('#nodes-count').textContent.endsWith(' of 1')")
+    # the stylesheet applied (a CSP block would leave the page unstyled)
+    assert await page.eval("getComputedStyle(document.body).margin") != "8px"
+    assert page.errors() == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -16,7 +17,8 @@ from paho.mqtt.properties import Properties
 from hub.config import MqttSettings
 from hub.mqtt import HubMqtt, Message
 from tests.testbed.hubproc import HubProc, Publisher, status_doc
-from tests.testbed.mosquitto import Mosquitto
+from tests.testbed.mosquitto import Mosquitto, TlsFiles
+from tests.testbed.sockets import sockets_to
 
 
 def nodes(hub: HubProc) -> int:
@@ -109,8 +111,72 @@ async def running(mqtt: HubMqtt) -> AsyncIterator[HubMqtt]:
         await asyncio.wait_for(task, 10)
 
 
-def settings(broker: Mosquitto, protocol: str, client_id: str) -> MqttSettings:
-    return MqttSettings(url=broker.url, client_id=client_id, protocol=protocol, shared=False)  # type: ignore[arg-type]
+def settings(
+    broker: Mosquitto, protocol: str, client_id: str, ca_file: Path | None = None
+) -> MqttSettings:
+    return MqttSettings(
+        url=broker.url,
+        client_id=client_id,
+        protocol=protocol,  # type: ignore[arg-type]
+        shared=False,
+        ca_file=ca_file,
+    )
+
+
+def publish(broker: Mosquitto, topic: str, count: int) -> None:
+    """``count`` QoS 1 messages to ``topic``, payloads "0", "1", ..."""
+    pub = Publisher(broker).connect(broker)
+    try:
+        for i in range(count):
+            pub.publish(topic, str(i).encode())
+    finally:
+        pub.close()
+
+
+async def redelivered(broker: Mosquitto, cfg: MqttSettings, topic: str) -> list[str]:
+    """Topics a new connection of ``cfg``'s session receives before a fresh marker on
+    ``topic``/marker: what the broker still holds unacked, then the marker."""
+    again = Inbox()
+    async with running(HubMqtt(cfg, [f"{topic}/+"], again)) as mqtt:
+        await asyncio.wait_for(mqtt.ready.wait(), 10)
+        publish(broker, f"{topic}/marker", 1)
+        await again.wait_for(1)
+    return [m.topic for m in again.messages]
+
+
+class LogWaiter(logging.Handler):
+    """Counts records of one logger that contain ``text``; awaitable by count."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.count = 0
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.count += 1
+            self.seen.set()
+
+
+async def test_untrusted_tls_broker_leaves_no_socket_open(
+    mosquitto_tls: Mosquitto, tmp_path: Path
+) -> None:
+    """paho leaves the socket of a failed TLS handshake open; the shared factory's TLS
+    context closes it. Checked while the hub waits to retry, still holding the error."""
+    other = TlsFiles.create(tmp_path / "other-ca")
+    cfg = settings(mosquitto_tls, "5", f"hub-tls-{uuid.uuid4().hex[:8]}", ca_file=other.ca)
+    waiter = LogWaiter("TLS certificate not trusted")
+    logger = logging.getLogger("hub.mqtt")
+    logger.addHandler(waiter)
+    try:
+        async with running(HubMqtt(cfg, ["t/+"], Inbox())) as mqtt:
+            await asyncio.wait_for(waiter.seen.wait(), 10)
+            assert not mqtt.ready.is_set()
+            assert sockets_to(mosquitto_tls.port) == 0
+    finally:
+        logger.removeHandler(waiter)
+    assert waiter.count == 1  # the second attempt waits the longest delay (terminal)
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
@@ -125,12 +191,7 @@ async def test_reading_pauses_at_max_unacked_and_acks_reach_the_broker(
         cfg = settings(broker, protocol, f"hub-bp-{uuid.uuid4().hex[:8]}")
         async with running(HubMqtt(cfg, ["bp/+"], Inbox())) as first:
             await asyncio.wait_for(first.ready.wait(), 10)  # the session exists now
-        pub = Publisher(broker).connect(broker)
-        try:
-            for i in range(200):
-                pub.publish("bp/x", str(i).encode())
-        finally:
-            pub.close()
+        publish(broker, "bp/x", 200)
 
         inbox = Inbox()
         async with running(HubMqtt(cfg, ["bp/+"], inbox, max_unacked=50)) as mqtt:
@@ -154,16 +215,7 @@ async def test_reading_pauses_at_max_unacked_and_acks_reach_the_broker(
 
         # Every ack reached the broker (one PUBACK write per batch, right packet ids):
         # a new connection of the same session gets nothing redelivered.
-        again = Inbox()
-        async with running(HubMqtt(cfg, ["bp/+"], again)) as mqtt:
-            await asyncio.wait_for(mqtt.ready.wait(), 10)
-            pub = Publisher(broker).connect(broker)
-            try:
-                pub.publish("bp/marker", b"m")
-            finally:
-                pub.close()
-            await again.wait_for(1)
-        assert [m.topic for m in again.messages] == ["bp/marker"]
+        assert await redelivered(broker, cfg, "bp") == ["bp/marker"]
         assert "protocol error" not in (broker.directory / "mosquitto.log").read_text()
     finally:
         broker.stop()
@@ -198,3 +250,29 @@ async def test_messages_paho_decodes_arrive_the_same(mosquitto: Mosquitto) -> No
         ("dec/plain", "ü".encode(), 1, False),
     }
     assert all(m.mid > 0 for m in inbox.messages if m.qos == 1)
+
+
+async def test_acks_given_before_a_clean_stop_hold_for_the_next_session(tmp_path: Path) -> None:
+    """A restarted hub takes its session over at once, and the broker drops what the old
+    connection sent but it had not handled yet: written acks are not enough, their
+    messages would be delivered again. A clean stop returns only once the broker
+    confirmed it handled them (a PINGREQ after the acks)."""
+    broker = Mosquitto(tmp_path / "mq", extra="max_inflight_messages 0\nmax_queued_messages 0\n")
+    broker.start()
+    try:
+        cfg = settings(broker, "5", f"hub-stop-{uuid.uuid4().hex[:8]}")
+        async with running(HubMqtt(cfg, ["st/+"], Inbox())) as first:
+            await asyncio.wait_for(first.ready.wait(), 10)
+        publish(broker, "st/x", 2000)
+
+        inbox = Inbox()
+        async with running(HubMqtt(cfg, ["st/+"], inbox)) as mqtt:
+            await inbox.wait_for(2000)
+            for msg in inbox.messages:
+                mqtt.ack(msg.mid, msg.qos)
+        assert len(inbox.messages) == 2000
+
+        # Connects at once, as a restarted hub does.
+        assert await redelivered(broker, cfg, "st") == ["st/marker"]
+    finally:
+        broker.stop()

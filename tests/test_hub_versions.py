@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from hub.config import Gate, parse_config
-from hub.rollout import NodeView, evaluate_gate
+from hub.gate import evaluate_gate
+from hub.store import NodeState
 from tests.test_hub_api import cli
 from tests.testbed.hubproc import HubProc, Publisher, status_doc
 
@@ -20,8 +21,8 @@ C = "c" * 40
 GATE = Gate(min_nodes=2, min_ready_ratio=1.0, max_failed=0, soak=0.0, agent_version="0.2.0")
 
 
-def _node(name: str, version: str | None) -> NodeView:
-    return NodeView(name, "synced", "synced", C, C, version)
+def _node(name: str, version: str | None) -> NodeState:
+    return NodeState(name, "synced", "synced", C, C, version)
 
 
 def test_gate_counts_only_nodes_on_the_agent_version() -> None:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import random
 import signal
 import socket
 import sys
@@ -20,19 +19,18 @@ from typing import Any
 import pytest
 
 from agent.config import MqttConfig
+from agent.errors import StateError
 from agent.outbox import Outbox
-from agent.report import (
-    MQTT5,
-    MQTT311,
-    UNSUPPORTED_PROTOCOL,
-    Reporter,
-    backoff_delay,
-    fallback_protocol,
-    fit_status,
-)
+from agent.report import Reporter
+from agent.state import load_incarnation
 from common import wire
+from common.backoff import Backoff
+from common.status import NodeReport
+from common.strict import parse_status
 from tests.testbed.mosquitto import Mosquitto, TlsFiles
 from tests.testbed.mqtt import Watcher
+from tests.testbed.sockets import sockets_to
+from tests.testbed.wait import until
 
 HELPER = Path(__file__).parent / "testbed" / "report_proc.py"
 REPO = Path(__file__).parent.parent
@@ -54,7 +52,9 @@ async def make(tmp_path: Path, node: str) -> AsyncIterator[Callable[..., Reporte
     made: list[Reporter] = []
     inbox = Inbox()
 
-    def factory(cfg: MqttConfig, state: str = "state", name: str | None = None) -> Reporter:
+    def factory(
+        cfg: MqttConfig, state: str = "state", name: str | None = None, **kw: Any
+    ) -> Reporter:
         rep = Reporter(
             cfg,
             name or node,
@@ -62,6 +62,7 @@ async def make(tmp_path: Path, node: str) -> AsyncIterator[Callable[..., Reporte
             tmp_path / state,
             inbox.refs.put_nowait,
             inbox.cmds.put_nowait,
+            **kw,
         )
         rep.inbox = inbox  # type: ignore[attr-defined]
         made.append(rep)
@@ -89,34 +90,6 @@ async def watcher_factory() -> AsyncIterator[Callable[..., Watcher]]:
 # -- pure logic ---------------------------------------------------------------------
 
 
-def test_fallback_protocol_only_auto_v5_on_explicit_refusal() -> None:
-    assert fallback_protocol("auto", MQTT5, UNSUPPORTED_PROTOCOL) == MQTT311
-    assert fallback_protocol("auto", MQTT311, UNSUPPORTED_PROTOCOL) is None
-    assert fallback_protocol("5", MQTT5, UNSUPPORTED_PROTOCOL) is None
-    assert fallback_protocol("auto", MQTT5, 0x86) is None  # bad password: not a version issue
-    assert fallback_protocol("auto", MQTT5, None) is None  # network error: never flap
-
-
-def test_backoff_doubles_to_cap_with_jitter() -> None:
-    rng = random.Random(1)
-    for attempt, base in [(0, 1), (1, 2), (3, 8), (6, 60), (40, 60)]:
-        for _ in range(50):
-            assert 0.8 * base <= backoff_delay(attempt, rng) <= 1.2 * base
-
-
-def test_fit_status_truncates_drift_and_says_so() -> None:
-    drift: list[wire.DriftItem] = [
-        {"target": "files", "subject": f"/etc/f{i}", "kind": "modified", "detail": "x" * 200}
-        for i in range(5000)
-    ]
-    data = fit_status({"node": "a", "state": "drifted", "drift": drift})
-    assert len(data) <= wire.MAX_PAYLOAD
-    doc = json.loads(data)
-    assert doc["drift_omitted"] == 5000 - len(doc["drift"]) > 0
-    small = fit_status({"node": "a", "drift": drift[:2]})
-    assert "drift_omitted" not in json.loads(small)
-
-
 # -- against mosquitto ------------------------------------------------------------------
 
 
@@ -129,7 +102,7 @@ async def test_status_retained_online_and_clean_close(
     rep = make(MqttConfig(url=mosquitto.url))
     await rep.start()
     assert await rep.wait_connected(10)
-    rep.publish_status({"state": "synced", "applied": "a" * 40})
+    rep.publish_status(NodeReport(node, "synced", branch="canary", applied="a" * 40))
     online = watcher_factory(mosquitto.port, [wire.online_topic(node)])
     assert (await online.next()).payload == b"1"
     # A fresh subscriber gets the retained status.
@@ -140,6 +113,9 @@ async def test_status_retained_online_and_clean_close(
     assert doc["state"] == "synced" and doc["node"] == node and doc["schema"] == wire.SCHEMA
     assert doc["seq"] >= 1 and doc["heartbeat"] == 30.0 and doc["branch"] == "canary"
     assert abs(doc["observed_at"] - time.time()) < 10
+    # what the hub reads: the contract parser accepts it, with the state dir's incarnation
+    parsed = parse_status(node, msg.payload)
+    assert parsed.incarnation == rep.incarnation and parsed.report.applied == "a" * 40
     await rep.close()
     assert (await online.next()).payload == b"0"
     assert not rep.connected
@@ -154,7 +130,7 @@ async def test_mqtt_311_works(
     rep = make(MqttConfig(url=mosquitto.url, protocol="3.1.1"))
     await rep.start()
     assert await rep.wait_connected(10)
-    rep.publish_status({"state": "progressing"})
+    rep.publish_status(NodeReport(node, "progressing", branch="canary"))
     seq = rep.emit_event("applied", "b" * 40, {"changes": 1})
     w = watcher_factory(mosquitto.port, [wire.status_topic(node), wire.events_topic(node)])
     assert (
@@ -165,6 +141,7 @@ async def test_mqtt_311_works(
     seq2 = rep.emit_event("drift", None, {})
     event = json.loads((await w.next(topic=wire.events_topic(node))).payload)
     assert event["seq"] in (seq, seq2) and event["node"] == node and "at" in event
+    assert event["incarnation"] == rep.incarnation
 
 
 async def test_heartbeat_republishes_with_fresh_seq_persisted_across_restart(
@@ -176,17 +153,28 @@ async def test_heartbeat_republishes_with_fresh_seq_persisted_across_restart(
     w = watcher_factory(mosquitto.port, [wire.status_topic(node)])
     await w.ready()
     rep = make(MqttConfig(url=mosquitto.url, heartbeat=1.0))
-    rep.publish_status({"state": "synced"})
+    rep.publish_status(NodeReport(node, "synced", branch="canary"))
     await rep.start()
     first = json.loads((await w.next()).payload)
     second = json.loads((await w.next(timeout=5)).payload)  # no new status: the heartbeat
     assert second["seq"] > first["seq"] and second["observed_at"] > first["observed_at"]
     await rep.close()
     rep2 = make(MqttConfig(url=mosquitto.url, heartbeat=1.0))  # same state_dir
-    rep2.publish_status({"state": "synced"})
+    rep2.publish_status(NodeReport(node, "synced", branch="canary"))
     await rep2.start()
     third = json.loads((await w.next()).payload)
     assert third["seq"] > second["seq"]
+    assert third["incarnation"] == first["incarnation"]  # same state dir, same life
+
+
+def test_incarnation_kept_in_state_dir_new_one_for_a_new_dir(tmp_path: Path) -> None:
+    first = load_incarnation(tmp_path / "a")
+    assert load_incarnation(tmp_path / "a") == first
+    assert (tmp_path / "a" / "incarnation").read_text().strip() == first
+    assert load_incarnation(tmp_path / "b") != first  # a re-imaged node: a new life
+    (tmp_path / "a" / "incarnation").write_text("not/valid\n")
+    with pytest.raises(StateError, match="corrupt"):
+        load_incarnation(tmp_path / "a")
 
 
 async def test_password_good_bad_and_rotation(
@@ -204,13 +192,15 @@ async def test_password_good_bad_and_rotation(
     pw = tmp_path / "node.pw"
     pw.write_text("wrong\n")
     caplog.set_level(logging.DEBUG, logger="agent.report")
+    # A refused password waits the longest delay (it would be refused again): 1 s here.
     bad = make(
         MqttConfig(url=mosquitto_auth.url, username="node1", password_file=pw),
         state="s2",
         name="other",
+        backoff=Backoff(initial=1.0, maximum=1.0),
     )
     await bad.start()
-    assert not await bad.wait_connected(2.5)  # covers at least two attempts (1 s backoff)
+    assert not await bad.wait_connected(2.5)  # covers at least two attempts
     refusals = [
         r
         for r in caplog.records
@@ -242,6 +232,7 @@ async def test_tls_private_ca_and_wrong_ca(
     await wrong.start()
     assert not await wrong.wait_connected(1.5)
     assert "TLS certificate not trusted" in caplog.text
+    assert sockets_to(mosquitto_tls.port) == 1  # the trusted one; the refused one is closed
 
 
 async def test_ref_and_cmd_reach_callbacks_malformed_ignored(
@@ -273,13 +264,6 @@ async def test_ref_and_cmd_reach_callbacks_malformed_ignored(
     await late.start()
     async with asyncio.timeout(10):
         assert await late.inbox.refs.get() == "c" * 40  # type: ignore[attr-defined]
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll state that has no event to await (the reporter's internals)."""
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
 
 
 async def spawn_reporter(
@@ -379,7 +363,7 @@ async def test_outage_status_and_every_event_arrive_once(
     rep = make(MqttConfig(url=mosquitto.url))
     await rep.start()
     assert await rep.wait_connected(10)
-    rep.publish_status({"state": "synced"})
+    rep.publish_status(NodeReport(node, "synced", branch="canary"))
     before = rep.emit_event("applied", "a" * 40, {})
     got: list[int] = []
     while before not in got:
@@ -391,7 +375,7 @@ async def test_outage_status_and_every_event_arrive_once(
     mosquitto.stop()
     await until(lambda: not rep.connected)
     during = [rep.emit_event("drift", None, {"i": i}) for i in range(20)]
-    rep.publish_status({"state": "drifted"})
+    rep.publish_status(NodeReport(node, "drifted", branch="canary"))
     mosquitto.start()
     status = None
     async with asyncio.timeout(20):

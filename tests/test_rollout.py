@@ -327,3 +327,26 @@ async def test_git_down_is_audited_as_failed(
     finally:
         await store.close()
         server.start()
+
+
+@pytest.mark.timeout(30)
+async def test_hung_git_server_fails_promotion_within_the_timeout(
+    tmp_path: Path, silent_git_url: str
+) -> None:
+    store = await Store.open(tmp_path / "hub.db")
+    git = StageGit(GitSettings(url=silent_git_url, timeout=1.0), tmp_path / "mirror.git")
+    heads = {"canary": "c" * 40, "beta": "b" * 40}
+    rollout = Rollout(_cfg(tmp_path, silent_git_url), store, git, lambda: heads,
+                      lambda b, s: None)  # fmt: skip
+    try:
+        # The second attempt fails the same way instead of waiting for a held lock.
+        for attempt in ("first", "second"):
+            with pytest.raises(RolloutRefused, match=r"git fetch git://\S+: no answer within 1s"):
+                await rollout.promote("beta", "bob", attempt, force=True)
+        audit = await rollout.history()
+        assert [(a["outcome"], a["reason"].split(":")[0]) for a in audit] == [
+            ("failed", "second"),
+            ("failed", "first"),
+        ]
+    finally:
+        await store.close()

@@ -31,7 +31,8 @@ from agent.reconcile import Reconciler
 from agent.state import Owned
 from agent.systemctl import Systemctl
 from agent.targets.base import ApplyContext, Target
-from agent.targets.systemd import REMOVED_SUFFIX, SystemdTarget, unit_name_problem
+from agent.targets.systemd import SystemdTarget
+from agent.targets.systemdunits import REMOVED_SUFFIX, unit_name_problem
 from tests.testbed.nspawn import NspawnContainer
 from tests.testbed.wait import until
 
@@ -619,7 +620,7 @@ async def test_shipped_agent_unit_loads(systemd_container: NspawnContainer) -> N
         probe = ct.unit_dir / "edgefleet-agent.service.d" / "probe.conf"
         probe.parent.mkdir()
         probe.write_text(
-            "[Service]\nType=oneshot\nRestart=no\nWatchdogSec=0\nExecStart=\n"
+            "[Service]\nType=oneshot\nRestart=no\nWatchdogSec=0\nExecStartPre=\nExecStart=\n"
             "ExecStart=/bin/sh -c 'echo x > /etc/systemd/system/probe.conf"
             " && echo x > /var/lib/edgefleet/probe && systemctl daemon-reload"
             " && ! touch /etc/probe-ro 2>/dev/null'\n"

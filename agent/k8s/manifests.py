@@ -37,6 +37,69 @@ _VOLATILE_METADATA = (
 
 Obj = dict[str, Any]
 
+MAX_ALIAS_NODES = 100_000
+"""Nodes YAML aliases may add to the manifests of one commit once expanded. Anchors are
+legal YAML (``<<: *defaults``), but a few hundred bytes of nested aliases expand to
+gigabytes when the object is copied or serialised ("billion laughs"), so the expansion
+is bounded, for all documents together (many small bombs add up too)."""
+
+
+@dataclass
+class _AliasBudget:
+    left: int = MAX_ALIAS_NODES
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that spends ``alias_budget`` on the nodes aliases add; YAMLError past it."""
+
+    def __init__(self, text: str, alias_budget: _AliasBudget) -> None:
+        super().__init__(text)
+        self.alias_budget = alias_budget
+
+    def compose_document(self) -> yaml.Node | None:
+        node: yaml.Node | None = super().compose_document()
+        if node is not None:
+            distinct, expanded = _sizes(node)
+            self.alias_budget.left -= expanded - distinct
+            if self.alias_budget.left < 0:
+                raise yaml.YAMLError(
+                    f"aliases expand to {expanded:,} nodes from {distinct:,}, past the "
+                    f"{MAX_ALIAS_NODES:,} nodes aliases may add to a commit's manifests"
+                )
+        return node
+
+
+def _sizes(root: yaml.Node) -> tuple[int, int]:
+    """(distinct nodes, nodes once every alias is expanded); YAMLError on a cycle.
+
+    Iterative, each node visited once: sizes of shared (aliased) nodes are memoized.
+    """
+    size: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if done:
+            open_.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+        elif key not in size:
+            if key in open_:
+                raise yaml.YAMLError("an alias refers to a node that contains it (a cycle)")
+            open_.add(key)
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in size)
+    return len(size), size[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -89,28 +152,38 @@ def rank(group: str, kind: str) -> int:
 def parse(files: Mapping[str, DesiredFile]) -> list[Manifest]:
     """Every object of every manifest file, in file order; PlanError on anything odd."""
     out: list[Manifest] = []
+    alias_budget = _AliasBudget()
     for path in sorted(files):
         where = f"manifests/{path}"
         if not path.endswith(SUFFIXES):
             raise PlanError(f"{where}: only *.yaml and *.yml files may be under manifests/")
-        out.extend(_documents(where, files[path].data))
+        out.extend(_documents(where, files[path].data, alias_budget))
     return out
 
 
-def _documents(where: str, data: bytes) -> Iterator[Manifest]:
-    index = 0
+def _documents(where: str, data: bytes, alias_budget: _AliasBudget) -> Iterator[Manifest]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise PlanError(f"{where}: not UTF-8 text") from err
-    docs = yaml.safe_load_all(text)
+    loader = _BoundedLoader(text, alias_budget)
+    try:
+        yield from _checked(where, loader)
+    finally:
+        loader.dispose()
+
+
+def _checked(where: str, loader: _BoundedLoader) -> Iterator[Manifest]:
+    index = 0
     while True:
         try:
-            doc = next(docs)
-        except StopIteration:
-            return
+            if not loader.check_data():  # type: ignore[no-untyped-call]  # untyped stub
+                return
+            doc = loader.get_data()
         except yaml.YAMLError as err:
             raise PlanError(f"{where}: document {index}: invalid YAML: {err}") from err
+        except RecursionError as err:
+            raise PlanError(f"{where}: document {index}: nested too deeply") from err
         if doc is not None:
             yield _check(f"{where}#{index}", doc)
         index += 1

@@ -10,6 +10,7 @@ before it is first replaced, so taking a file over loses nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import stat
@@ -26,14 +27,16 @@ from agent.targets.base import ApplyContext, HealthProblem
 from common.wire import DriftItem
 
 ORIG_SUFFIX = ".edgefleet-orig"
+log = logging.getLogger(__name__)
 
 
 class FilesTarget:
     name = "files"
 
     def __init__(self, cfg: FilesConfig) -> None:
+        self.configured = tuple(Path(os.path.normpath(r)) for r in cfg.allowed_roots)
         # Compare against resolved roots so a symlinked root (/srv -> /data/srv) still works.
-        self.roots = tuple(Path(os.path.realpath(r)) for r in cfg.allowed_roots)
+        self.roots = tuple(Path(os.path.realpath(r)) for r in self.configured)
 
     # -- validation ---------------------------------------------------------------------
 
@@ -57,19 +60,60 @@ class FilesTarget:
     def _check_no_escape(self, host: Path, where: str) -> None:
         """The deepest existing ancestor, resolved, must still be inside an allowed root."""
         ancestor = host.parent
-        while not ancestor.exists() and ancestor != ancestor.parent:
+        while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
             ancestor = ancestor.parent
         real = Path(os.path.realpath(ancestor))
-        if not any(real == root or real.is_relative_to(root) for root in self.roots):
+        inside = any(real == root or real.is_relative_to(root) for root in self.roots)
+        if not inside and self._missing_root(host) is None:
             raise PlanError(f"{where}: {host.parent} resolves to {real}, outside allowed_roots")
+        if not os.path.isdir(real):
+            raise PlanError(f"{where}: {ancestor} exists and is not a directory")
         try:
             st = host.lstat()
         except FileNotFoundError:
             return
+        except OSError as err:
+            raise PlanError(f"{where}: cannot inspect {host}: {err.strerror}") from err
         if stat.S_ISLNK(st.st_mode):
             raise PlanError(f"{where}: {host} is a symlink on the host; refusing to follow it")
         if not stat.S_ISREG(st.st_mode):
             raise PlanError(f"{where}: {host} exists and is not a regular file")
+
+    def _missing_root(self, host: Path) -> Path | None:
+        """The allowed root ``host`` is under if that root does not exist yet and may be made.
+
+        It may when every existing ancestor is a real directory that resolves to itself: a
+        symlink on the way (planted or not) could lead the new root anywhere.
+        """
+        for root in self.configured:
+            if not host.is_relative_to(root) or os.path.lexists(root):
+                continue
+            ancestor = root.parent
+            while not os.path.lexists(ancestor):
+                ancestor = ancestor.parent
+            if os.path.realpath(ancestor) == str(ancestor) and os.path.isdir(ancestor):
+                return root
+        return None
+
+    def _make_root(self, host: Path) -> None:
+        """Create the missing allowed root above ``host`` (0755), refusing any symlink.
+
+        Safe before the escape check: it only creates a root no symlink leads to.
+        """
+        root = self._missing_root(host)
+        if root is None:
+            return
+        for part in (*reversed(root.parents), root):
+            try:
+                os.mkdir(part, 0o755)
+            except FileExistsError as err:
+                if os.path.islink(part) or not os.path.isdir(part):
+                    raise ApplyError(
+                        f"{part} changed under the agent; not creating {root}"
+                    ) from err
+                continue
+            os.chmod(part, 0o755)  # noqa: S103  # umask must not narrow an allowed root
+        log.info("files: created missing allowed root %s", root)
 
     # -- Target protocol ---------------------------------------------------------------
 
@@ -117,6 +161,7 @@ class FilesTarget:
         host = Path(subject)
         try:
             # Re-check right before writing: the host may have changed since plan.
+            self._make_root(host)
             self._check_no_escape(host, subject)
             if action is Action.CREATED and host.exists():
                 current = host.read_bytes()
@@ -152,7 +197,7 @@ class FilesTarget:
             path = Path(subject)
             try:
                 st = path.lstat()
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 items.append(
                     DriftItem(
                         target=self.name, subject=subject, kind="missing", detail="file deleted"

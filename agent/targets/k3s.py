@@ -18,7 +18,6 @@ import asyncio
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +28,17 @@ from agent.errors import ApplyError, PlanError, TransientError, UnavailableError
 from agent.k8s import health as k8s_health
 from agent.k8s import manifests as mf
 from agent.k8s.client import Kind, KubeClient, KubeRequestError
+from agent.k8s.objects import (
+    PlannedObject,
+    ReadyCheck,
+    crd_key,
+    crd_kind,
+    error_for,
+    failure,
+    kind_of,
+    listing,
+    resource_version,
+)
 from agent.state import Owned
 from agent.targets.base import ApplyContext, HealthProblem
 from common.wire import DriftItem
@@ -45,85 +55,6 @@ RV_RETRIES = 3
 Obj = dict[str, Any]
 X = TypeVar("X")
 R = TypeVar("R")
-
-
-@dataclass
-class _Object:
-    """One desired object, resolved against the API server."""
-
-    manifest: mf.Manifest
-    kind: Kind
-    namespace: str
-    subject: str
-    body: Obj
-    digest: str
-    pending: bool = False
-    """The kind is defined by a CRD of this same commit that the server does not serve yet."""
-
-    @property
-    def rank(self) -> int:
-        return mf.rank(self.kind.group, self.kind.kind)
-
-    def owned(self, commit: str) -> Owned:
-        meta = {
-            "apiVersion": self.manifest.api_version,
-            "kind": self.kind.kind,
-            "plural": self.kind.plural,
-            "namespaced": self.kind.namespaced,
-        }
-        return Owned(digest=self.digest, commit=commit, meta=meta)
-
-
-@dataclass
-class _Check:
-    """Outcome of one dry-run apply."""
-
-    result: Obj | None = None
-    """What the object would look like; None when validation had to wait (new CRD/namespace)."""
-    error: str | None = None
-    forced: str | None = None
-    """Conflict with another field manager that apply will override."""
-    live: Obj | None = None
-    """The live object the result was computed from (same resourceVersion)."""
-
-
-def _rv(obj: Obj) -> str | None:
-    rv = (obj.get("metadata") or {}).get("resourceVersion")
-    return str(rv) if rv is not None else None
-
-
-def _kind_of(owned: Owned, subject: str) -> Kind:
-    group, _kind, _ns, _name = mf.split_subject(subject)
-    meta = owned.meta
-    return Kind(
-        group=group,
-        version=str(meta["apiVersion"]).rpartition("/")[2],
-        kind=str(meta["kind"]),
-        plural=str(meta["plural"]),
-        namespaced=bool(meta["namespaced"]),
-    )
-
-
-def _crd_kind(crds: Mapping[tuple[str, str], mf.Manifest], m: mf.Manifest) -> Kind | None:
-    """The kind a CRD of this commit will serve for ``m``, or None."""
-    crd = crds.get((m.group, m.kind))
-    if crd is None:
-        return None
-    spec = crd.body.get("spec") or {}
-    version = m.api_version.rpartition("/")[2]
-    versions = {v.get("name") for v in spec.get("versions") or () if isinstance(v, dict)}
-    plural = (spec.get("names") or {}).get("plural")
-    if version not in versions or not isinstance(plural, str):
-        return None
-    return Kind(m.group, version, m.kind, plural, spec.get("scope") == "Namespaced")
-
-
-def _crd_key(m: mf.Manifest) -> tuple[str, str] | None:
-    if mf.rank(m.group, m.kind) != 1:
-        return None
-    spec = m.body.get("spec") or {}
-    group, kind = spec.get("group"), (spec.get("names") or {}).get("kind")
-    return (group, kind) if isinstance(group, str) and isinstance(kind, str) else None
 
 
 class K3sTarget:
@@ -149,7 +80,7 @@ class K3sTarget:
         lives = await self._read(kube, objs, TransientError)
         refused = [r for o in objs if (r := self._refusal(o, lives[o.subject], owned))]
         if refused:
-            raise PlanError(_listing("k3s: objects not managed by edgefleet", refused))
+            raise PlanError(listing("k3s: objects not managed by edgefleet", refused))
         new_namespaces = frozenset(
             o.manifest.name for o in objs if o.rank == 0 and not lives[o.subject]
         )
@@ -163,11 +94,11 @@ class K3sTarget:
             if check.error:
                 failed.append(f"{o.subject} ({o.manifest.origin}): {check.error}")
         if failed:
-            raise PlanError(_listing("k3s: dry-run rejected, nothing applied", failed))
+            raise PlanError(listing("k3s: dry-run rejected, nothing applied", failed))
 
         plan = ChangeSet(self.name)
         for o, check in sorted(zip(objs, checks, strict=True), key=lambda p: p[0].rank):
-            assert isinstance(check, _Check)
+            assert isinstance(check, ReadyCheck)
             action, detail = self._action(o, lives[o.subject], check, owned.get(o.subject))
             plan.add(o.subject, action, detail)
         desired_keys = {o.subject for o in objs}
@@ -198,7 +129,7 @@ class K3sTarget:
             results = await self._each(batch, lambda s: self._delete(kube, s, ctx))
             failed += [(s, r) for s, r in zip(batch, results, strict=True) if r]
         if failed:
-            raise _failure("k3s: delete failed (kept in the inventory)", failed)
+            raise failure("k3s: delete failed (kept in the inventory)", failed)
 
     async def health(self, desired: DesiredState, ctx: ApplyContext) -> list[HealthProblem]:
         try:
@@ -286,10 +217,10 @@ class K3sTarget:
             tasks = [tg.create_task(one(i)) for i in items]
         return [t.result() for t in tasks]
 
-    async def _resolve(self, kube: KubeClient, desired: DesiredState) -> list[_Object]:
+    async def _resolve(self, kube: KubeClient, desired: DesiredState) -> list[PlannedObject]:
         manifests = mf.parse(desired.under("manifests"))
-        crds = {crd: m for m in manifests if (crd := _crd_key(m))}
-        objs: list[_Object] = []
+        crds = {crd: m for m in manifests if (crd := crd_key(m))}
+        objs: list[PlannedObject] = []
         seen: dict[str, str] = {}
         problems: list[str] = []
         for m in manifests:
@@ -298,7 +229,7 @@ class K3sTarget:
             except KubeRequestError as err:
                 raise TransientError(f"k3s: discovery of {m.api_version} {m.kind}: {err}") from err
             pending = kind is None
-            kind = kind or _crd_kind(crds, m)
+            kind = kind or crd_kind(crds, m)
             if kind is None:
                 problems.append(f"{m.origin}: unknown kind {m.kind} in {m.api_version} (no CRD?)")
                 continue
@@ -312,9 +243,9 @@ class K3sTarget:
                 problems.append(f"{m.origin}: {key}: {refusal}")
                 continue
             body = mf.desired_body(m, namespace, self._node, desired.commit)
-            objs.append(_Object(m, kind, namespace, key, body, mf.body_digest(body), pending))
+            objs.append(PlannedObject(m, kind, namespace, key, body, mf.body_digest(body), pending))
         if problems:
-            raise PlanError(_listing("k3s: manifests refused", problems))
+            raise PlanError(listing("k3s: manifests refused", problems))
         return objs
 
     def _forbidden(self, kind: Kind, namespace: str, name: str) -> str | None:
@@ -330,9 +261,9 @@ class K3sTarget:
         return None
 
     async def _read(
-        self, kube: KubeClient, objs: list[_Object], error: type[TransientError]
+        self, kube: KubeClient, objs: list[PlannedObject], error: type[TransientError]
     ) -> dict[str, Obj | None]:
-        async def get(o: _Object) -> Obj | None:
+        async def get(o: PlannedObject) -> Obj | None:
             if o.pending:
                 return None
             return await kube.get(o.kind, o.namespace, o.manifest.name)
@@ -344,7 +275,9 @@ class K3sTarget:
             lives[o.subject] = live
         return lives
 
-    def _refusal(self, o: _Object, live: Obj | None, owned: Mapping[str, Owned]) -> str | None:
+    def _refusal(
+        self, o: PlannedObject, live: Obj | None, owned: Mapping[str, Owned]
+    ) -> str | None:
         if live is None:
             return None
         label, node = mf.owner_of(live)
@@ -361,11 +294,11 @@ class K3sTarget:
     async def _dry_run(
         self,
         kube: KubeClient,
-        o: _Object,
+        o: PlannedObject,
         live: Obj | None,
         new_namespaces: frozenset[str] = frozenset(),
         force: bool = False,
-    ) -> _Check:
+    ) -> ReadyCheck:
         """Dry-run apply of ``o``, paired with the live object it was computed from.
 
         Controllers write to objects all the time (a new Deployment gets its revision
@@ -373,10 +306,14 @@ class K3sTarget:
         live is read again so that the two are compared like with like.
         """
         if o.pending:
-            return _Check()  # the server learns this kind only when its CRD is applied
+            return ReadyCheck()  # the server learns this kind only when its CRD is applied
         for _attempt in range(RV_RETRIES):
             check = await self._dry_run_once(kube, o, live, new_namespaces, force)
-            if check.result is None or live is None or _rv(check.result) == _rv(live):
+            if (
+                check.result is None
+                or live is None
+                or resource_version(check.result) == resource_version(live)
+            ):
                 return check
             live = await kube.get(o.kind, o.namespace, o.manifest.name)
         return check
@@ -384,30 +321,30 @@ class K3sTarget:
     async def _dry_run_once(
         self,
         kube: KubeClient,
-        o: _Object,
+        o: PlannedObject,
         live: Obj | None,
         new_namespaces: frozenset[str],
         force: bool,
-    ) -> _Check:
+    ) -> ReadyCheck:
         try:
             result = await kube.apply(o.kind, o.body, dry_run=True, force=force)
-            return _Check(result=result, live=live)
+            return ReadyCheck(result=result, live=live)
         except KubeRequestError as err:
             if err.transient:
                 raise
             if err.code == 409 and live is not None:
                 result = await kube.apply(o.kind, o.body, dry_run=True, force=True)
-                return _Check(result=result, live=live, forced=err.message)
+                return ReadyCheck(result=result, live=live, forced=err.message)
             if (
                 err.code == 404
                 and err.details.get("kind") == "namespaces"
                 and err.details.get("name") in new_namespaces
             ):
-                return _Check()  # its namespace is created by this same commit
-            return _Check(error=f"{err.reason}: {err.message}", live=live)
+                return ReadyCheck()  # its namespace is created by this same commit
+            return ReadyCheck(error=f"{err.reason}: {err.message}", live=live)
 
     def _action(
-        self, o: _Object, live: Obj | None, check: _Check, prev: Owned | None
+        self, o: PlannedObject, live: Obj | None, check: ReadyCheck, prev: Owned | None
     ) -> tuple[Action, str]:
         if check.result is not None:
             live = check.live  # read again if a controller changed it meanwhile
@@ -427,7 +364,7 @@ class K3sTarget:
         return (Action.CONFIGURED if notes else Action.UNCHANGED), "; ".join(notes)
 
     async def _apply_all(
-        self, kube: KubeClient, objs: list[_Object], commit: str, ctx: ApplyContext
+        self, kube: KubeClient, objs: list[PlannedObject], commit: str, ctx: ApplyContext
     ) -> None:
         first = [o for o in objs if o.rank < 2]
         await self._write(kube, first, commit, ctx)
@@ -440,39 +377,39 @@ class K3sTarget:
         await self._write(kube, rest, commit, ctx)
 
     async def _write(
-        self, kube: KubeClient, objs: list[_Object], commit: str, ctx: ApplyContext
+        self, kube: KubeClient, objs: list[PlannedObject], commit: str, ctx: ApplyContext
     ) -> None:
-        async def one(o: _Object) -> None:
+        async def one(o: PlannedObject) -> None:
             await kube.apply(o.kind, o.body, dry_run=False, force=True)
             ctx.record(self.name, o.subject, o.owned(commit))
 
         results = await self._each(objs, one)
         failed = [(o.subject, r) for o, r in zip(objs, results, strict=True) if r]
         if failed:
-            raise _failure(f"k3s: apply of {commit[:12]} failed", failed)
+            raise failure(f"k3s: apply of {commit[:12]} failed", failed)
 
-    async def _established(self, kube: KubeClient, crds: list[_Object]) -> None:
+    async def _established(self, kube: KubeClient, crds: list[PlannedObject]) -> None:
         deadline = time.monotonic() + ESTABLISH_TIMEOUT
         for o in crds:
             while True:
                 try:
                     live = await kube.get(o.kind, "", o.manifest.name)
                 except KubeRequestError as err:
-                    raise _error_for(err)(f"k3s: waiting for {o.subject}: {err}") from err
+                    raise error_for(err)(f"k3s: waiting for {o.subject}: {err}") from err
                 if live is not None and k8s_health.problem(live) is None:
                     break
                 if time.monotonic() > deadline:
                     raise ApplyError(f"k3s: {o.subject} not Established after {ESTABLISH_TIMEOUT}s")
                 await asyncio.sleep(POLL)
 
-    async def _served(self, kube: KubeClient, o: _Object) -> Kind:
+    async def _served(self, kube: KubeClient, o: PlannedObject) -> Kind:
         """The kind of a custom resource once its CRD is Established (discovery may lag)."""
         deadline = time.monotonic() + ESTABLISH_TIMEOUT
         while True:
             try:
                 kind = await kube.kind(o.manifest.api_version, o.manifest.kind)
             except KubeRequestError as err:
-                raise _error_for(err)(f"k3s: discovery for {o.subject}: {err}") from err
+                raise error_for(err)(f"k3s: discovery for {o.subject}: {err}") from err
             if kind is not None:
                 return kind
             if time.monotonic() > deadline:
@@ -484,7 +421,7 @@ class K3sTarget:
         owned = self._known.get(key)
         if owned is None or "plural" not in owned.meta:
             return "kind unknown (inventory entry without API metadata)"
-        kind = _kind_of(owned, key)
+        kind = kind_of(owned, key)
         _group, _kind, namespace, name = mf.split_subject(key)
         live = await kube.get(kind, namespace, name)
         if live is not None:
@@ -495,21 +432,3 @@ class K3sTarget:
                 await kube.delete(kind, namespace, name)
         ctx.record(self.name, key, None)
         return ""
-
-
-def _listing(title: str, lines: list[str]) -> str:
-    return f"{title}:\n  " + "\n  ".join(lines)
-
-
-def _error_for(err: KubeRequestError) -> type[ApplyError]:
-    """UnavailableError when the API server is down: resume later, do not roll back."""
-    return UnavailableError if err.unavailable else ApplyError
-
-
-def _failure(title: str, failed: list[tuple[str, Any]]) -> ApplyError:
-    """An ApplyError listing the failed objects; UnavailableError if the API server was down."""
-    down = [r for _s, r in failed if isinstance(r, KubeRequestError) and r.unavailable]
-    if down:
-        # One cause for every object: say it once, not once per object.
-        return UnavailableError(f"{title}: {down[0]} ({len(failed)} object(s) left to retry)")
-    return ApplyError(_listing(title, [f"{s}: {r}" for s, r in failed]))

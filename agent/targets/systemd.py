@@ -14,146 +14,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import os
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.atomic import write_atomic
-from agent.changeset import Action, Change, ChangeSet
+from agent.changeset import Action, ChangeSet
 from agent.config import HealthConfig, SystemdConfig
 from agent.desired import GIT_MODE_SYMLINK, DesiredFile, DesiredState, UnitOptions
 from agent.errors import ApplyError, PlanError
 from agent.state import Owned, digest
 from agent.systemctl import Systemctl
 from agent.targets.base import ApplyContext, HealthProblem
-from common.wire import DriftItem, DriftKind
-
-UNIT_SUFFIXES = frozenset(
-    ("service", "socket", "timer", "path", "mount", "automount", "target", "slice", "swap")
+from agent.targets.systemdunits import (
+    ADOPTED,
+    CONTENT,
+    DROPIN_SUFFIX,
+    ENABLED_STATES,
+    JOURNAL_LINES,
+    MASKED_STATES,
+    OPTIONS,
+    PENDING,
+    REMOVED_SUFFIX,
+    Intent,
+    change_details,
+    drift_item,
+    has_install_section,
+    is_template,
+    is_unit_file,
+    matches,
+    prop_int,
+    running,
+    state_text,
+    subject_problem,
+    unit_name_problem,
+    unit_of,
 )
-MAX_NAME = 255
-_NAME_CHARS = re.compile(r"[A-Za-z0-9:_.\-@]+")
-_DROPIN_SUFFIX = ".d"
-
-CONTENT = "content"
-"""Change detail: the bytes of the unit or of one of its drop-ins changed (reload + restart)."""
-OPTIONS = "options"
-"""Change detail: only enablement or started/stopped changed (no reload of bytes, no restart)."""
-ADOPTED = "adopted"
-"""Change detail: identical bytes were already on disk (resuming after a crash)."""
-PENDING = "pending"
-
-ENABLED_STATES = frozenset(("enabled", "enabled-runtime", "linked", "linked-runtime", "alias"))
-MASKED_STATES = frozenset(("masked", "masked-runtime"))
-REMOVED_SUFFIX = ".edgefleet-removed"
-JOURNAL_LINES = 5
-
-
-def unit_name_problem(name: str) -> str | None:
-    """Why ``name`` is not a unit name systemd accepts (None when it is fine)."""
-    if not name or len(name) > MAX_NAME:
-        return f"length must be 1..{MAX_NAME}"
-    if not _NAME_CHARS.fullmatch(name):
-        return "only A-Z a-z 0-9 : _ . - @ are allowed"
-    if ".." in name or name.startswith("."):
-        return "must not start with '.' or contain '..'"
-    stem, dot, suffix = name.rpartition(".")
-    if not dot or suffix not in UNIT_SUFFIXES:
-        return f"suffix must be one of {', '.join(sorted(UNIT_SUFFIXES))}"
-    if not stem:
-        return "the name before the suffix is empty"
-    if "@" in stem:
-        prefix, _, instance = stem.partition("@")
-        if not prefix or "@" in instance:
-            return "a template is 'name@.suffix', an instance 'name@instance.suffix'"
-    return None
-
-
-def is_template(unit: str) -> bool:
-    """``foo@.service``: it has no instance, so it can be neither enabled nor started."""
-    return unit.rpartition(".")[0].endswith("@")
-
-
-def unit_of(subject: str) -> str:
-    """The unit a subject configures: itself, or the unit of a drop-in."""
-    head, sep, _ = subject.partition("/")
-    return head[: -len(_DROPIN_SUFFIX)] if sep else subject
-
-
-def is_unit_file(subject: str) -> bool:
-    return "/" not in subject
-
-
-def subject_problem(subject: str) -> str | None:
-    """Why a path under systemd/ is neither ``<unit>`` nor ``<unit>.d/<name>.conf``."""
-    parts = subject.split("/")
-    if len(parts) == 1:
-        return unit_name_problem(subject)
-    if len(parts) != 2 or not parts[0].endswith(_DROPIN_SUFFIX):
-        return "expected a unit file '<name>.<type>' or a drop-in '<unit>.d/<name>.conf'"
-    problem = unit_name_problem(parts[0][: -len(_DROPIN_SUFFIX)])
-    if problem:
-        return f"drop-in directory: {problem}"
-    conf = parts[1]
-    if not conf.endswith(".conf") or conf == ".conf" or conf.startswith("."):
-        return "a drop-in must be named '<name>.conf'"
-    if len(conf) > MAX_NAME or not _NAME_CHARS.fullmatch(conf):
-        return "drop-in names may only use A-Z a-z 0-9 : _ . - @"
-    return None
-
-
-def has_install_section(data: bytes) -> bool:
-    """True when the unit has an [Install] section that gives enable something to do."""
-    section = ""
-    for raw in data.decode("utf-8", errors="replace").splitlines():
-        line = raw.strip()
-        if line.startswith("[") and line.endswith("]"):
-            section = line
-        elif section == "[Install]" and line.split("=", 1)[0].strip() in (
-            "WantedBy",
-            "RequiredBy",
-            "UpheldBy",
-            "Alias",
-            "Also",
-        ):
-            return True
-    return False
-
-
-@dataclass(frozen=True)
-class Intent:
-    enabled: bool
-    started: bool
-
-    def meta(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "started": self.started}
-
-
-def _details(change: Change) -> set[str]:
-    return set(change.detail.split(", ")) if change.detail else set()
-
-
-def _running(props: Mapping[str, str]) -> bool:
-    """Up, or a oneshot that finished successfully (RemainAfterExit=no ends inactive)."""
-    if props.get("ActiveState") == "active":
-        return True
-    return (
-        props.get("Type") == "oneshot"
-        and props.get("ActiveState") == "inactive"
-        and props.get("Result") == "success"
-        and props.get("RemainAfterExit") == "no"
-    )
-
-
-def _state_text(props: Mapping[str, str]) -> str:
-    return (
-        f"{props.get('ActiveState', '?')}/{props.get('SubState', '?')}"
-        f" (Result={props.get('Result', '?')})"
-    )
+from common.wire import DriftItem, DriftKind
 
 
 class SystemdTarget:
@@ -249,7 +147,9 @@ class SystemdTarget:
         units = self._desired(desired)
         changes = {c.subject: c for c in plan.of(Action.CREATED, Action.CONFIGURED)}
         written = [
-            s for s, c in changes.items() if c.action is Action.CREATED or CONTENT in _details(c)
+            s
+            for s, c in changes.items()
+            if c.action is Action.CREATED or CONTENT in change_details(c)
         ]
         for subject in written:
             f = units[subject]
@@ -259,7 +159,7 @@ class SystemdTarget:
         managed = self._managed(units)
         intents = {u: self._intent(desired, u, units[u].data) for u in managed}
         content_units = {unit_of(s) for s in written}
-        option_units = {s for s, c in changes.items() if OPTIONS in _details(c)}
+        option_units = {s for s, c in changes.items() if OPTIONS in change_details(c)}
         touched = [u for u in managed if u in content_units or u in option_units]
         created = {s for s, c in changes.items() if c.action is Action.CREATED}
 
@@ -317,9 +217,9 @@ class SystemdTarget:
             if unit in intents and not intents[unit].started:
                 continue
             owned = unit in intents
-            if _matches(paths, opts.restart_on):
+            if matches(paths, opts.restart_on):
                 (restart if owned else try_restart).append(unit)
-            elif _matches(paths, opts.reload_on):
+            elif matches(paths, opts.reload_on):
                 (reload if owned else try_reload).append(unit)
         return reload, try_reload
 
@@ -330,7 +230,7 @@ class SystemdTarget:
             u for u in self._managed(units) if self._intent(desired, u, units[u].data).started
         ]
         props = await self.systemctl.show(watched, ("NRestarts",))
-        self._restarts = {u: _int(p.get("NRestarts")) for u, p in props.items()}
+        self._restarts = {u: prop_int(p.get("NRestarts")) for u, p in props.items()}
 
     # -- prune ---------------------------------------------------------------------------
 
@@ -373,7 +273,7 @@ class SystemdTarget:
         for subject in subjects:
             path = self.unit_dir / subject
             path.unlink(missing_ok=True)
-            dirs.add(path.parent if not is_unit_file(subject) else Path(f"{path}{_DROPIN_SUFFIX}"))
+            dirs.add(path.parent if not is_unit_file(subject) else Path(f"{path}{DROPIN_SUFFIX}"))
         for d in dirs:
             # Only an empty drop-in dir goes: files placed by others stay.
             with contextlib.suppress(FileNotFoundError, OSError):
@@ -389,12 +289,12 @@ class SystemdTarget:
         problems: list[HealthProblem] = []
         props = await self.systemctl.show(watched)
         for unit, p in props.items():
-            now = _int(p.get("NRestarts"))
+            now = prop_int(p.get("NRestarts"))
             before = self._restarts.setdefault(unit, now)
             if now < before:  # a manual start resets the counter
                 self._restarts[unit] = before = now
-            if not _running(p):
-                reason = f"{unit} is {_state_text(p)}"
+            if not running(p):
+                reason = f"{unit} is {state_text(p)}"
             elif now > before:
                 reason = f"{unit} restarted {now - before} time(s) since it was applied"
             else:
@@ -414,7 +314,7 @@ class SystemdTarget:
         items: list[DriftItem] = []
         file_state = await asyncio.to_thread(self._file_drift, subjects, owned)
         for subject, (kind, detail) in file_state.items():
-            items.append(_item(subject, kind, detail))
+            items.append(drift_item(subject, kind, detail))
         managed = [s for s in self._managed(units) if s in owned]
         props = await self.systemctl.show(managed)
         for unit, p in props.items():
@@ -422,14 +322,16 @@ class SystemdTarget:
                 continue  # the file is the problem; its live state follows from it
             intent = self._intent(desired, unit, units[unit].data)
             if p.get("LoadState") == "masked" or p.get("UnitFileState") in MASKED_STATES:
-                items.append(_item(unit, "masked", "unit is masked"))
+                items.append(drift_item(unit, "masked", "unit is masked"))
                 continue
             if intent.enabled and p.get("UnitFileState") not in ENABLED_STATES:
-                items.append(_item(unit, "disabled", f"UnitFileState={p.get('UnitFileState')}"))
-            if intent.started and not _running(p) and p.get("ActiveState") != "activating":
-                items.append(_item(unit, "stopped", _state_text(p)))
+                items.append(
+                    drift_item(unit, "disabled", f"UnitFileState={p.get('UnitFileState')}")
+                )
+            if intent.started and not running(p) and p.get("ActiveState") != "activating":
+                items.append(drift_item(unit, "stopped", state_text(p)))
         extras = await asyncio.to_thread(self._extra_dropins, managed, owned)
-        items.extend(_item(s, "extra", "drop-in not managed by edgefleet") for s in extras)
+        items.extend(drift_item(s, "extra", "drop-in not managed by edgefleet") for s in extras)
         return items
 
     def _file_drift(
@@ -458,10 +360,10 @@ class SystemdTarget:
     def _extra_dropins(self, managed: Iterable[str], owned: Mapping[str, Owned]) -> list[str]:
         extras = []
         for unit in managed:
-            d = self.unit_dir / f"{unit}{_DROPIN_SUFFIX}"
+            d = self.unit_dir / f"{unit}{DROPIN_SUFFIX}"
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 for conf in sorted(d.iterdir()):
-                    subject = f"{unit}{_DROPIN_SUFFIX}/{conf.name}"
+                    subject = f"{unit}{DROPIN_SUFFIX}/{conf.name}"
                     if conf.name.endswith(".conf") and subject not in owned:
                         extras.append(subject)
         return extras
@@ -531,19 +433,3 @@ class SystemdTarget:
 def _write_unit(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, data, 0o644)
-
-
-def _matches(paths: Iterable[str], globs: Iterable[str]) -> bool:
-    globs = list(globs)
-    return any(fnmatch.fnmatchcase(p, g) for p in paths for g in globs)
-
-
-def _int(raw: str | None) -> int:
-    try:
-        return int(raw or 0)
-    except ValueError:
-        return 0
-
-
-def _item(subject: str, kind: DriftKind, detail: str) -> DriftItem:
-    return DriftItem(target="systemd", subject=subject, kind=kind, detail=detail)

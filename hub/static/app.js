@@ -1,6 +1,5 @@
 // edgefleet dashboard: plain JS, no build step, no external resources.
 "use strict";
-const STATES = ["synced", "progressing", "failed", "drifted", "refused", "error", "stale", "offline"];
 const PAGE = 50;
 const $ = (sel) => document.querySelector(sel);
 let offset = 0;
@@ -29,16 +28,24 @@ async function api(path) {
   return body;
 }
 
+// The state names come from the hub (the summary lists every state, in order).
+function fillStateFilter(states) {
+  const stateSel = $("#filters select[name=state]");
+  if (stateSel.options.length > 1) return;
+  for (const s of states) stateSel.append(el("option", { value: s }, s));
+}
+
 function renderSummary(s) {
   $("#total-nodes").textContent = s.nodes;
   $("#total-synced").textContent = s.states.synced;
+  fillStateFilter(Object.keys(s.states));
   const box = $("#stages");
   box.replaceChildren();
   const columns = Object.entries(s.stages);
   if (s.unstaged && s.unstaged.nodes) columns.push(["(no stage)", { ...s.unstaged, branch: "", head: null }]);
   for (const [name, st] of columns) {
     const list = el("ul");
-    for (const state of STATES) {
+    for (const state of Object.keys(s.states)) {
       const n = st.states[state] || 0;
       list.append(el("li", { class: n ? state : `${state} zero`, "data-state": state },
         badge(state), el("b", { class: "count", "data-stage": name, "data-state": state }, String(n))));
@@ -166,8 +173,6 @@ function connect() {
 
 async function init() {
   const stageSel = $("#filters select[name=stage]");
-  const stateSel = $("#filters select[name=state]");
-  for (const s of STATES) stateSel.append(el("option", { value: s }, s));
   try {
     const s = await api("/api/v1/stages");
     for (const st of s.stages) stageSel.append(el("option", { value: st.name }, st.name));

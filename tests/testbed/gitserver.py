@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import shutil
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -443,3 +444,12 @@ def git_remote(
     finally:
         with contextlib.suppress(OSError):
             remote.server.stop()
+
+
+@pytest.fixture
+def silent_git_url() -> Iterator[str]:
+    """A git:// URL whose server accepts connections (kernel backlog) and never answers."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        yield f"git://127.0.0.1:{silent.getsockname()[1]}/fleet.git"

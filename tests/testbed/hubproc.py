@@ -29,8 +29,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from common import wire
+from common.status import NodeReport, Status
+from common.status import status_doc as wire_status
 from tests.testbed.mosquitto import Mosquitto, free_port
 from tests.testbed.mqtt import stop_client
+from tests.testbed.wait import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,26 +55,24 @@ promote_from = "beta"
 
 
 def status_doc(node: str, seq: int, state: str = "synced", **extra: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "schema": 1,
-        "node": node,
-        "seq": seq,
-        "state": state,
-        "branch": "stable",
-        "labels": {},
-        "paths": ["common"],
-        "desired": "a" * 40,
-        "applied": "a" * 40,
-        "last_good": "a" * 40,
-        "reason": "",
-        "message": "",
-        "drift": [],
-        "resources": {},
-        "health": {},
-        "version": "0.1.0",
-        "observed_at": time.time(),
-    }
-    doc.update(extra)
+    """A status as an agent builds it (common.status); ``extra`` overrides wire fields
+    as they are, so tests can also send what no agent would (``drift`` goes through the
+    builder, which sets drift_total)."""
+    drift = extra.pop("drift", [])
+    report = NodeReport(
+        node=node,
+        state="synced",
+        branch="stable",
+        paths=("common",),
+        desired="a" * 40,
+        applied="a" * 40,
+        last_good="a" * 40,
+        version="0.1.0",
+        drift=tuple(drift),
+        drift_total=len(drift),
+    )
+    doc: dict[str, Any] = dict(wire_status(Status(report, 0, observed_at=time.time())))
+    doc.update(seq=seq, state=state, **extra)
     return doc
 
 
@@ -196,14 +197,13 @@ class HubProc:
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         """Poll ``predicate`` (an API condition) until true; fail with the hub log."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def alive_and(predicate: Callable[[], bool]) -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"hub exited {self.proc.returncode}:\n{self.log_text()}")
-            if predicate():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"condition not met in {timeout}s; hub log:\n{self.log_text()}")
+            return predicate()
+
+        wait_until(lambda: alive_and(predicate), timeout, "the hub", details=self.log_text)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from agent.config import MqttConfig
 from agent.report import Reporter
+from common.status import NodeReport
 
 
 async def main(url: str, node: str, state_dir: Path, events: int) -> None:
@@ -22,7 +23,7 @@ async def main(url: str, node: str, state_dir: Path, events: int) -> None:
     await reporter.start()
     seqs = [reporter.emit_event("test", None, {"i": i}) for i in range(events)]
     print("EMITTED " + ",".join(map(str, seqs)), flush=True)
-    reporter.publish_status({"state": "synced"})
+    reporter.publish_status(NodeReport(node, "synced", branch="stable"))
     if await reporter.wait_connected(10):
         print("CONNECTED", flush=True)
     stop = asyncio.Event()

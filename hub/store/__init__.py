@@ -1,0 +1,63 @@
+"""The hub's persistence, split by concern: :mod:`~hub.store.schema` (versioned
+migrations), :mod:`~hub.states` (state names and the effective-state rule),
+:mod:`~hub.store.nodes` (ingest writes, node queries, summaries) and
+:mod:`~hub.store.rollouts` (audit, pauses, stage heads). Everything crossing this
+boundary is a typed row from :mod:`~hub.store.rows`.
+
+:mod:`~hub.store.interface` is the contract (Protocols) a second backend implements;
+:class:`Store` is the SQLite implementation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hub.store.db import Db
+from hub.store.interface import HubStore, IngestStore, NodeQueries, RolloutRecords, RolloutStore
+from hub.store.nodes import SqliteNodes
+from hub.store.rollouts import SqliteRollouts
+from hub.store.rows import (
+    AuditEntry,
+    AuditRow,
+    Batch,
+    DriftedNode,
+    EventRow,
+    LabelCount,
+    NodeDetail,
+    NodeRow,
+    NodeState,
+    Pause,
+    StateCount,
+    StatusRow,
+    VersionCount,
+)
+
+__all__ = [
+    "AuditEntry",
+    "AuditRow",
+    "Batch",
+    "DriftedNode",
+    "EventRow",
+    "HubStore",
+    "IngestStore",
+    "LabelCount",
+    "NodeDetail",
+    "NodeQueries",
+    "NodeRow",
+    "NodeState",
+    "Pause",
+    "RolloutRecords",
+    "RolloutStore",
+    "StateCount",
+    "StatusRow",
+    "Store",
+    "VersionCount",
+]
+
+
+class Store(SqliteNodes, SqliteRollouts, HubStore):
+    """The SQLite store. Open with :meth:`open`; close with :meth:`close`."""
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        return cls(*await Db.connect(path))

@@ -1,0 +1,132 @@
+"""The SQLite schema as numbered migrations, applied forward on open.
+
+Version N is ``MIGRATIONS[N - 1]``; the ``schema_version`` table holds one row per
+applied version. Append new migrations, never edit applied ones: an older hub refuses
+a database with a newer schema rather than misread it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import aiosqlite
+
+from hub.errors import StoreError
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE nodes (
+            node TEXT PRIMARY KEY,
+            branch TEXT,
+            state TEXT,
+            seq INTEGER NOT NULL DEFAULT -1,
+            applied TEXT,
+            desired TEXT,
+            drift_count INTEGER NOT NULL DEFAULT 0,
+            online INTEGER NOT NULL DEFAULT 1,
+            heartbeat REAL NOT NULL DEFAULT 0,
+            last_heard REAL NOT NULL,
+            stale_at REAL NOT NULL,
+            observed_at REAL,
+            doc TEXT
+        ) WITHOUT ROWID""",
+        # Covering index: the summary groups by branch and effective state from it alone.
+        "CREATE INDEX nodes_summary ON nodes(branch, online, state, stale_at)",
+        "CREATE INDEX nodes_drifted ON nodes(node) WHERE drift_count > 0",
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            node TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            at REAL,
+            type TEXT NOT NULL,
+            commit_sha TEXT,
+            details TEXT NOT NULL,
+            received REAL NOT NULL,
+            UNIQUE (node, seq)
+        )""",
+        "CREATE INDEX events_node ON events(node, id)",
+        "CREATE INDEX events_type ON events(type, id)",
+        "CREATE INDEX events_received ON events(received)",
+    ),
+    (
+        # Rollout audit: every promotion, halt, rollback and resume, refused ones too.
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            action TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            who TEXT NOT NULL,
+            from_commit TEXT,
+            to_commit TEXT,
+            outcome TEXT NOT NULL,
+            forced INTEGER NOT NULL DEFAULT 0,
+            reason TEXT NOT NULL,
+            evidence TEXT NOT NULL
+        )""",
+        "CREATE INDEX audit_stage ON audit(stage, id)",
+        # A paused stage takes no automatic promotions; a halt also blocks downstream.
+        """CREATE TABLE stage_pause (
+            stage TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            commit_sha TEXT,
+            at REAL NOT NULL,
+            who TEXT NOT NULL,
+            reason TEXT NOT NULL
+        )""",
+        # Heads each stage branch had, to find "the previous commit" for a rollback.
+        """CREATE TABLE stage_heads (
+            stage TEXT NOT NULL,
+            commit_sha TEXT NOT NULL,
+            seen_at REAL NOT NULL,
+            PRIMARY KEY (stage, commit_sha)
+        )""",
+    ),
+    (
+        # Events are unique per (node, incarnation, seq): a re-imaged node restarts its
+        # seqs under a new incarnation ('' for agents that send none). SQLite cannot drop
+        # the old UNIQUE (node, seq) in place, hence the copy.
+        """CREATE TABLE events_v3 (
+            id INTEGER PRIMARY KEY,
+            node TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            at REAL,
+            type TEXT NOT NULL,
+            commit_sha TEXT,
+            details TEXT NOT NULL,
+            received REAL NOT NULL,
+            incarnation TEXT NOT NULL DEFAULT '',
+            UNIQUE (node, incarnation, seq)
+        )""",
+        "INSERT INTO events_v3 (id, node, seq, at, type, commit_sha, details, received) "
+        "SELECT id, node, seq, at, type, commit_sha, details, received FROM events",
+        "DROP TABLE events",
+        "ALTER TABLE events_v3 RENAME TO events",
+        "CREATE INDEX events_node ON events(node, id)",
+        "CREATE INDEX events_type ON events(type, id)",
+        "CREATE INDEX events_received ON events(received)",
+    ),
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+async def migrate(db: aiosqlite.Connection) -> None:
+    """Bring ``db`` to :data:`SCHEMA_VERSION`, one transaction per migration."""
+    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    async with db.execute("SELECT max(version) FROM schema_version") as cur:
+        row = await cur.fetchone()
+    current = int(row[0]) if row and row[0] is not None else 0
+    if current > SCHEMA_VERSION:
+        raise StoreError(
+            f"database schema version {current} is newer than this hub ({SCHEMA_VERSION})"
+        )
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        await db.execute("BEGIN")
+        try:
+            for statement in MIGRATIONS[version - 1]:
+                await db.execute(statement)
+            await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            await db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            raise
