@@ -19,6 +19,8 @@ from tests.testbed.debpkg import build_deb
 
 BROKEN_AGENT = "#!/bin/sh\necho 'edgefleet-agent: this build is broken on purpose' >&2\nexit 1\n"
 HUNG_AGENT = """#!/bin/sh
+# The unit's ExecStartPre= (prepare-roots) must pass; only the service itself hangs.
+case " $* " in *" prepare-roots "*) exit 0 ;; esac
 exec /usr/bin/python3 -c '
 import os, socket, time
 addr = os.environ["NOTIFY_SOCKET"]
