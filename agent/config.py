@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
+from agent.activationconf import ActivationConfig, parse_activation
 from agent.errors import ConfigError
 from common import wire
 from common.durations import DAY, HOUR
@@ -144,6 +145,7 @@ class AgentConfig:
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    activation: ActivationConfig = field(default_factory=ActivationConfig)
 
 
 def resolves_to_itself(path: Path) -> bool:
@@ -307,6 +309,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
         settle=hsec.duration("settle", 5.0, maximum=HOUR),
     )
     hsec.done()
+    activation = parse_activation(root)
     root.done()
     return AgentConfig(
         path=path,
@@ -319,6 +322,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
         targets=targets,
         drift=drift,
         health=health,
+        activation=activation,
     )
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent import __version__, httpcheck
+from agent import __version__
+from agent.activation import ActivationGate
 from agent.changeset import ChangeSet
 from agent.config import AgentConfig
 from agent.desired import DesiredState
@@ -30,6 +30,7 @@ from agent.errors import (
     TrustError,
     UnavailableError,
 )
+from agent.healthwait import wait_healthy
 from agent.policy import check_move
 from agent.signcheck import SignatureChecker
 from agent.state import NodeState, Owned, StateStore
@@ -40,7 +41,6 @@ from common.status import HealthProblem as ReportedProblem
 from common.wire import DriftItem, State
 
 log = logging.getLogger(__name__)
-HEALTH_POLL = 0.25
 
 
 class Source(Protocol):
@@ -73,6 +73,8 @@ class Outcome:
     changes: dict[str, ChangeSet] = field(default_factory=dict)
     retry: ErrorKind | None = None
     """Set when the failure may clear by itself (e.g. Git unreachable): retry with backoff."""
+    until: float | None = None
+    """State ``deferred``: when the hold is expected to end."""
 
 
 class Reconciler:
@@ -84,8 +86,10 @@ class Reconciler:
         targets: Sequence[Target],
         store: StateStore,
         report: Reporting | None = None,
+        activation: ActivationGate | None = None,
     ) -> None:
         self.cfg = cfg
+        self.activation = activation
         self.source = source
         self.verifier = verifier
         self.targets = list(targets)
@@ -121,6 +125,7 @@ class Reconciler:
             drift=tuple(self.drift),
             drift_total=len(self.drift),
             resources=self.state.counts(),
+            deferred_until=o.until,
             health=Health(
                 ok=not self.health,
                 problems=tuple(ReportedProblem(p.target, p.subject, p.reason) for p in self.health),
@@ -243,6 +248,9 @@ class Reconciler:
             return Outcome("error", "PlanFailed", str(err), head)
         if dry_run:
             return Outcome("progressing", "DryRun", f"would apply {head[:12]}", head, plans)
+        hold = None if self.activation is None else self.activation.hold(desired)
+        if hold is not None:  # pre-staged: fetched, verified and planned, nothing applied
+            return Outcome(hold.state, hold.reason, hold.message, head, plans, until=hold.until)
         return await self._apply(head, desired, plans)
 
     def _steady(self, head: str) -> Outcome:
@@ -325,35 +333,12 @@ class Reconciler:
     async def _wait_healthy(
         self, desired: DesiredState, plans: dict[str, ChangeSet]
     ) -> list[HealthProblem]:
-        """Health must hold for ``settle`` seconds in a row within the timeout."""
-        ctx = self._ctx(desired.commit, plans)
-        only_files = all(p.empty for n, p in plans.items() if n != "files")
-        settle = 0.0 if only_files and not desired.options.http_checks else self.cfg.health.settle
-        timeout = desired.options.health_timeout
-        deadline = time.monotonic() + (self.cfg.health.timeout if timeout is None else timeout)
-        healthy_since: float | None = None
-        while True:
-            problems = [p for t in self.targets for p in await t.health(desired, ctx)]
-            problems += await self._http_health(desired)
-            now = time.monotonic()
-            healthy_since = None if problems else (healthy_since or now)
-            if healthy_since is not None and now - healthy_since >= settle:
-                return []
-            if now >= deadline:
-                self.health = problems
-                return problems or [HealthProblem("agent", "settle", "not stable long enough")]
-            await asyncio.sleep(HEALTH_POLL)
-
-    @staticmethod
-    async def _http_health(desired: DesiredState) -> list[HealthProblem]:
-        """``[[health.http]]`` checks: node-level, so they apply whatever the targets."""
-        checks = desired.options.http_checks
-        results = await asyncio.gather(*(httpcheck.check(c) for c in checks))
-        return [
-            HealthProblem("http", check.url, failure)
-            for check, failure in zip(checks, results, strict=True)
-            if failure is not None
-        ]
+        problems = await wait_healthy(
+            self.targets, desired, self._ctx(desired.commit, plans), plans, self.cfg.health
+        )
+        if problems:
+            self.health = problems
+        return problems
 
     async def _rollback(
         self, bad: str, reason: str, message: str, plans: dict[str, ChangeSet]

@@ -15,10 +15,12 @@ import logging
 import os
 import random
 import signal
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from agent import sdnotify
+from agent.activation import ActivationGate, PrestagedSource
 from agent.agentpin import upgrade_pending
 from agent.config import AgentConfig
 from agent.errors import StateError
@@ -102,8 +104,15 @@ class Agent:
             )
         checker = SignatureChecker(cfg.trust)
         checker.check_config()
+        self.activation = ActivationGate(cfg, self._activation_event)
         self.reconciler = Reconciler(
-            cfg, self.source, checker, self.targets, self.store, self.reporter
+            cfg,
+            PrestagedSource(self.source, self.activation),
+            checker,
+            self.targets,
+            self.store,
+            self.reporter,
+            self.activation,
         )
         for target in self.targets:
             if isinstance(target, FilesTarget):
@@ -119,9 +128,18 @@ class Agent:
         op = cmd.get("op")
         if op == "sync":
             log.info("sync requested by the hub")
+            if "override" in cmd:
+                self.activation.request_override(cmd["override"])
             self.wake.set()
         else:
             log.warning("ignoring unknown command %r", op)
+
+    def _activation_event(self, type_: str, details: dict[str, Any]) -> None:
+        self.reconciler._event(type_, self.reconciler.desired_head, **details)
+
+    def _drift_correction(self) -> bool | None:
+        """Report-only while a lock or the window holds applies back; else per drift.mode."""
+        return False if self.activation.blocked() is not None else None
 
     async def start_reporting(self) -> None:
         if self.reporter is not None:
@@ -130,7 +148,7 @@ class Agent:
     async def sync_once(self, dry_run: bool = False) -> Outcome:
         outcome = await self.reconciler.reconcile(dry_run=dry_run)
         if not dry_run and outcome.state in ("synced", "drifted"):
-            await self.reconciler.check_drift()
+            await self.reconciler.check_drift(self._drift_correction())
             outcome = self.reconciler.outcome
         return outcome
 
@@ -163,8 +181,23 @@ class Agent:
             else:
                 delay = backoff.failure(outcome.retry)
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), delay)
+            await self._sleep(delay, outcome.state == "deferred")
+
+    async def _sleep(self, delay: float, deferred: bool) -> None:
+        """Until woken or ``delay`` is over; while deferred also until the hold lifts (lock
+        released or expired, window open), looked at every ``[activation] poll`` seconds."""
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                async with asyncio.timeout(
+                    min(left, self.cfg.activation.poll) if deferred else left
+                ):
+                    await self.wake.wait()
+            except TimeoutError:
+                if deferred and self.activation.blocked() is None:
+                    return
+            else:
+                return
 
     async def _repack_git_cache(self) -> None:
         """Repack the Git cache once packs piled up, keeping what is applied and last good
@@ -185,7 +218,7 @@ class Agent:
     async def _drift_loop(self) -> None:
         while True:
             await asyncio.sleep(jittered(self.cfg.drift.interval))
-            await self.reconciler.check_drift()
+            await self.reconciler.check_drift(self._drift_correction())
 
     async def _watchdog_loop(self, interval: float) -> None:
         while True:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.wire import MAX_PAYLOAD, SCHEMA, DriftItem, HealthDoc, State, StatusDoc
+from common.wire import MAX_PAYLOAD, SCHEMA, DriftItem, HealthDoc, StatusDoc
 
 
 class ContractError(Exception):
@@ -46,7 +46,8 @@ class NodeReport:
     """What the reconciler reports about the node (everything but delivery fields)."""
 
     node: str
-    state: State
+    state: str
+    """One of wire.STATES from this agent; a hub keeps any short state a newer agent sends."""
     labels: Mapping[str, str] = field(default_factory=dict)
     version: str | None = None
     branch: str | None = None
@@ -61,6 +62,8 @@ class NodeReport:
     """How many objects drifted; ``drift`` may hold fewer once cut to fit a payload."""
     resources: Mapping[str, int] = field(default_factory=dict)
     health: Health = Health()
+    deferred_until: float | None = None
+    """State ``deferred``: when the node expects to apply (window opening, lock expiry)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,8 @@ def status_doc(status: Status, keep: int | None = None) -> StatusDoc:
         doc["drift_omitted"] = r.drift_total - len(drift)
     if status.incarnation is not None:
         doc["incarnation"] = status.incarnation
+    if r.deferred_until is not None:
+        doc["deferred_until"] = r.deferred_until
     return doc
 
 

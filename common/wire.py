@@ -17,7 +17,7 @@ PREFIX: Final = "edgefleet/v1"
 MAX_PAYLOAD: Final = 256 * 1024
 """Larger payloads are dropped by the hub; the agent cuts drift lists to stay below."""
 
-State = Literal["synced", "progressing", "failed", "drifted", "refused", "error"]
+State = Literal["synced", "progressing", "failed", "drifted", "refused", "error", "deferred"]
 STATES: Final[tuple[State, ...]] = (
     "synced",
     "progressing",
@@ -25,6 +25,7 @@ STATES: Final[tuple[State, ...]] = (
     "drifted",
     "refused",
     "error",
+    "deferred",
 )
 DriftKind = Literal["modified", "missing", "stopped", "extra", "disabled", "masked"]
 
@@ -104,7 +105,8 @@ class StatusDoc(TypedDict, total=False):
     desired: str | None
     applied: str | None
     last_good: str | None
-    state: State
+    state: str
+    """One of STATES from this agent; a newer agent may send a state this side does not know."""
     reason: str
     message: str
     drift: list[DriftItem]
@@ -114,6 +116,8 @@ class StatusDoc(TypedDict, total=False):
     """``drift_total - len(drift)`` when items were cut; kept for hubs before drift_total."""
     resources: dict[str, int]
     health: HealthDoc
+    deferred_until: float | None
+    """State ``deferred``: when the node expects to apply (window opening, lock expiry)."""
     heartbeat: float
     observed_at: float | None
     seq: int

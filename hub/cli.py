@@ -207,6 +207,18 @@ def _action(
     return run
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    node = urllib.parse.quote(args.node, safe="")
+    body = {"who": f"cli:{_user()}", **({"override": args.override} if args.override else {})}
+    data = api_client(args).call("POST", f"/api/v1/nodes/{node}/sync", body=body)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        how = f" (override: {data['override']})" if "override" in data else ""
+        print(f"sync requested from {data['node']}{how}")
+    return 0
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -306,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage")
     p.add_argument("--reason", default="manual resume", help="recorded in the audit log")
     p.set_defaults(func=_action("resume", lambda a: {"reason": a.reason}))
+
+    p = sub.add_parser("sync", parents=[client], help="ask a node to reconcile now")
+    p.add_argument("node")
+    p.add_argument("--override", metavar="REASON",
+                   help="apply now despite the node's locks and window (audited)")  # fmt: skip
+    p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("history", parents=[client], help="rollout audit log, newest first")
     p.add_argument("--stage", help="only this stage")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import re
 import socket
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,17 +19,14 @@ from urllib.parse import urlsplit
 
 from common.durations import DAY, HOUR
 from common.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
+from common.windowconf import read_window
+from common.windows import Schedule, parse_schedule
 from hub.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/fleet.toml")
 
 
 _GIT_SCHEMES = ("file", "git", "http", "https", "ssh")
-_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_WINDOW_RE = re.compile(
-    r"^(?:(?P<d1>[a-z]{3})(?:-(?P<d2>[a-z]{3}))?\s+)?"
-    r"(?P<h1>\d\d):(?P<m1>\d\d)-(?P<h2>\d\d):(?P<m2>\d\d)$"
-)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 YEAR = 365 * DAY
 MQTT_SESSION_EXPIRY_MAX = 2**32 - 1
@@ -119,32 +115,16 @@ class Gate:
 
 
 @dataclass(frozen=True)
-class Window:
-    """When automatic promotion may happen (UTC): days (0 = Monday) and minutes of day."""
-
-    days: tuple[int, ...]
-    start: int
-    end: int
-    """May be before ``start``: the window then crosses midnight (days name its start)."""
-
-    def contains(self, ts: float) -> bool:
-        t = time.gmtime(ts)
-        minute = t.tm_hour * 60 + t.tm_min
-        if self.start < self.end:
-            return t.tm_wday in self.days and self.start <= minute < self.end
-        if minute >= self.start:
-            return t.tm_wday in self.days
-        return minute < self.end and (t.tm_wday - 1) % 7 in self.days
-
-
-@dataclass(frozen=True)
 class Stage:
     name: str
     branch: str
     promote_from: str | None = None
     auto: bool = False
     gate: Gate = field(default_factory=Gate)
-    window: Window | None = None
+    window: Schedule | None = None
+    """When automatic promotion may happen, read in the stage's ``timezone`` (default UTC)."""
+    window_spec: tuple[str, ...] = ()
+    """The window as written, for the API and messages."""
     auto_rollback: bool = False
     """When this stage's nodes fail on its head beyond ``gate.max_failed``, move the
     branch back to its previous promoted commit (besides halting the pipeline)."""
@@ -249,30 +229,6 @@ def _git(root: Section) -> GitSettings:
     return cfg
 
 
-def _window(sec: Section) -> Window | None:
-    raw = sec.text("window")
-    if raw is None:
-        return None
-    m = _WINDOW_RE.match(raw.strip().lower())
-    problem = f"{raw!r} must look like '09:00-17:00' or 'mon-fri 09:00-17:00' (UTC)"
-    if m is None:
-        raise sec.err("window", problem)
-    d1, d2 = m["d1"], m["d2"] or m["d1"]
-    if d1 is not None and (d1 not in _DAYS or d2 not in _DAYS):
-        raise sec.err("window", problem)
-    h1, m1, h2, m2 = (int(m[k]) for k in ("h1", "m1", "h2", "m2"))
-    if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 * 60 + m2) > 1440:
-        raise sec.err("window", problem)
-    if h1 * 60 + m1 == h2 * 60 + m2:
-        raise sec.err("window", f"{raw!r} is empty (start equals end)")
-    if d1 is None:
-        days = tuple(range(7))
-    else:
-        a, b = _DAYS.index(d1), _DAYS.index(d2)
-        days = tuple((a + i) % 7 for i in range((b - a) % 7 + 1))
-    return Window(days=days, start=h1 * 60 + m1, end=h2 * 60 + m2)
-
-
 def _stage(sec: Section) -> Stage:
     name = sec.text("name")
     if name is None or not _NAME_RE.match(name):
@@ -290,13 +246,15 @@ def _stage(sec: Section) -> Stage:
         agent_version=gsec.text("agent_version"),
     )
     gsec.done()
+    window_spec, timezone = read_window(sec, "UTC")
     stage = Stage(
         name=name,
         branch=branch,
         promote_from=sec.text("promote_from"),
         auto=sec.flag("auto", False),
         gate=gate,
-        window=_window(sec),
+        window=parse_schedule(window_spec, timezone) if window_spec else None,
+        window_spec=window_spec,
         auto_rollback=sec.flag("auto_rollback", False),
     )
     if stage.auto and stage.promote_from is None:

@@ -211,8 +211,7 @@ class Fleet:
                     },
                     "window": None
                     if s.window is None
-                    else {"days": list(s.window.days), "start": s.window.start,
-                          "end": s.window.end},
+                    else {"windows": list(s.window_spec), "timezone": str(s.window.tz)},
                     "nodes": counts["nodes"],
                     "states": counts["states"],
                     "versions": counts["versions"],

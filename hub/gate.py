@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hub.config import Gate, HubConfig, Stage
-from hub.states import HEALTHY, OFFLINE, STALE
+from hub.states import DEFERRED, HEALTHY, OFFLINE, STALE
 from hub.store import NodeState, Pause
 
 FAILED_STATES = ("failed", "refused")
@@ -84,7 +84,13 @@ def evaluate_gate(
     counts = f"{ready}/{total} nodes applied {short}"
     if gate.agent_version is not None:
         counts += f" on agent {gate.agent_version}"
-    unfresh = ", ".join(f"{n} {what}" for n, what in ((stale, "stale"), (offline, "offline")) if n)
+    # Deferred nodes (a lock or window holds them) are pending: neither ready nor failed.
+    deferred = sum(n.state == DEFERRED for n in nodes)
+    unfresh = ", ".join(
+        f"{n} {what}"
+        for n, what in ((stale, "stale"), (offline, "offline"), (deferred, DEFERRED))
+        if n
+    )
     if failed > gate.max_failed:
         reason = f"{failed} node{'s' * (failed != 1)} failed on {short} (max {gate.max_failed})"
     elif ready < needed:

@@ -74,6 +74,7 @@ async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
     await ingest.start()
     ctx = WebContext(cfg, fleet, ingest.counters, mqtt.publish, mqtt.ready.is_set, updates, rollout)
     ctx.refresh_git = gitwatch.refresh
+    ctx.audit = store.add_audit
     runner = web.AppRunner(make_app(ctx), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     host, port = cfg.hub.listen

@@ -123,9 +123,9 @@ class GateConfigJson(TypedDict):
 
 
 class WindowJson(TypedDict):
-    days: list[int]
-    start: int
-    end: int
+    windows: list[str]
+    """As written in fleet.toml, e.g. ``mon-fri 22:00-05:00``."""
+    timezone: str
 
 
 class StageJson(StageRollout):

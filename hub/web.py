@@ -15,6 +15,7 @@ import hmac
 import logging
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from hub.metrics import prometheus_text
 from hub.rollout import Rollout
 from hub.sse import Updates
 from hub.states import ALL_STATES
+from hub.store import AuditRow
 from hub.webhook import GitPushHooks, Refresh
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class WebContext:
     updates: Updates
     rollout: Rollout | None = None
     refresh_git: Refresh | None = None
+    audit: Callable[[AuditRow], Awaitable[int]] | None = None
+    """Writes the rollout audit log (sync overrides are recorded there)."""
 
 
 CTX: web.AppKey[WebContext] = web.AppKey("ctx", WebContext)
@@ -314,11 +318,26 @@ async def sync_node(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     _check_token(ctx, request)
     name = _node_name(request)
-    if not await ctx.fleet.exists(name):
+    body = await _body(request)
+    detail = await ctx.fleet.node(name)
+    if detail is None:
         raise BadRequest(f"no node named {name!r} has reported", status=404)
-    if not ctx.publish(wire.cmd_topic(name), wire.encode({"op": "sync"}), 1, False):
+    cmd: dict[str, str] = {"op": "sync"}
+    if body.get("override") is not None:
+        # Apply now despite the node's update locks and window: always audited.
+        cmd["override"] = _text(body, "override", "")
+        if not cmd["override"] or ctx.audit is None:
+            raise BadRequest("override needs a reason (and an audit log)")
+    published = ctx.publish(wire.cmd_topic(name), wire.encode(cmd), 1, False)
+    if "override" in cmd and ctx.audit is not None:
+        await ctx.audit(
+            AuditRow(time.time(), "sync-override", detail["stage"] or "", _who(request, body),
+                     None, None, "done" if published else "failed", True, cmd["override"],
+                     wire.encode({"node": name}).decode())
+        )  # fmt: skip
+    if not published:
         raise BadRequest("MQTT broker not connected; try again later", status=503)
-    return web.json_response({"node": name, "op": "sync", "published": True}, status=202)
+    return web.json_response({"node": name, **cmd, "published": True}, status=202)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -27,7 +27,7 @@ from agent.desired import (
     UnitOptions,
 )
 from agent.errors import ApplyError, PlanError
-from agent.reconcile import Reconciler
+from agent.healthwait import http_health
 from agent.state import Owned
 from agent.systemctl import Systemctl
 from agent.targets.base import ApplyContext, Target
@@ -508,7 +508,7 @@ async def test_http_checks() -> None:
             HttpCheck(f"http://127.0.0.1:{port}/down"),
             HttpCheck(f"http://127.0.0.1:{dead}/", timeout=2.0),
         )
-        problems = await Reconciler._http_health(desired_state({}, http=checks))
+        problems = await http_health(desired_state({}, http=checks))
     finally:
         server.close()
         await server.wait_closed()

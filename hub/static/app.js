@@ -103,6 +103,7 @@ async function loadNode(name) {
   const rows = [["state", badge(n.state)], ["reported", st.state], ["stage", n.stage], ["branch", n.branch],
     ["applied", el("code", {}, n.applied ?? "–")], ["desired", el("code", {}, n.desired ?? "–")],
     ["last good", el("code", {}, st.last_good ?? "–")], ["reason", st.reason], ["message", st.message],
+    ["deferred until", st.deferred_until ? new Date(st.deferred_until * 1000).toLocaleString() : null],
     ["agent", st.version], ["paths", (st.paths || []).join(", ")],
     ["labels", Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(", ")],
     ["last heard", ago(n.last_heard)], ["online", n.online ? "yes" : "no"]];

@@ -80,6 +80,8 @@ class NspawnContainer:
     """Host PID of the container's PID 1 (systemd)."""
     proc: subprocess.Popen[bytes]
     log: Path
+    netns: str | None = None
+    binds_ro: tuple[Path, ...] = ()
 
     @property
     def root(self) -> Path:
@@ -224,17 +226,40 @@ def boot(
             check=True,
         )
         _prepare_root(base / "merged")
-        proc = _start(name, base, netns, binds_ro, log)
-        return _await_boot(name, base, proc, log)
+        proc = _launch(name, base, log, netns, tuple(binds_ro))
+        container = NspawnContainer(
+            name, base, _wait_leader(proc, log), proc, log, netns, tuple(binds_ro)
+        )
+        _wait_running(container)
+        return container
     except BaseException:
         _cleanup(name, base, proc)
         raise
 
 
-def _start(
-    name: str, base: Path, netns: str | None, binds_ro: Sequence[Path], log: Path
+def reboot(container: NspawnContainer) -> None:
+    """Power the container off and boot it again on the same disk, as a host reboots:
+    what it wrote under /etc and /var stays, its /run and /tmp start empty."""
+    _power_off(container.name, container.proc)
+    container.proc = _launch(
+        container.name, container.base, container.log, container.netns, container.binds_ro
+    )
+    container.leader = _wait_leader(container.proc, container.log)
+    _wait_running(container)
+
+
+def power_cut_and_boot(container: NspawnContainer) -> None:
+    """As :func:`reboot`, but without the orderly poweroff: SIGKILL to the container's
+    PID 1 (the kernel then kills its whole PID namespace at once), as a power cut would."""
+    os.kill(container.leader, signal.SIGKILL)
+    container.proc.wait(STOP_TIMEOUT)
+    reboot(container)
+
+
+def _launch(
+    name: str, base: Path, log: Path, netns: str | None, binds_ro: tuple[Path, ...]
 ) -> subprocess.Popen[bytes]:
-    """systemd-nspawn booting the overlay at ``base`` (mounted already), in its cgroups."""
+    """Start systemd-nspawn booting ``base/merged``; the console goes to ``log``."""
     cgroups = _cgroup_dirs(name)
     for cg in cgroups:
         cg.mkdir(parents=True, exist_ok=True)
@@ -264,9 +289,7 @@ def _start(
         )
 
 
-def _await_boot(name: str, base: Path, proc: subprocess.Popen[bytes], log: Path) -> NspawnContainer:
-    leader = _wait_leader(proc, log)
-    container = NspawnContainer(name=name, base=base, leader=leader, proc=proc, log=log)
+def _wait_running(container: NspawnContainer) -> None:
     state = subprocess.run(
         [*container.systemctl_prefix, "is-system-running", "--wait"],
         capture_output=True,
@@ -275,28 +298,9 @@ def _await_boot(name: str, base: Path, proc: subprocess.Popen[bytes], log: Path)
         check=False,
     ).stdout.strip()
     if state not in ("running", "degraded"):
-        raise RuntimeError(f"container {name} is {state!r}: {log.read_text()[-2000:]}")
-    return container
-
-
-def power_cut_and_boot(container: NspawnContainer) -> None:
-    """SIGKILL every process of the container at once (its PID 1 first: the kernel then
-    kills the whole PID namespace), as a power cut would, and boot it again from the same
-    root. ``container`` is updated in place; its network namespace is a new one.
-    Only a private-network container (the default) can be rebooted this way."""
-    os.kill(container.leader, signal.SIGKILL)
-    container.proc.wait(STOP_TIMEOUT)
-    for cg in _cgroup_dirs(container.name):
-        deadline = time.monotonic() + 5
-        while _cgroup_pids(cg) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    proc = _start(container.name, container.base, None, (), container.log)
-    try:
-        booted = _await_boot(container.name, container.base, proc, container.log)
-    except BaseException:
-        container.proc = proc
-        raise
-    container.proc, container.leader = booted.proc, booted.leader
+        raise RuntimeError(
+            f"container {container.name} is {state!r}: {container.log.read_text()[-2000:]}"
+        )
 
 
 def _wait_leader(proc: subprocess.Popen[bytes], log: Path) -> int:
@@ -312,6 +316,15 @@ def _wait_leader(proc: subprocess.Popen[bytes], log: Path) -> int:
 
 
 def _cleanup(name: str, base: Path, proc: subprocess.Popen[bytes] | None) -> None:
+    _power_off(name, proc)
+    for mount in sorted(_mounts_under(base), key=len, reverse=True):
+        subprocess.run(["umount", mount], check=True)
+    with contextlib.suppress(OSError):
+        base.rmdir()
+
+
+def _power_off(name: str, proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop the container's systemd and whatever it left in its cgroups."""
     if proc is not None and proc.poll() is None:
         # nspawn turns SIGTERM into an orderly poweroff of the container's systemd.
         proc.send_signal(signal.SIGTERM)
@@ -334,10 +347,6 @@ def _cleanup(name: str, base: Path, proc: subprocess.Popen[bytes] | None) -> Non
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-    for mount in sorted(_mounts_under(base), key=len, reverse=True):
-        subprocess.run(["umount", mount], check=True)
-    with contextlib.suppress(OSError):
-        base.rmdir()
 
 
 def shutdown(container: NspawnContainer) -> None:
