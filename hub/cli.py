@@ -28,6 +28,7 @@ from hub.config import DEFAULT_CONFIG_PATH, HubConfig, load_config
 from hub.enroll import options as enroll
 from hub.errors import ApiClientError, ConfigError, HubError
 from hub.states import ALL_STATES
+from hub.tokencmd import add_parser as add_token_parser
 
 log = logging.getLogger("hub")
 
@@ -147,7 +148,8 @@ def show_history(data: Any) -> str:
         return "no rollout history"
     rows = [
         [time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["at"])), h["stage"], h["action"],
-         h["outcome"] + (" (forced)" if h["forced"] else ""), h["who"], _short(h["from"]),
+         h["outcome"] + (" (forced)" if h["forced"] else ""),
+         h["who"] + (f" for {h['on_behalf']}" if h.get("on_behalf") else ""), _short(h["from"]),
          _short(h["to"]), h["reason"][:80]]
         for h in data["history"]
     ]  # fmt: skip
@@ -333,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo.add_parser(sub)
+    add_token_parser(sub)
     enroll.add_parser(sub, common)
     return parser
 

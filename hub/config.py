@@ -22,6 +22,8 @@ from common.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt
 from common.windowconf import read_window
 from common.windows import Schedule, parse_schedule
 from hub.errors import ConfigError
+from hub.notify.config import Sink, parse_sinks
+from hub.users import User, parse_users
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/fleet.toml")
 
@@ -40,7 +42,8 @@ class HubSettings:
     """Address of the HTTP API and dashboard ("host:port")."""
     database: Path = Path("/var/lib/edgefleet-hub/hub.db")
     token_file: Path | None = None
-    """Bearer token for mutating API calls; unset = mutating calls are refused (403)."""
+    """Bearer token of the user ``admin``; with no ``[[users]]`` either, mutating calls
+    are refused (403)."""
     heartbeat: float = 30.0
     """Seconds between agent status re-publications (the status doc may say more)."""
     stale_after: float = 90.0
@@ -50,6 +53,13 @@ class HubSettings:
     """Seconds events are kept."""
     events_max: int = 1_000_000
     """Most events kept; the oldest are deleted beyond."""
+    public_read: bool = True
+    """False: reads (API, stream, metrics) need a token of any role, too."""
+    public_url: str | None = None
+    """The dashboard's address as people reach it, for links in notifications."""
+    notify_interval: float = 10.0
+    """Seconds between checks of node state counts for notifications; node events are
+    sent once the counts held still for one interval (one message per burst)."""
 
     @property
     def api_url(self) -> str:
@@ -137,6 +147,8 @@ class HubConfig:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     git: GitSettings = field(default_factory=GitSettings)
     stages: tuple[Stage, ...] = ()
+    users: tuple[User, ...] = ()
+    notify: tuple[Sink, ...] = ()
 
     def stage_for_branch(self, branch: str | None) -> Stage | None:
         return next((s for s in self.stages if s.branch == branch), None)
@@ -177,11 +189,21 @@ def _hub(root: Section) -> HubSettings:
         stale_after=sec.duration("stale_after", 3 * heartbeat, minimum=0.1, maximum=7 * DAY),
         events_max_age=sec.duration("events_max_age", 30 * DAY, minimum=60.0, maximum=10 * YEAR),
         events_max=sec.integer("events_max", 1_000_000, minimum=100, maximum=1_000_000_000),
+        public_read=sec.flag("public_read", True),
+        public_url=_public_url(sec),
+        notify_interval=sec.duration("notify_interval", 10.0, minimum=0.1, maximum=HOUR),
     )
     if cfg.stale_after < cfg.heartbeat:
         raise sec.err("stale_after", f"must be at least heartbeat ({cfg.heartbeat:g} s)")
     sec.done()
     return cfg
+
+
+def _public_url(sec: Section) -> str | None:
+    url = sec.text("public_url")
+    if url is not None and (urlsplit(url).scheme not in ("http", "https") or "#" in url):
+        raise sec.err("public_url", f"must be an http(s) URL without a fragment, got {url!r}")
+    return url.rstrip("/") if url else None
 
 
 def _mqtt(root: Section) -> MqttSettings:
@@ -297,8 +319,17 @@ def _stages(root: Section) -> tuple[Stage, ...]:
 def parse_config(data: Mapping[str, Any], path: Path) -> HubConfig:
     """Validate an already-parsed TOML document (exposed for tests of pure logic)."""
     root = Section(path, "", data, ConfigError, relative_paths=True)
+    hub = _hub(root)
+    stages = _stages(root)
+    names = tuple(s.name for s in stages)
     cfg = HubConfig(
-        path=path, hub=_hub(root), mqtt=_mqtt(root), git=_git(root), stages=_stages(root)
+        path=path,
+        hub=hub,
+        mqtt=_mqtt(root),
+        git=_git(root),
+        stages=stages,
+        users=parse_users(root, names, hub.token_file),
+        notify=parse_sinks(root, names),
     )
     root.done()
     return cfg

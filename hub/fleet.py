@@ -215,10 +215,18 @@ class Fleet:
                     "nodes": counts["nodes"],
                     "states": counts["states"],
                     "versions": counts["versions"],
+                    "on_head": await self._on_head(s, counts["head"]),
                     **(rollouts or {}).get(s.name, {}),
                 }
             )  # fmt: skip
         return {"stages": out}
+
+    async def _on_head(self, stage: Stage, head: str | None) -> int:
+        """Nodes of ``stage`` that applied its head: the rollout's progress."""
+        if head is None:
+            return 0
+        nodes = await self._store.stage_nodes(stage.branch, self._clock())
+        return sum(1 for n in nodes if n.applied == head)
 
     async def events(
         self,

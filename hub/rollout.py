@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,8 @@ AUTO = "auto"
 
 Moved = Callable[[str, str], None]
 """Called with (branch, new head) after a push: announce it to the agents now."""
+Audited = Callable[[AuditRow], Awaitable[None]]
+"""Called with each audit row once it is stored (notifications)."""
 
 
 class AlreadyThere(RolloutRefused):
@@ -61,6 +63,7 @@ class Rollout:
         moved: Moved,
         clock: Callable[[], float] = time.time,
         tick: float = 0.5,
+        audited: Audited | None = None,
     ) -> None:
         self._cfg = cfg
         self._store = store
@@ -69,6 +72,7 @@ class Rollout:
         self._moved = moved
         self._clock = clock
         self._tick = tick
+        self._audited = audited
         self._holding: dict[str, _Holding] = {}
         self._recorded: dict[str, str] = {}
         self._auto_failed: dict[str, tuple[str, str | None]] = {}
@@ -224,18 +228,22 @@ class Rollout:
         reason: str,
         evidence: Mapping[str, Any],
         forced: bool = False,
+        on_behalf: str | None = None,
     ) -> None:
-        await self._store.add_audit(
-            AuditRow(self._clock(), action, stage.name, who, from_commit, to_commit, outcome,
-                     forced, reason, json.dumps(evidence, sort_keys=True))
-        )  # fmt: skip
+        row = AuditRow(self._clock(), action, stage.name, who, from_commit, to_commit, outcome,
+                       forced, reason, json.dumps(evidence, sort_keys=True), on_behalf)  # fmt: skip
+        await self._store.add_audit(row)
+        if self._audited is not None:
+            await self._audited(row)
 
     def _need_git(self) -> StageGit:
         if self._git is None:
             raise RolloutRefused("no [git] url configured: the hub cannot move stage branches")
         return self._git
 
-    async def promote(self, name: str, who: str, reason: str, force: bool = False) -> PromoteJson:
+    async def promote(
+        self, name: str, who: str, reason: str, force: bool = False, on_behalf: str | None = None
+    ) -> PromoteJson:
         """Manual promotion into stage ``name``; RolloutRefused says why it was not done."""
         stage = self._stage(name)
         gate = await self.evaluate(stage)
@@ -254,7 +262,7 @@ class Rollout:
                 raise RolloutRefused(
                     f"outside the maintenance window of {name} (use --force)", gate.evidence()
                 )
-        return await self._promote(stage, gate, current, who, reason, forced=force)
+        return await self._promote(stage, gate, current, who, reason, force, on_behalf)
 
     def _stage(self, name: str) -> Stage:
         stage = self._cfg.stage(name)
@@ -270,6 +278,7 @@ class Rollout:
         who: str,
         reason: str,
         forced: bool,
+        on_behalf: str | None = None,
     ) -> PromoteJson:
         """Fast-forward ``stage`` from ``expected`` (the head the decision saw) to the
         candidate; a branch that moved since is reported, audited, never overwritten."""
@@ -286,13 +295,13 @@ class Rollout:
             except (PromoteError, RolloutRefused) as err:
                 outcome = "refused" if isinstance(err, BranchMoved | RolloutRefused) else "failed"
                 await self._audit("promote", stage, who, expected, candidate, outcome,
-                                  f"{reason}: {err}", evidence, forced)  # fmt: skip
+                                  f"{reason}: {err}", evidence, forced, on_behalf)  # fmt: skip
                 if isinstance(err, RolloutRefused):
                     raise
                 raise RolloutRefused(str(err), evidence) from err
             self._moved(stage.branch, candidate)
             await self._audit("promote", stage, who, expected, candidate, "done", reason,
-                              evidence, forced)  # fmt: skip
+                              evidence, forced, on_behalf)  # fmt: skip
         log.info("promoted %s: %s -> %s by %s%s", stage.name, _short(expected), candidate[:12],
                  who, " (forced)" if forced else "")  # fmt: skip
         return {"stage": stage.name, "from": expected, "to": candidate, "forced": forced,
@@ -329,7 +338,13 @@ class Rollout:
         return next((c for c in await self._store.head_history(stage.name) if c != head), None)
 
     async def rollback(
-        self, name: str, who: str, reason: str, to: str | None = None, pause: bool = True
+        self,
+        name: str,
+        who: str,
+        reason: str,
+        to: str | None = None,
+        pause: bool = True,
+        on_behalf: str | None = None,
     ) -> RollbackJson:
         """Move ``name`` back (a forced push, old value checked) and pause it."""
         stage = self._stage(name)
@@ -355,7 +370,7 @@ class Rollout:
             except PromoteError as err:
                 outcome = "refused" if isinstance(err, BranchMoved) else "failed"
                 await self._audit("rollback", stage, who, head, target, outcome,
-                                  f"{reason}: {err}", evidence)  # fmt: skip
+                                  f"{reason}: {err}", evidence, on_behalf=on_behalf)  # fmt: skip
                 raise RolloutRefused(str(err), evidence) from err
             self._moved(stage.branch, target)
             if pause:
@@ -364,12 +379,15 @@ class Rollout:
                     await self._store.set_pause(
                         Pause(stage.name, "rollback", target, self._clock(), who, reason)
                     )
-            await self._audit("rollback", stage, who, head, target, "done", reason, evidence)
+            await self._audit("rollback", stage, who, head, target, "done", reason, evidence,
+                              on_behalf=on_behalf)  # fmt: skip
         log.warning("rolled back %s: %s -> %s by %s (%s)", name, head[:12], target[:12], who,
                     reason)  # fmt: skip
         return {"stage": name, "from": head, "to": target, "paused": True}
 
-    async def resume(self, name: str, who: str, reason: str) -> ResumeJson:
+    async def resume(
+        self, name: str, who: str, reason: str, on_behalf: str | None = None
+    ) -> ResumeJson:
         stage = self._stage(name)
         pause = (await self._store.pauses()).get(name)
         if pause is None:
@@ -377,7 +395,7 @@ class Rollout:
         await self._store.clear_pause(name)
         self._auto_failed.pop(name, None)
         await self._audit("resume", stage, who, None, None, "done", reason,
-                          {"lifted": _pause_json(pause)})  # fmt: skip
+                          {"lifted": _pause_json(pause)}, on_behalf=on_behalf)  # fmt: skip
         log.info("resumed %s (was paused: %s) by %s", name, pause.reason, who)
         self._wake.set()
         return {"stage": name, "resumed": True, "was": _pause_json(pause)}
@@ -385,7 +403,8 @@ class Rollout:
     async def history(self, stage: str | None = None, limit: int = 100) -> list[AuditJson]:
         return [
             {"id": e.id, "at": e.row.at, "action": e.row.action, "stage": e.row.stage,
-             "who": e.row.who, "from": e.row.from_commit, "to": e.row.to_commit,
+             "who": e.row.who, "on_behalf": e.row.on_behalf, "from": e.row.from_commit,
+             "to": e.row.to_commit,
              "outcome": e.row.outcome, "forced": e.row.forced, "reason": e.row.reason,
              "evidence": json.loads(e.row.evidence)}
             for e in await self._store.history(stage, limit)

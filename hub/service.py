@@ -17,8 +17,10 @@ from hub.fleet import Fleet
 from hub.gitwatch import GitWatch
 from hub.ingest import TOPICS, Ingest
 from hub.mqtt import HubMqtt, Message
+from hub.notify.service import Notifier
 from hub.promote import StageGit
 from hub.rollout import Rollout
+from hub.sampler import StateSampler
 from hub.sse import Updates
 from hub.store import Store
 from hub.web import WebContext, make_app
@@ -57,7 +59,10 @@ async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
         if cfg.git.url is not None
         else None
     )
-    rollout = Rollout(cfg, store, stage_git, lambda: gitwatch.heads, gitwatch.moved)
+    notifier = Notifier(cfg, store, mqtt.publish)
+    rollout = Rollout(
+        cfg, store, stage_git, lambda: gitwatch.heads, gitwatch.moved, audited=notifier.audited
+    )
 
     def on_commit() -> None:
         updates.changed()
@@ -75,6 +80,7 @@ async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
     ctx = WebContext(cfg, fleet, ingest.counters, mqtt.publish, mqtt.ready.is_set, updates, rollout)
     ctx.refresh_git = gitwatch.refresh
     ctx.audit = store.add_audit
+    ctx.samples = store
     runner = web.AppRunner(make_app(ctx), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     host, port = cfg.hub.listen
@@ -92,6 +98,8 @@ async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
         tg.create_task(gitwatch.run(stop), name="gitwatch")
         tg.create_task(updates.run(stop), name="sse-updates")
         tg.create_task(rollout.run(stop), name="rollout")
+        tg.create_task(notifier.run(stop), name="notify")
+        tg.create_task(StateSampler(store).run(stop), name="state-sampler")
 
         async def shutdown() -> None:
             await stop.wait()

@@ -89,8 +89,9 @@ class DriftGroup(TypedDict):
 # Functional syntax: "from" is a Python keyword.
 AuditJson = TypedDict(
     "AuditJson",
-    {"id": int, "at": float, "action": str, "stage": str, "who": str, "from": str | None,
-     "to": str | None, "outcome": str, "forced": bool, "reason": str, "evidence": Any},
+    {"id": int, "at": float, "action": str, "stage": str, "who": str, "on_behalf": str | None,
+     "from": str | None, "to": str | None, "outcome": str, "forced": bool, "reason": str,
+     "evidence": Any},
 )  # fmt: skip
 
 
@@ -139,6 +140,8 @@ class StageJson(StageRollout):
     nodes: int
     states: dict[str, int]
     versions: dict[str, int]
+    on_head: int
+    """Nodes of the stage that applied its head."""
 
 
 PromoteJson = TypedDict(

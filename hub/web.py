@@ -4,14 +4,13 @@ Handlers parse and check the request, then send what :mod:`hub.fleet` and
 :mod:`hub.rollout` build (shapes in docs/design.md, "Hub"); the SSE stream is
 :mod:`hub.sse`, the Prometheus text :mod:`hub.metrics`. Every bad request gets a 4xx JSON
 ``{"error": ...}``; unexpected exceptions are logged and answered with a JSON 500 by
-the middleware. Mutating calls need ``Authorization: Bearer <token>`` (the token is
-read from ``[hub] token_file`` at each call so it can be rotated).
+the middleware. Mutating calls need ``Authorization: Bearer <token>`` of a user whose
+role allows them in that stage (:mod:`hub.auth`); so do reads with ``public_read = false``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import math
 import re
@@ -25,15 +24,18 @@ from aiohttp import web
 
 from common import wire
 from hub import sse
-from hub.config import HubConfig, Stage, read_secret
+from hub.auth import AUTH, Authenticator, read_guard, stream_ticket, whoami
+from hub.config import HubConfig, Stage
 from hub.errors import HubError, RolloutRefused
 from hub.fleet import Fleet
 from hub.ingest import IngestCounters
 from hub.metrics import prometheus_text
 from hub.rollout import Rollout
+from hub.sampler import SAMPLES, samples
 from hub.sse import Updates
 from hub.states import ALL_STATES
 from hub.store import AuditRow
+from hub.store.samples import SampleStore
 from hub.webhook import GitPushHooks, Refresh
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class WebContext:
     refresh_git: Refresh | None = None
     audit: Callable[[AuditRow], Awaitable[int]] | None = None
     """Writes the rollout audit log (sync overrides are recorded there)."""
+    samples: SampleStore | None = None
 
 
 CTX: web.AppKey[WebContext] = web.AppKey("ctx", WebContext)
@@ -202,23 +205,26 @@ def _text(body: dict[str, Any], key: str, default: str) -> str:
     return value.strip() or default
 
 
-def _who(request: web.Request, body: dict[str, Any]) -> str:
-    """Audit identity: the caller names itself (CLI: "cli:<user>"); the token proves
-    the right to act, the name is for the record."""
-    who = _text(body, "who", request.headers.get("X-Edgefleet-User", "api"))
+def _on_behalf(request: web.Request, body: dict[str, Any]) -> str | None:
+    """What the caller says about itself (CLI: "cli:<login>"): a note beside the
+    authenticated user in the audit log, never the identity."""
+    who = _text(body, "who", request.headers.get("X-Edgefleet-User", ""))
+    if not who:
+        return None
     if not _WHO_RE.match(who):
         raise BadRequest(f"who must be a short user name, got {who[:64]!r}")
-    return who if who == "api" or who.startswith(("api:", "cli:")) else f"api:{who}"
+    return who
 
 
-def _rollout_ctx(request: web.Request) -> tuple[Rollout, Stage]:
+def _rollout_ctx(request: web.Request, action: str) -> tuple[Rollout, Stage, str]:
+    """The engine, the stage and the name of the user allowed to ``action`` in it."""
     ctx = request.app[CTX]
-    _check_token(ctx, request)
     stage = _stage(ctx, request.match_info["stage"])
     assert stage is not None
+    user = request.app[AUTH].authorize(request, action, stage.name)
     if ctx.rollout is None:
         raise BadRequest("rollouts are disabled: no [git] url configured", status=503)
-    return ctx.rollout, stage
+    return ctx.rollout, stage, user.name
 
 
 async def _rollout_call(call: Awaitable[Mapping[str, object]]) -> web.Response:
@@ -229,30 +235,33 @@ async def _rollout_call(call: Awaitable[Mapping[str, object]]) -> web.Response:
 
 
 async def promote(request: web.Request) -> web.Response:
-    rollout, stage = _rollout_ctx(request)
+    rollout, stage, user = _rollout_ctx(request, "promote")
     body = await _body(request)
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise BadRequest("force must be true or false")
     reason = _text(body, "reason", "manual promotion")
-    return await _rollout_call(rollout.promote(stage.name, _who(request, body), reason, force))
+    note = _on_behalf(request, body)
+    return await _rollout_call(rollout.promote(stage.name, user, reason, force, on_behalf=note))
 
 
 async def rollback(request: web.Request) -> web.Response:
-    rollout, stage = _rollout_ctx(request)
+    rollout, stage, user = _rollout_ctx(request, "roll back")
     body = await _body(request)
     to = body.get("to")
     if to is not None and (not isinstance(to, str) or not _SHA_RE.match(to)):
         raise BadRequest("to must be a full 40-character commit id")
     reason = _text(body, "reason", "manual rollback")
-    return await _rollout_call(rollout.rollback(stage.name, _who(request, body), reason, to))
+    note = _on_behalf(request, body)
+    return await _rollout_call(rollout.rollback(stage.name, user, reason, to, on_behalf=note))
 
 
 async def resume(request: web.Request) -> web.Response:
-    rollout, stage = _rollout_ctx(request)
+    rollout, stage, user = _rollout_ctx(request, "resume")
     body = await _body(request)
     reason = _text(body, "reason", "manual resume")
-    return await _rollout_call(rollout.resume(stage.name, _who(request, body), reason))
+    note = _on_behalf(request, body)
+    return await _rollout_call(rollout.resume(stage.name, user, reason, on_behalf=note))
 
 
 async def history(request: web.Request) -> web.Response:
@@ -293,35 +302,15 @@ async def health(request: web.Request) -> web.Response:
     )  # fmt: skip
 
 
-def _check_token(ctx: WebContext, request: web.Request) -> None:
-    if ctx.cfg.hub.token_file is None:
-        raise BadRequest("mutating calls are disabled: [hub] token_file is not set", status=403)
-    try:
-        token = read_secret(ctx.cfg.hub.token_file)
-    except OSError:
-        log.exception("cannot read token file %s", ctx.cfg.hub.token_file)
-        raise BadRequest("the hub cannot read its token file", status=503) from None
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if (
-        scheme.lower() != "bearer"
-        or not token
-        # surrogateescape: aiohttp keeps undecodable header bytes as surrogates; they
-        # must compare unequal (401), not fail to encode (500).
-        or not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
-    ):
-        raise web.HTTPUnauthorized(
-            reason="a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
-        )
-
-
 async def sync_node(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    _check_token(ctx, request)
+    request.app[AUTH].require_user(request)
     name = _node_name(request)
     body = await _body(request)
     detail = await ctx.fleet.node(name)
     if detail is None:
         raise BadRequest(f"no node named {name!r} has reported", status=404)
+    user = request.app[AUTH].authorize(request, "sync nodes", detail["stage"])
     cmd: dict[str, str] = {"op": "sync"}
     if body.get("override") is not None:
         # Apply now despite the node's update locks and window: always audited.
@@ -331,9 +320,9 @@ async def sync_node(request: web.Request) -> web.Response:
     published = ctx.publish(wire.cmd_topic(name), wire.encode(cmd), 1, False)
     if "override" in cmd and ctx.audit is not None:
         await ctx.audit(
-            AuditRow(time.time(), "sync-override", detail["stage"] or "", _who(request, body),
-                     None, None, "done" if published else "failed", True, cmd["override"],
-                     wire.encode({"node": name}).decode())
+            AuditRow(time.time(), "sync-override", detail["stage"] or "", user.name, None, None,
+                     "done" if published else "failed", True, cmd["override"],
+                     wire.encode({"node": name}).decode(), _on_behalf(request, body))
         )  # fmt: skip
     if not published:
         raise BadRequest("MQTT broker not connected; try again later", status=503)
@@ -373,8 +362,13 @@ async def _security_headers(_request: web.Request, response: web.StreamResponse)
 
 
 def make_app(ctx: WebContext) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[_errors, read_guard], client_max_size=64 * 1024)
     app[CTX] = ctx
+    if ctx.samples is not None:
+        app[SAMPLES] = ctx.samples
+    app[AUTH] = Authenticator(
+        ctx.cfg.users, ctx.cfg.hub.public_read, tuple(s.name for s in ctx.cfg.stages)
+    )
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC)
@@ -392,5 +386,8 @@ def make_app(ctx: WebContext) -> web.Application:
     app.router.add_get("/api/v1/history", history)
     app.router.add_get("/api/v1/events", events)
     app.router.add_get("/api/v1/stream", stream)
+    app.router.add_post("/api/v1/stream-ticket", stream_ticket)
+    app.router.add_get("/api/v1/whoami", whoami)
+    app.router.add_get("/api/v1/samples", samples)
     app.router.add_post("/api/v1/hooks/git", GitPushHooks(ctx.cfg, ctx.refresh_git).handle)
     return app

@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from common import wire
+from hub.notify.events import HUB_EVENTS_TOPIC
 from tests.testbed.mosquitto import MOSQUITTO, TlsFiles, free_port, wait_port
 from tests.testbed.mqtt import stop_client
 
@@ -193,6 +194,16 @@ async def test_hub_reads_every_node(clients: dict[str, Client]) -> None:
         (wire.online_topic("node-b"), b"1"),
         (wire.events_topic("node-b"), b'{"seq": 1}'),
     }
+
+
+async def test_only_the_hub_publishes_hub_events(clients: dict[str, Client]) -> None:
+    hub, a = clients["hub"], clients["node-a"]
+    assert not (await hub.subscribe(HUB_EVENTS_TOPIC))[0].is_failure
+    # A node's forgery first: had it been delivered, the hub would see it before its own.
+    await a.publish(HUB_EVENTS_TOPIC, b'{"type": "promotion", "forged": true}')
+    await hub.publish(HUB_EVENTS_TOPIC, b'{"type": "halt"}')
+    assert await hub.next() == (HUB_EVENTS_TOPIC, b'{"type": "halt"}')
+    assert hub.messages.empty()
 
 
 @pytest.mark.parametrize(("user", "password"), [("node-a", "wrong"), ("nobody", "x")])

@@ -15,6 +15,7 @@ from pathlib import Path
 from hub.store.db import Db
 from hub.store.interface import HubStore, IngestStore, NodeQueries, RolloutRecords, RolloutStore
 from hub.store.nodes import SqliteNodes
+from hub.store.outbox import SqliteOutbox
 from hub.store.rollouts import SqliteRollouts
 from hub.store.rows import (
     AuditEntry,
@@ -31,6 +32,7 @@ from hub.store.rows import (
     StatusRow,
     VersionCount,
 )
+from hub.store.samples import SqliteSamples
 
 __all__ = [
     "AuditEntry",
@@ -55,7 +57,7 @@ __all__ = [
 ]
 
 
-class Store(SqliteNodes, SqliteRollouts, HubStore):
+class Store(SqliteNodes, SqliteRollouts, SqliteOutbox, SqliteSamples, HubStore):
     """The SQLite store. Open with :meth:`open`; close with :meth:`close`."""
 
     @classmethod

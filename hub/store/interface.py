@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+from hub.store.outbox import NotifyOutbox
 from hub.store.rows import (
     AuditEntry,
     AuditRow,
@@ -25,6 +26,7 @@ from hub.store.rows import (
     StateCount,
     VersionCount,
 )
+from hub.store.samples import SampleStore
 
 
 class IngestStore(Protocol):
@@ -136,7 +138,7 @@ class RolloutStore(NodeQueries, RolloutRecords, Protocol):
     """What the rollout engine reads and writes."""
 
 
-class HubStore(IngestStore, NodeQueries, RolloutRecords, Protocol):
+class HubStore(IngestStore, NodeQueries, RolloutRecords, NotifyOutbox, SampleStore, Protocol):
     """Everything, for the service that opens one store and hands it around."""
 
     async def close(self) -> None: ...

@@ -15,7 +15,7 @@ class SqliteRollouts(Db, RolloutRecords):
     async def add_audit(self, row: AuditRow) -> int:
         return await self._write(
             "INSERT INTO audit (at, action, stage, who, from_commit, to_commit, outcome, "
-            "forced, reason, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "forced, reason, evidence, on_behalf) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row,
             "writing the audit log",
         )
@@ -63,11 +63,12 @@ class SqliteRollouts(Db, RolloutRecords):
         where = "WHERE stage = :stage" if stage is not None else ""
         rows = await self._all(
             "SELECT id, at, action, stage, who, from_commit, to_commit, outcome, forced, "  # noqa: S608
-            f"reason, evidence FROM audit {where} ORDER BY id DESC LIMIT :limit",
+            f"reason, evidence, on_behalf FROM audit {where} ORDER BY id DESC LIMIT :limit",
             {"stage": stage, "limit": limit},
         )
         return [
             AuditEntry(id_, AuditRow(at, action, stage_, who, from_, to, outcome, bool(forced),
-                                     reason, evidence))
-            for id_, at, action, stage_, who, from_, to, outcome, forced, reason, evidence in rows
+                                     reason, evidence, on_behalf))
+            for id_, at, action, stage_, who, from_, to, outcome, forced, reason, evidence,
+            on_behalf in rows
         ]  # fmt: skip

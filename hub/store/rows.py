@@ -160,6 +160,8 @@ class AuditRow(NamedTuple):
     reason: str
     evidence: str
     """JSON: the gate evaluation or failure counts behind the decision."""
+    on_behalf: str | None = None
+    """What the caller said about itself ("cli:alice"); ``who`` is the authenticated user."""
 
 
 @dataclass(frozen=True)

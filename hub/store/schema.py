@@ -105,6 +105,32 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX events_type ON events(type, id)",
         "CREATE INDEX events_received ON events(received)",
     ),
+    (
+        # The audit's who is the authenticated user; what the caller said about itself
+        # ("cli:alice") is kept beside it.
+        "ALTER TABLE audit ADD COLUMN on_behalf TEXT",
+        # Notifications waiting for (or done with) delivery, one row per event and sink:
+        # delivered at least once, across receiver outages and hub restarts.
+        """CREATE TABLE notify_outbox (
+            id INTEGER PRIMARY KEY,
+            event_id TEXT NOT NULL,
+            sink TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL,
+            delivered REAL,
+            last_error TEXT
+        )""",
+        "CREATE INDEX notify_outbox_due ON notify_outbox(next_at) WHERE delivered IS NULL",
+        # Fleet state counts over time, for the dashboard's chart (pruned after 48 h).
+        """CREATE TABLE state_samples (
+            at REAL NOT NULL,
+            state TEXT NOT NULL,
+            nodes INTEGER NOT NULL,
+            PRIMARY KEY (at, state)
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

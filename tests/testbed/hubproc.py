@@ -135,6 +135,10 @@ class HubProc:
     git_extra: str = ""
     """Extra [git] lines (webhook_secret_file...)."""
     token: str | None = "s3cret-token"
+    hub_extra: str = ""
+    """Extra [hub] lines (public_read, public_url...)."""
+    extra: str = ""
+    """Extra tables at the end ([[users]], [[notify]]...)."""
     mqtt_extra: str = ""
     """Extra [mqtt] lines (username, password_file, ca_file, protocol...)."""
     port: int = field(default_factory=free_port)
@@ -169,6 +173,8 @@ class HubProc:
         if self.token is not None:
             self.token_file.write_text(self.token + "\n")
             hub.append(f'token_file = "{self.token_file}"')
+        if self.hub_extra:
+            hub.append(self.hub_extra)
         git = (
             f'[git]\nurl = "{self.git_url}"\ninterval = {self.git_interval}\n{self.git_extra}\n'
             if (self.git_url)
@@ -178,7 +184,7 @@ class HubProc:
             "[hub]\n" + "\n".join(hub) + "\n\n"
             f'[mqtt]\nurl = "{self.broker.url}"\nclient_id = "{self.client_id}"\n'
             f"{self.mqtt_extra}\n"
-            + git + self.stages
+            + git + self.stages + "\n" + self.extra
         )  # fmt: skip
 
     def start(self, wait: bool = True) -> None:
@@ -209,9 +215,16 @@ class HubProc:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
     def request(
-        self, method: str, path: str, token: str | None = None, body: bytes | None = None
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
-        req = urllib.request.Request(self.url + path, method=method, data=body)
+        req = urllib.request.Request(
+            self.url + path, method=method, data=body, headers=headers or {}
+        )
         if token is not None:
             req.add_header("Authorization", f"Bearer {token}")
         try:
