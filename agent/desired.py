@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.agentpin import AgentPin, parse_pin
 from agent.config import HEALTH_TIMEOUT_MAX
 from agent.errors import SourceError
 from agent.render.requires import check_requires
@@ -95,6 +96,8 @@ class Options:
     health_timeout: float | None = None
     """Overrides [health] timeout of the agent config for this commit."""
     activation: ActivationOptions = field(default_factory=ActivationOptions)
+    agent: AgentPin | None = None
+    """``[agent]``: the agent version this commit wants on the node (later path wins)."""
 
 
 @dataclass(frozen=True)
@@ -209,8 +212,15 @@ def parse_options(origin: str, raw: bytes) -> Options:
     health.done()
     activation = _activation(origin, root.data.pop("activation", {}))
     check_requires(origin, root.data.pop("requires", None))
+    agent = parse_pin(root.table("agent")) if "agent" in root.data else None
     root.done()
-    return Options(units=units, http_checks=checks, health_timeout=timeout, activation=activation)
+    return Options(
+        units=units,
+        http_checks=checks,
+        health_timeout=timeout,
+        activation=activation,
+        agent=agent,
+    )
 
 
 def merge_options(layers: list[Options]) -> Options:
@@ -221,6 +231,7 @@ def merge_options(layers: list[Options]) -> Options:
     timeout: float | None = None
     window: tuple[str, ...] | None = None
     tz: str | None = None
+    agent: AgentPin | None = None
     for layer in layers:
         units.update(layer.units)
         checks.extend(layer.http_checks)
@@ -228,9 +239,11 @@ def merge_options(layers: list[Options]) -> Options:
             timeout = layer.health_timeout
         window = layer.activation.window if layer.activation.window is not None else window
         tz = layer.activation.timezone or tz
+        agent = layer.agent or agent
     return Options(
         units=units,
         http_checks=tuple(checks),
         health_timeout=timeout,
         activation=ActivationOptions(window=window, timezone=tz),
+        agent=agent,
     )

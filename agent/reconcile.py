@@ -220,7 +220,7 @@ class Reconciler:
         if head == self._refused and not dry_run:
             return self.outcome
 
-        planned = await self.prepare(head, advance=not resuming and not dry_run)
+        planned = await self.prepare(head, advance=not resuming and not dry_run, dry_run=dry_run)
         if isinstance(planned, Outcome):
             return planned
         desired, plans = planned
@@ -232,7 +232,7 @@ class Reconciler:
         return await self._apply(head, desired, plans)
 
     async def prepare(
-        self, head: str, advance: bool, candidate: bool = False
+        self, head: str, advance: bool, candidate: bool = False, dry_run: bool = False
     ) -> Outcome | tuple[DesiredState, dict[str, ChangeSet]]:
         """Steps 2-5 for ``head``: fetch, trust, desired state, plan; an Outcome where
         that ends the reconcile. ``advance``: a move that leaves this node's paths alone
@@ -249,6 +249,12 @@ class Reconciler:
             return refuse(head, "Untrusted", str(err))
         except SourceError as err:
             return refuse(head, "InvalidCommit", str(err))
+
+        pin = desired.options.agent
+        if pin is not None and pin.version != __version__ and not candidate:
+            from agent.upgrade.step import upgrade_agent  # noqa: PLC0415 - RSS only when pinned
+
+            return await upgrade_agent(self, head, pin, dry_run)
 
         if advance and self._paths_unchanged(head):
             # The branch moved but not this node's paths: nothing to apply, just advance.

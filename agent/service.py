@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from agent import sdnotify
 from agent.activation import ActivationGate, PrestagedSource
+from agent.agentpin import upgrade_pending
 from agent.config import AgentConfig
 from agent.errors import StateError
 from agent.planrun import PlanRunner
@@ -235,6 +236,11 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start_reporting()
+        upgrading = None
+        if upgrade_pending(self.cfg.state_dir):
+            from agent.upgrade import watch  # noqa: PLC0415 - only mid-upgrade
+
+            upgrading = await watch.resume_cut_off(self.reconciler)
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [
@@ -243,6 +249,9 @@ class Agent:
                 ]
                 if self.plans is not None:
                     tasks.append(tg.create_task(self.plans.run(), name="plan"))
+                if upgrading is not None:
+                    confirm = watch.confirm_healthy(self.reconciler, self.reporter, upgrading)
+                    tasks.append(tg.create_task(confirm, name="upgrade"))
                 watchdog = sdnotify.watchdog_interval()
                 if watchdog is not None:
                     tasks.append(tg.create_task(self._watchdog_loop(watchdog), name="watchdog"))

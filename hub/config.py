@@ -122,6 +122,8 @@ class Gate:
     """Seconds the gate must hold continuously before promotion."""
     require_plan: bool = False
     """Plan an automatic promotion on the stage's nodes first; halt if any would refuse."""
+    agent_version: str | None = None
+    """A node counts as ready only when it also runs this agent version."""
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,7 @@ def _stage(sec: Section) -> Stage:
         max_failed=gsec.integer("max_failed", 0, minimum=0, maximum=MAX_NODES),
         soak=gsec.duration("soak", 600.0, maximum=30 * DAY),
         require_plan=gsec.flag("require_plan", False),
+        agent_version=gsec.text("agent_version"),
     )
     gsec.done()
     window_spec, timezone = read_window(sec, "UTC")

@@ -30,6 +30,7 @@ from hub.store.rows import (
     Pause,
     StateCount,
     StatusRow,
+    VersionCount,
 )
 from hub.store.samples import SqliteSamples
 
@@ -52,6 +53,7 @@ __all__ = [
     "StateCount",
     "StatusRow",
     "Store",
+    "VersionCount",
 ]
 
 
