@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import signal
@@ -27,7 +28,7 @@ from typing import Any
 from agent.outbox import Outbox
 from common import wire
 from tests.testbed.agentcfg import AgentSetup, write_agent_config
-from tests.testbed.faults import Campaign, GitFront
+from tests.testbed.faults import Campaign, GitFront, fill, small_tmpfs
 from tests.testbed.fleetrepo import FleetRepo, SigningKey
 from tests.testbed.gitserver import GitDaemon
 from tests.testbed.hubproc import HubProc, Publisher, event_doc, status_doc
@@ -318,6 +319,14 @@ def test_hub_kill_9_mid_burst_of_statuses(
 # -- broker restart under a running agent and hub -----------------------------------------
 
 
+async def settle(read: Callable[[], object], want: object, timeout: float) -> object:
+    """Wait up to ``timeout`` for ``read() == want``; return what it reads then (a miss is
+    counted by the caller, not raised)."""
+    with contextlib.suppress(AssertionError):
+        await until(lambda: read() == want, timeout)
+    return read()
+
+
 async def retained_seq(broker: Mosquitto, node: str) -> int:
     watcher = Watcher(broker.port, [wire.status_topic(node)])
     try:
@@ -378,11 +387,11 @@ async def test_broker_restart_while_agent_and_hub_run(
             await asyncio.sleep(rng.uniform(0.0, 1.0))  # the outage
             broker.start()
             lost: list[str] = []
-            with contextlib.suppress(AssertionError):
-                await until(lambda: hub_node().get("applied") == head, 30)
-            if hub_node().get("applied") != head:
-                lost.append(f"hub shows applied {hub_node().get('applied')}, not {head}")
+            shown = await settle(lambda: hub_node().get("applied"), head, 30)
+            if shown != head:
+                lost.append(f"hub shows applied {shown}, not {head}")
             crashes = int(daemon.poll() is not None) + traceback_in(new_log(hub, log_from))
+            sent = 0
             if trial == trials - 1:  # the end: stop the agent, compare with what it sent
                 daemon.send_signal(signal.SIGTERM)
                 out, _ = daemon.communicate(timeout=20)
@@ -391,16 +400,14 @@ async def test_broker_restart_while_agent_and_hub_run(
                 sent = outbox.last_seq
                 outbox.close()
                 final = await retained_seq(broker, node)
-                with contextlib.suppress(AssertionError):
-                    await until(lambda: hub_node().get("seq") == final, 15)
-                if hub_node().get("seq") != final:
-                    lost.append(f"hub seq {hub_node().get('seq')} != last status seq {final}")
-                with contextlib.suppress(AssertionError):
-                    await until(lambda: len(set(hub_events())) >= sent, 15)
-                lost += [f"event {s} missing" for s in set(range(1, sent + 1)) - set(hub_events())]
+                seq = await settle(lambda: hub_node().get("seq"), final, 15)
+                if seq != final:
+                    lost.append(f"hub seq {seq} != last status seq {final}")
+                await settle(lambda: max(hub_events(), default=0), sent, 15)
             seqs = hub_events()
-            gaps = set(range(1, max(seqs, default=0) + 1)) - set(seqs)
-            lost += [f"event {s} missing" for s in sorted(gaps)]
+            # Every event up to the newest at the hub (the agent's newest at the end).
+            top = sent if trial == trials - 1 else max(seqs, default=0)
+            lost += [f"event {s} missing" for s in sorted(set(range(1, top + 1)) - set(seqs))]
             duplicated = len(seqs) - len(set(seqs))
             campaign.record(
                 fault, started, crashes=crashes, lost=len(lost), corrupted=duplicated,
@@ -411,4 +418,115 @@ async def test_broker_restart_while_agent_and_hub_run(
             daemon.kill()
             daemon.communicate()
         broker.stop()
+    campaign.check(fault)
+
+
+# -- a full disk ------------------------------------------------------------------------------
+
+
+def test_agent_disk_full(
+    campaign: Campaign, tmp_path: Path, fleet_repo: FleetRepo, signing_key: SigningKey
+) -> None:
+    fault = "disk full on the agent"
+    rng = campaign.rng(fault)
+    with small_tmpfs(tmp_path / "disk", "4m") as disk:  # state dir and target root
+        agent = write_agent_config(
+            disk / "agent", fleet_repo.url, allowed_signers=signing_key.allowed_signers
+        )
+        files = {f"f{i}.conf": content("base", f"f{i}.conf") for i in range(30)}
+        head = commit(fleet_repo, signing_key, agent, dict(files))
+        done = agent.cli("sync", "--once")
+        assert done.returncode == 0, done.stdout + done.stderr
+
+        for trial in range(campaign.trials(5)):
+            started = time.monotonic()
+            change = random_change(rng, files, f"t{trial}")
+            head = commit(fleet_repo, signing_key, agent, change)
+            apply_change(files, change)
+            filler = fill(disk, rng.randint(0, 256 * 1024))
+            full = agent.cli("sync", "--once")
+            torn = [str(p) for p in agent.root.rglob("*.conf") if not whole(_read(p) or "")]
+            readable = agent_status(agent) is not None  # state readable on the full disk
+            if full.returncode == 0:
+                campaign.observe(fault, "enough space left")
+                reported = True
+            else:
+                campaign.observe(fault, "sync stopped by the full disk")
+                reported = full.returncode == 1 and "No space left" in full.stdout + full.stderr
+            filler.unlink()
+            done = agent.cli("sync", "--once")
+            lost, corrupted, evidence = node_damage(agent, files, head)
+            outputs = (full.stdout, full.stderr, done.stdout, done.stderr)
+            campaign.record(
+                fault, started,
+                crashes=int(not reported) + int(done.returncode != 0) + traceback_in(*outputs),
+                lost=lost, corrupted=corrupted + len(torn) + int(not readable),
+                note=f"torn {torn[:5]}; readable {readable}; {evidence}; "
+                     + " | ".join(o[-800:] for o in outputs),
+            )  # fmt: skip
+    campaign.check(fault)
+
+
+def hub_metric(hub: HubProc, name: str) -> float:
+    for line in hub.get("/metrics").splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"metric {name} not exposed")
+
+
+def refused_or_stored(
+    hub: HubProc, errors_before: float, last: dict[str, int], events: dict[str, int]
+) -> bool:
+    if hub_metric(hub, "edgefleet_hub_batch_errors_total") > errors_before:
+        return True
+    return hub_damage(hub, last, events)[0] == 0
+
+
+def test_hub_disk_full(campaign: Campaign, tmp_path: Path) -> None:
+    fault = "disk full on the hub"
+    rng = campaign.rng(fault)
+    broker = Mosquitto(tmp_path / "broker", extra="max_queued_messages 0\n")
+    broker.start()
+    pub = Publisher(broker).connect(broker)
+    with small_tmpfs(tmp_path / "disk", "8m") as disk:
+        hub = HubProc(tmp_path / "hub", broker, database_dir=disk)
+        try:
+            hub.start()
+            last = dict.fromkeys((f"d{i}" for i in range(20)), 0)
+            events = dict.fromkeys(last, 0)
+            for _ in range(campaign.trials(3)):
+                started, log_from = time.monotonic(), hub.log.stat().st_size
+                errors_before = hub_metric(hub, "edgefleet_hub_batch_errors_total")
+                filler = fill(disk, rng.randint(0, 64 * 1024))
+                docs: list[tuple[str, dict[str, Any], bool]] = []
+                for _ in range(rng.randint(20, 60)):
+                    for node in last:
+                        last[node] += 1
+                        docs.append((wire.status_topic(node), status_doc(node, last[node]), True))
+                        events[node] += 1
+                        docs.append((wire.events_topic(node), event_doc(node, events[node]), False))
+                burst(pub, docs).join()
+                with contextlib.suppress(AssertionError):  # refused for space, or stored
+                    hub.wait_for(
+                        functools.partial(refused_or_stored, hub, errors_before, last, events),
+                        timeout=20,
+                    )
+                if hub_metric(hub, "edgefleet_hub_batch_errors_total") > errors_before:
+                    campaign.observe(fault, "batch refused for space")
+                alive = hub.proc is not None and hub.proc.poll() is None
+                filler.unlink()
+                with contextlib.suppress(AssertionError):
+                    hub.wait_for(lambda: hub_damage(hub, last, events)[0] == 0, timeout=30)
+                lost, duplicated, evidence = hub_damage(hub, last, events)
+                with sqlite3.connect(f"file:{disk / 'hub.db'}?mode=ro", uri=True) as db:
+                    integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+                campaign.record(
+                    fault, started, crashes=int(not alive) + traceback_in(new_log(hub, log_from)),
+                    lost=lost, corrupted=duplicated + int(integrity != "ok"),
+                    note=f"{evidence}; integrity {integrity}; alive {alive}",
+                )  # fmt: skip
+        finally:
+            hub.stop()
+            pub.close()
+            broker.stop()
     campaign.check(fault)
