@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.outbox import Outbox
 from common import wire
 from tests.testbed.agentcfg import AgentSetup, write_agent_config
@@ -147,7 +149,7 @@ def test_agent_kill_9_at_random_points_of_an_apply(
     # (start, fetch, verify, apply, state save) however fast this machine is today.
     full_sync = time.monotonic() - first
 
-    for trial in range(campaign.trials(6)):
+    for trial in range(campaign.trials(10)):
         started = time.monotonic()
         change = random_change(rng, files, f"t{trial}")
         head = commit(fleet_repo, signing_key, agent, change)
@@ -421,6 +423,34 @@ async def test_broker_restart_while_agent_and_hub_run(
     campaign.check(fault)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_what_a_broker_restart_keeps_for_a_stopped_hub(
+    tmp_path: Path, hub_on: Callable[..., HubProc], shared: bool
+) -> None:
+    """Pinned broker behaviour behind the campaign's plain subscription: mosquitto keeps
+    the hub's session across its own restart, but not a shared subscription in it, so
+    what nodes publish before the hub subscribes again is lost with ``shared = true``."""
+    directory = tmp_path / "broker"
+    broker = Mosquitto(directory, extra=f"persistence true\npersistence_location {directory}/\n")
+    broker.start()
+    pub = Publisher(broker)
+    try:
+        hub = hub_on(broker, mqtt_extra=f"shared = {str(shared).lower()}")
+        hub.stop()
+        broker.stop()
+        broker.start()
+        pub.connect(broker)
+        pub.event(event_doc("n1", 1))  # while the hub is down, after the broker restart
+        hub.start()
+        pub.event(event_doc("n1", 2))  # after the hub subscribed again: always delivered
+        hub.wait_for(lambda: 2 in [e["seq"] for e in hub.get("/api/v1/events")["events"]])
+        seqs = sorted(e["seq"] for e in hub.get("/api/v1/events")["events"])
+        assert seqs == ([2] if shared else [1, 2])
+    finally:
+        pub.close()
+        broker.stop()
+
+
 # -- a full disk ------------------------------------------------------------------------------
 
 
@@ -438,12 +468,12 @@ def test_agent_disk_full(
         done = agent.cli("sync", "--once")
         assert done.returncode == 0, done.stdout + done.stderr
 
-        for trial in range(campaign.trials(5)):
+        for trial in range(campaign.trials(6)):
             started = time.monotonic()
             change = random_change(rng, files, f"t{trial}")
             head = commit(fleet_repo, signing_key, agent, change)
             apply_change(files, change)
-            filler = fill(disk, rng.randint(0, 256 * 1024))
+            filler = fill(disk, rng.randint(0, 160 * 1024))
             full = agent.cli("sync", "--once")
             torn = [str(p) for p in agent.root.rglob("*.conf") if not whole(_read(p) or "")]
             readable = agent_status(agent) is not None  # state readable on the full disk
