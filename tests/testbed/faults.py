@@ -234,6 +234,8 @@ class GitFront:
                 conn.sendall(payload)
 
     def _forward(self, conn: socket.socket) -> None:
+        """Relay both ways; an EOF from one side is passed on as a half-close (git clients
+        may shut down their side after the request and still read the answer)."""
         try:
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
         except OSError:
@@ -241,14 +243,19 @@ class GitFront:
         with upstream, selectors.DefaultSelector() as sel:
             sel.register(conn, selectors.EVENT_READ, upstream)
             sel.register(upstream, selectors.EVENT_READ, conn)
-            while not self._stop.is_set():
+            open_sides = 2
+            while open_sides and not self._stop.is_set():
                 for key, _ in sel.select(timeout=0.5):
                     src: socket.socket = key.fileobj  # type: ignore[assignment]
+                    dst: socket.socket = key.data
                     try:
                         data = src.recv(65536)
-                        if not data:
-                            return
-                        key.data.sendall(data)
+                        if data:
+                            dst.sendall(data)
+                            continue
+                        sel.unregister(src)
+                        open_sides -= 1
+                        dst.shutdown(socket.SHUT_WR)
                     except OSError:
                         return
 
