@@ -7,7 +7,7 @@ Three steps, in this order:
    subscription, a dashboard, ``enroll``'s first-status wait). Not connected to the
    broker: nothing is done and the caller is told to retry;
 2. one DELETE of its ``nodes`` row on the store's writer connection, and ingest forgets
-   its last seq, so a reinstalled node starting again at seq 1 is accepted;
+   its last seq and incarnation, so whatever the node sends next is new;
 3. an audit record (action ``forget``): who, when, why, and what the node last said.
 
 Its events stay: they are the record of what the node did, and age out with the normal
@@ -60,8 +60,8 @@ class Forgetter:
 
     async def forget(self, node: str, who: str, reason: str) -> dict[str, Any]:
         now = self._clock()
-        row = await self._store.get_node(node, now)
-        if row is None:
+        detail = await self._store.get_node(node, now)
+        if detail is None:
             raise ForgetRefused(f"no node named {node!r} has reported", 404)
         for topic in (wire.status_topic(node), wire.online_topic(node)):
             if not self._publish(topic, b"", 1, True):
@@ -73,20 +73,21 @@ class Forgetter:
         # Through the store's writer and its lock: never concurrent with an ingest batch.
         await self._store._write(_DELETE_NODE, (node,), f"forgetting node {node}")
         self._forget_seq(node)
-        stage = self._cfg.stage_for_branch(row["branch"])
+        row = detail.row
+        stage = self._cfg.stage_for_branch(row.branch)
         last = {
             "node": node,
-            "branch": row["branch"],
-            "state": row["effective"],
-            "seq": row["seq"],
-            "applied": row["applied"],
-            "last_heard": row["last_heard"],
+            "branch": row.branch,
+            "state": row.state,
+            "seq": row.seq,
+            "applied": row.applied,
+            "last_heard": row.last_heard,
         }
         await self._store.add_audit(
             AuditRow(
-                now, "forget", stage.name if stage else "", who, row["applied"], None,
-                "done", False, reason, json.dumps(last, sort_keys=True),
+                now, "forget", stage.name if stage else "", who, row.applied, None, "done",
+                False, reason, json.dumps(last, sort_keys=True),
             )
         )  # fmt: skip
-        log.warning("forgot node %s (last seq %s) by %s: %s", node, row["seq"], who, reason)
+        log.warning("forgot node %s (last seq %d) by %s: %s", node, row.seq, who, reason)
         return {"node": node, "forgotten": True, "events_kept": True, "last": last}

@@ -166,8 +166,9 @@ class Ingest:
         await self._store.restale(self._stale_after)
 
     def forget(self, node: str) -> None:
-        """Drop the node's last seq: a reinstalled node starting at 1 is new again."""
+        """Drop what is known of a forgotten node: whatever it sends next is new."""
         self._seqs.pop(node, None)
+        self._lives.pop(node, None)
 
     def submit(self, msg: Message) -> None:
         try:
