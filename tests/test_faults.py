@@ -36,7 +36,7 @@ from tests.testbed.gitserver import GitDaemon
 from tests.testbed.hubproc import HubProc, Publisher, event_doc, status_doc
 from tests.testbed.mosquitto import Mosquitto
 from tests.testbed.mqtt import Watcher
-from tests.testbed.wait import until
+from tests.testbed.wait import until, wait_until
 
 LINES = 40
 """Lines per generated file: a torn file has fewer, or mixes two versions."""
@@ -54,6 +54,15 @@ def content(tag: str, name: str) -> str:
 def whole(text: str) -> bool:
     lines = text.splitlines()
     return text.endswith("\n") and len(lines) == LINES and len(set(lines)) == 1
+
+
+def directory_stamps(root: Path) -> dict[Path, int]:
+    """mtime of every directory under ``root``: a file renamed into place changes one."""
+    return {d: d.stat().st_mtime_ns for d in (root, *root.rglob("*")) if d.is_dir()}
+
+
+def stamps_changed(root: Path, before: dict[Path, int]) -> bool:
+    return directory_stamps(root) != before
 
 
 def agent_status(setup: AgentSetup) -> dict[str, Any] | None:
@@ -159,8 +168,14 @@ def test_agent_kill_9_at_random_points_of_an_apply(
         change = random_change(rng, files, f"t{trial}")
         head = commit(fleet_repo, signing_key, agent, change)
         apply_change(files, change)
+        dirs = directory_stamps(agent.root)
         proc = agent.popen("sync", "--once")
-        time.sleep(rng.uniform(0.2, 1.0) * full_sync)  # the fault's timing, not a wait
+        if trial % 2:  # anywhere in the run: start, fetch, verify, apply, state save
+            time.sleep(rng.uniform(0.2, 1.0) * full_sync)  # the fault's timing, not a wait
+        else:  # inside the apply: once the first file lands, a little later
+            moved = functools.partial(stamps_changed, agent.root, dirs)
+            wait_until(moved, 3 * full_sync, "the apply's first file", interval=0.005)
+            time.sleep(rng.uniform(0.0, 0.3) * full_sync)
         proc.send_signal(signal.SIGKILL)
         killed_out, _ = proc.communicate()
         torn = [str(p) for p in agent.root.rglob("*.conf") if not whole(_read(p) or "")]
