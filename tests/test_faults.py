@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from agent.atomic import TMP_PREFIX
 from agent.outbox import Outbox
 from common import wire
 from tests.testbed.agentcfg import AgentSetup, write_agent_config
@@ -54,6 +55,16 @@ def content(tag: str, name: str) -> str:
 def whole(text: str) -> bool:
     lines = text.splitlines()
     return text.endswith("\n") and len(lines) == LINES and len(set(lines)) == 1
+
+
+def torn_files(root: Path) -> list[str]:
+    """Managed files that are not one whole version. The agent's own temp files
+    (``.edgefleet-tmp-*``) may be half written after a kill: they must be gone after the
+    next sync, which :func:`node_damage` checks."""
+    return [
+        str(p) for p in root.rglob("*.conf")
+        if not p.name.startswith(TMP_PREFIX) and not whole(_read(p) or "")
+    ]  # fmt: skip
 
 
 def directory_stamps(root: Path) -> dict[Path, int]:
@@ -181,7 +192,7 @@ def test_agent_kill_9_at_random_points_of_an_apply(
         finally:
             proc.send_signal(signal.SIGKILL)
             killed_out, _ = proc.communicate()
-        torn = [str(p) for p in agent.root.rglob("*.conf") if not whole(_read(p) or "")]
+        torn = torn_files(agent.root)
         st = agent_status(agent)
         if proc.returncode == -signal.SIGKILL and st and st["interrupted_apply"]:
             campaign.observe(fault, "killed mid-apply")
@@ -501,7 +512,7 @@ def test_agent_disk_full(
             apply_change(files, change)
             filler = fill(disk, rng.randint(0, 160 * 1024))
             full = agent.cli("sync", "--once")
-            torn = [str(p) for p in agent.root.rglob("*.conf") if not whole(_read(p) or "")]
+            torn = torn_files(agent.root)
             readable = agent_status(agent) is not None  # state readable on the full disk
             if full.returncode == 0:
                 campaign.observe(fault, "enough space left")
