@@ -58,7 +58,10 @@ class Forgetter:
         self._forget_seq = forget_seq
         self._clock = clock
 
-    async def forget(self, node: str, who: str, reason: str) -> dict[str, Any]:
+    async def forget(
+        self, node: str, who: str, reason: str, on_behalf: str | None = None
+    ) -> dict[str, Any]:
+        """``who``: the authenticated user; ``on_behalf``: what the caller says it is."""
         now = self._clock()
         detail = await self._store.get_node(node, now)
         if detail is None:
@@ -86,7 +89,7 @@ class Forgetter:
         await self._store.add_audit(
             AuditRow(
                 now, "forget", stage.name if stage else "", who, row.applied, None, "done",
-                False, reason, json.dumps(last, sort_keys=True),
+                False, reason, json.dumps(last, sort_keys=True), on_behalf,
             )
         )  # fmt: skip
         log.warning("forgot node %s (last seq %d) by %s: %s", node, row.seq, who, reason)

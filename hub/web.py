@@ -47,7 +47,7 @@ _MAX_LIMIT = 1000
 
 Publish = Callable[[str, bytes, int, bool], bool]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Forget = Callable[[str, str, str], Awaitable[dict[str, Any]]]
+Forget = Callable[[str, str, str, str | None], Awaitable[dict[str, Any]]]
 
 
 @dataclass
@@ -339,9 +339,9 @@ async def forget_node(request: web.Request) -> web.Response:
         raise web.HTTPForbidden(reason=f"user {user.name} (role {user.role}) may not forget nodes")
     name, body = _node_name(request), await _body(request)
     assert ctx.forget is not None  # wired by the service
-    reason = _text(body, "reason", "forgotten")
+    reason, note = _text(body, "reason", "forgotten"), _on_behalf(request, body)
     try:
-        return web.json_response(await ctx.forget(name, user.name, reason))
+        return web.json_response(await ctx.forget(name, user.name, reason, note))
     except ForgetRefused as err:
         raise BadRequest(str(err), err.status) from None
 

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 
 from common import wire
+from hub.users import token_digest
 from tests.testbed.hubproc import REPO_ROOT, HubProc, Publisher, event_doc, status_doc
 from tests.testbed.mosquitto import Mosquitto
 from tests.testbed.mqtt import Watcher
@@ -47,7 +48,8 @@ async def test_forget_removes_the_node_keeps_events_audits_and_clears_retained(
     assert (record["action"], record["reason"], record["outcome"]) == (
         "forget", "decommissioned", "done"
     )  # fmt: skip
-    assert record["who"].startswith("cli:") and record["stage"] == "stable"
+    assert (record["who"], record["stage"]) == ("admin", "stable")  # [hub] token_file's user
+    assert record["on_behalf"].startswith("cli:")
     assert (record["evidence"]["node"], record["evidence"]["seq"]) == ("gone", 7)
 
     # The broker replays nothing of it to a new subscriber: the first message is live.
@@ -69,11 +71,20 @@ async def test_forget_removes_the_node_keeps_events_audits_and_clears_retained(
 
 def test_forget_refusals(hub_factory: Callable[..., HubProc], publisher: Publisher,
                          mosquitto: Mosquitto) -> None:  # fmt: skip
-    hub = hub_factory()
+    operator = f"""
+[[users]]
+name = "olga"
+role = "operator"
+stages = ["stable"]
+token_sha256 = "{token_digest("operator-token")}"
+"""
+    hub = hub_factory(extra=operator)
     publisher.status(status_doc("n1", 1))
     hub.wait_for(lambda: node_names(hub) == {"n1"})
     assert hub.request("DELETE", "/api/v1/nodes/n1")[0] == 401
     assert hub.request("DELETE", "/api/v1/nodes/n1", token="wrong")[0] == 401
+    status, body = hub.request("DELETE", "/api/v1/nodes/n1", token="operator-token")
+    assert (status, body["error"]) == (403, "user olga (role operator) may not forget nodes")
     status, body = hub.request("DELETE", "/api/v1/nodes/nobody", token=hub.token)
     assert status == 404 and "nobody" in body["error"]
     status, body = hub.request("DELETE", "/api/v1/nodes/bad%20name", token=hub.token)
