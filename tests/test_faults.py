@@ -498,8 +498,11 @@ def test_agent_disk_full(
     rng = campaign.rng(fault)
     with small_tmpfs(tmp_path / "disk", "4m") as disk:  # state dir and target root
         agent = write_agent_config(
-            disk / "agent", fleet_repo.url, allowed_signers=signing_key.allowed_signers
-        )
+            disk / "agent", fleet_repo.url, allowed_signers=signing_key.allowed_signers,
+            # The min_free guard would refuse before writing anything; this campaign is
+            # about a disk that fills anyway (another writer, a guard set too low).
+            extra="[activation]\nmin_free = 0\n",
+        )  # fmt: skip
         files = {f"f{i}.conf": content("base", f"f{i}.conf") for i in range(30)}
         head = commit(fleet_repo, signing_key, agent, dict(files))
         done = agent.cli("sync", "--once")
