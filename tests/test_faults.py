@@ -31,12 +31,13 @@ from agent.atomic import TMP_PREFIX
 from agent.outbox import Outbox
 from common import wire
 from tests.testbed.agentcfg import AgentSetup, write_agent_config
-from tests.testbed.faults import Campaign, GitFront, fill, small_tmpfs
+from tests.testbed.faults import Campaign, GitFront, fill
 from tests.testbed.fleetrepo import FleetRepo, SigningKey
 from tests.testbed.gitserver import GitDaemon
 from tests.testbed.hubproc import HubProc, Publisher, event_doc, status_doc
 from tests.testbed.mosquitto import Mosquitto
 from tests.testbed.mqtt import Watcher
+from tests.testbed.tmpfs import small_tmpfs
 from tests.testbed.wait import until, wait_until
 
 LINES = 40

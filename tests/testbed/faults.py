@@ -8,7 +8,8 @@ every trial to ``EDGEFLEET_FAULT_REPORT`` (default: reliability.json in pytest's
 temp dir) and printed at the end of the run.
 
 Injectors: :class:`GitFront`, a git:// listener in front of a real git daemon that
-forwards, hangs or answers garbage; :func:`small_tmpfs` and :func:`fill`, a full disk.
+forwards, hangs or answers garbage; :func:`fill`, a full disk (on
+:func:`tests.testbed.tmpfs.small_tmpfs`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import random
 import secrets
 import selectors
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -270,17 +270,6 @@ def git_front_factory() -> Iterator[list[GitFront]]:
 
 
 # -- a full disk ---------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` (mount's syntax: 4m) at ``path``, unmounted afterwards."""
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def free_bytes(path: Path) -> int:
