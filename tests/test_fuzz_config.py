@@ -1,0 +1,198 @@
+"""Fuzzing both config parsers (agent.toml, fleet.toml) with what tomllib can return.
+
+Each case starts from a complete valid document and replaces, removes or adds keys at
+any depth with any TOML value (huge integers, inf/nan, dates, nested tables, odd text).
+Property: the parser returns a config or raises its ConfigError naming the file and the
+key, never any other exception.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent import config as agent_config
+from agent.errors import ConfigError as AgentConfigError
+from hub import config as hub_config
+from hub.errors import ConfigError as HubConfigError
+from tests.testbed.fuzzing import fuzz
+
+# Text that reaches the parsers' special cases: durations, URLs, paths, windows, ports.
+ODD_TEXT = (
+    "", " ", "30s", "1h30m", "5m5m", "500ms", "-1", "1e400", "1" * 80 + "s", "mqtt://h:1883",
+    "mqtts://[::1]:8883", "mqtt://[::1", "mqtt://h:99999", "mqtt://h:port", "mqtt://:1",
+    "ssh://git@h/x.git", "git@h:x.git", "https://h/x", "ftp://h", "postgresql://db",
+    "/", "/etc", "/etc/hostname", "/" + "a" * 300, "/" + "a/" * 3000, "rel/path", "a\0b",
+    "..", "../x", "a//b", "mon-fri 09:00-17:00", "sun-mon 22:00-02:00", "25:00-26:00",
+    "09:00-09:00", "127.0.0.1:8080", "h:\u00b2", "h:\u0661\u0662", "[::1]:80", ":0",
+    "canary", "stable", "refs/x", "a b", "x/+/#", "\U0001f600", "\u202e", "é" * 70,
+)  # fmt: skip
+ODD_NUMBERS = (0, -1, 1, 2**31, 2**63, -(2**63) - 1, 10**400, 0.5, -0.0, 1e308, float("inf"),
+               float("-inf"), float("nan"))  # fmt: skip
+# TOML integers are unbounded: a hex literal may pass the 4300 digits repr can print.
+huge_ints = st.sampled_from((100, 4000)).map(lambda hex_digits: int("f" * hex_digits, 16))
+toml_scalars = st.one_of(
+    st.sampled_from(ODD_TEXT),
+    st.sampled_from(ODD_NUMBERS),
+    st.text(max_size=20),
+    st.integers(),
+    st.floats(),
+    st.booleans(),
+    st.datetimes(timezones=st.none() | st.just(dt.UTC)),
+    st.dates(),
+    st.times(),
+)
+odd_text, odd_numbers = st.sampled_from(ODD_TEXT), st.sampled_from(ODD_NUMBERS)
+toml_values = st.one_of(
+    odd_text,
+    odd_text,
+    odd_text,
+    odd_numbers,
+    huge_ints,
+    toml_scalars,
+    st.recursive(
+        toml_scalars,
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+        ),
+        max_leaves=6,
+    ),
+)
+
+Where = tuple[str | int, ...]
+
+
+def places(doc: Any, where: Where = ()) -> list[Where]:
+    """The path of every value in ``doc`` (keys and list indexes), tables included."""
+    children: list[tuple[str | int, Any]] = (
+        list(doc.items()) if isinstance(doc, dict) else list(enumerate(doc))
+        if isinstance(doc, list) else []
+    )  # fmt: skip
+    out = [where] if where else []
+    for key, value in children:
+        out.extend(places(value, (*where, key)))
+    return out
+
+
+def lookup(doc: Any, where: Where) -> Any:
+    """The value at ``where`` in ``doc``, None when an earlier mutation took it away."""
+    for step in where:
+        if isinstance(doc, dict) and isinstance(step, str):
+            doc = doc.get(step)
+        elif isinstance(doc, list) and isinstance(step, int) and step < len(doc):
+            doc = doc[step]
+        else:
+            return None
+    return doc
+
+
+@st.composite
+def mutated(draw: st.DrawFn, base: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with one to three values replaced or removed, or keys added, at any depth."""
+    doc = copy.deepcopy(base)
+    spots = places(base)
+    names = sorted({str(w[-1]) for w in spots})
+    for where in draw(st.lists(st.sampled_from(spots), min_size=1, max_size=3)):
+        parent = lookup(doc, where[:-1])
+        key = where[-1]
+        if lookup(parent, (key,)) is None:
+            continue  # replaced or removed by an earlier mutation
+        action = draw(st.sampled_from(("replace", "replace", "drop", "add")))
+        if action == "replace":
+            parent[key] = draw(toml_values)
+        elif action == "drop" and isinstance(parent, dict):
+            del parent[key]
+        elif isinstance(parent[key], dict):
+            parent[key][draw(st.sampled_from(names) | st.text(max_size=8))] = draw(toml_values)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with the files the configs name (keys, CAs, secrets)."""
+    root = tmp_path_factory.mktemp("fuzzconf")
+    for name in ("key", "ca", "secret", "signers"):
+        (root / name).write_text("x\n")
+    return root
+
+
+def agent_doc(d: Path) -> dict[str, Any]:
+    return {
+        "node": "pi-01", "labels": {"site": "berlin"}, "state_dir": str(d / "state"),
+        "git": {"url": "ssh://git@h/fleet.git", "branch": "stable", "paths": ["common", "x/y"],
+                "interval": "1m", "timeout": 30, "ssh_key": str(d / "key"),
+                "known_hosts": str(d / "key"), "token_file": str(d / "secret"),
+                "ca_file": str(d / "ca")},
+        "trust": {"allowed_signers": str(d / "signers"), "require_signed": True,
+                  "non_fast_forward": "known-good"},
+        "mqtt": {"url": "mqtts://broker:8883", "username": "u", "password_file": str(d / "secret"),
+                 "ca_file": str(d / "ca"), "client_cert": str(d / "key"),
+                 "client_key": str(d / "key"), "protocol": "5", "keepalive": 60,
+                 "heartbeat": "30s", "outbox_max": 1000},
+        "targets": {"files": {"enabled": True, "allowed_roots": [str(d / "root")],
+                              "max_file_size": 1000, "max_total_size": 10_000},
+                    "systemd": {"enabled": True, "unit_dir": str(d / "units"),
+                                "systemctl": ["systemctl"]},
+                    "k3s": {"enabled": False, "kubeconfig": "/etc/k3s.yaml",
+                            "namespaces": ["default"], "allow_cluster_scoped": False}},
+        "drift": {"mode": "report", "interval": "5m"},
+        "health": {"timeout": "1m", "settle": 5},
+    }  # fmt: skip
+
+
+def hub_doc(d: Path) -> dict[str, Any]:
+    return {
+        "hub": {"listen": "127.0.0.1:8080", "database": "hub.db", "token_file": str(d / "secret"),
+                "heartbeat": 30, "stale_after": "90s", "events_max_age": "30d",
+                "events_max": 1000},
+        "mqtt": {"url": "mqtt://127.0.0.1:1883", "client_id": "hub-1", "shared": True,
+                 "session_expiry": "7d", "keepalive": 30, "protocol": "auto"},
+        "git": {"url": "file:///srv/fleet.git", "ssh_key": str(d / "key"), "interval": 30,
+                "webhook_secret_file": str(d / "secret"), "timeout": "30s"},
+        "stages": [
+            {"name": "canary", "branch": "canary"},
+            {"name": "stable", "branch": "stable", "promote_from": "canary", "auto": True,
+             "auto_rollback": True, "window": "mon-fri 09:00-17:00",
+             "gate": {"min_nodes": 1, "min_ready_ratio": 0.9, "max_failed": 0, "soak": "10m"}},
+        ],
+    }  # fmt: skip
+
+
+def check_error(err: AgentConfigError | HubConfigError, path: Path) -> None:
+    message = str(err)
+    assert err.path == str(path) and message.startswith(f"{path}: ")
+    assert err.key and f": {err.key}: " in message, message
+
+
+def test_valid_seeds_parse(files: Path) -> None:
+    """The mutations start from valid documents (else they would only test refusals)."""
+    agent_config.parse_config(agent_doc(files), files / "agent.toml")
+    hub_config.parse_config(hub_doc(files), files / "fleet.toml")
+
+
+@fuzz(2000)
+@given(st.data())
+def test_agent_config_parses_or_names_file_and_key(files: Path, data: st.DataObject) -> None:
+    doc = data.draw(mutated(agent_doc(files)))
+    path = files / "agent.toml"
+    try:
+        agent_config.parse_config(doc, path)
+    except AgentConfigError as err:
+        check_error(err, path)
+
+
+@fuzz(2000)
+@given(st.data())
+def test_hub_config_parses_or_names_file_and_key(files: Path, data: st.DataObject) -> None:
+    doc = data.draw(mutated(hub_doc(files)))
+    path = files / "fleet.toml"
+    try:
+        hub_config.parse_config(doc, path)
+    except HubConfigError as err:
+        check_error(err, path)
