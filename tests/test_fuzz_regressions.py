@@ -3,15 +3,17 @@ these raised something other than the parser's own error (a traceback for the op
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.config import parse_config as parse_agent_config
-from agent.desired import parse_options
+from agent.desired import DesiredFile, parse_options
 from agent.errors import ConfigError as AgentConfigError
-from agent.errors import SourceError
+from agent.errors import PlanError, SourceError
+from agent.k8s import manifests
 from common.durations import DurationError, parse_duration
 from hub.config import load_config as load_hub_config
 from hub.config import parse_config as parse_hub_config
@@ -85,3 +87,23 @@ def test_options_with_a_huge_integer_literal_are_a_source_error() -> None:
         parse_options("common", b"[health]\ntimeout = " + b"9" * 5000)
     with pytest.raises(SourceError, match="huge integer"):
         parse_options("common", b"[units.'a.service']\nstate = 0x" + b"f" * 4000)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "problem"),
+    [
+        ("data: {k: \x1f}", "invalid YAML: unacceptable character"),
+        ("data: {release: 2024-01-01}", "data.release is a YAML date"),
+        ("data: {at: 2024-13-45}", "invalid YAML value: month must be in 1..12"),
+        ("data: {on: x}", "key True under .data is not a string"),
+        ("data: {r: .nan}", "data.r is nan, not a finite number"),
+        ("data: {b: !!binary aGVsbG8=}", "data.b is a YAML bytes"),
+        ("data: {n: 0x" + "f" * 4000 + "}", "data.n is an integer beyond 64 bits"),
+        ("data: {n: " + "9" * 5000 + "}", "invalid YAML value: Exceeds the limit"),
+    ],
+)
+def test_manifest_yaml_json_cannot_carry_is_a_plan_error(yaml_text: str, problem: str) -> None:
+    text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app}\n" + yaml_text
+    files = {"a.yaml": DesiredFile("a.yaml", text.encode(), 0o100644, "common")}
+    with pytest.raises(PlanError, match=re.escape(problem)):
+        manifests.parse(files)
