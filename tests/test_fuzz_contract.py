@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import operator
+import string
 from typing import Any
 
 from hypothesis import given
@@ -40,8 +42,10 @@ DRIFT_KINDS = ("modified", "missing", "stopped", "extra", "disabled", "masked")
 # undecodable file names (lone surrogates), which the builder replaces.
 keys = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
 texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=24)
-node_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", fullmatch=True)
-incarnations = st.none() | st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
+ALNUM = string.ascii_letters + string.digits
+# Built from alphabets, not from_regex: several times cheaper to generate.
+node_names = st.builds(operator.add, st.sampled_from(ALNUM), st.text(ALNUM + "._:-", max_size=127))
+incarnations = st.none() | st.text(ALNUM + "_-", min_size=1, max_size=64)
 finite = st.floats(allow_nan=False, allow_infinity=False)
 
 

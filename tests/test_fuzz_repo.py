@@ -117,7 +117,7 @@ def test_good_manifest_parses() -> None:
     assert (m.kind, m.name) == ("ConfigMap", "app")
 
 
-@fuzz(2000)
+@fuzz(1500)
 @given(manifest_files())
 def test_manifests_parse_or_are_refused(files: dict[str, DesiredFile]) -> None:
     try:
