@@ -3,7 +3,8 @@
 
 Properties: a status the builder makes round-trips exactly; any payload at all either
 parses or raises ContractError with a reason the hub counts; whatever parses re-encodes
-to strict JSON (no NaN, no lone surrogate, no duplicate key) that parses to the same.
+to strict JSON (no NaN, no lone surrogate, no duplicate key) that parses to the same,
+and the hub's stored text (common.canonical's shortcut) is always that re-encoding.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common import wire
+from common.canonical import _CANONICAL, stored_status_json
 from common.status import (
     ContractError,
     Event,
@@ -101,8 +103,15 @@ def statuses(draw: st.DrawFn, text: st.SearchStrategy[str] = texts) -> Status:
 @given(statuses())
 def test_built_status_round_trips_exactly(status: Status) -> None:
     node = status.report.node
-    assert parse_status(node, encode_status(status)) == status
+    payload = encode_status(status)
+    parsed = parse_status(node, payload)
+    assert parsed == status
     assert parse_status(node, status_json(status).encode()) == status
+    text = status_json(parsed)
+    assert stored_status_json(parsed, payload) == text
+    # The shortcut knows the builder's layout: it takes every canonical text without escapes.
+    if text == payload.decode() and "\\" not in text:
+        assert _CANONICAL.fullmatch(text)
 
 
 @fuzz(1000)
@@ -163,13 +172,15 @@ def payloads(draw: st.DrawFn, valid: bytes, field_keys: tuple[str, ...]) -> byte
             doc[key] = draw(json_values)
         else:
             doc.pop(key, None)
-    text = json.dumps(doc, ensure_ascii=draw(st.booleans()))  # NaN, Infinity for floats
+    separators = draw(st.sampled_from(((",", ":"), (", ", ": "))))
+    # Floats may come out as NaN or Infinity; compact and ASCII: maybe the agent's layout.
+    text = json.dumps(doc, ensure_ascii=draw(st.booleans()), separators=separators)
     for key, token in draw(
         st.lists(st.tuples(st.sampled_from(field_keys), st.sampled_from(TOKENS)), max_size=2)
     ):
         text = f'{text[:-1]},"{key}":{token}}}' if text.endswith("}") else text
     data = text.encode("utf-8", "surrogatepass")  # a lone surrogate as raw bytes
-    return draw(st.sampled_from((data, b"\xef\xbb\xbf" + data, data[: len(data) // 2])))
+    return draw(st.sampled_from((data, data, data, b"\xef\xbb\xbf" + data, data[:-1])))
 
 
 def strict_loads(text: str) -> Any:
@@ -186,8 +197,9 @@ def strict_loads(text: str) -> Any:
     return json.loads(text, object_pairs_hook=unique, parse_constant=constant)
 
 
-def check_status(status: Status) -> None:
+def check_status(status: Status, payload: bytes) -> None:
     text = status_json(status)
+    assert stored_status_json(status, payload) == text
     strict_loads(text)
     assert parse_status(NODE, text.encode()) == status
     assert 0 <= status.seq <= MAX_INT and 0 <= status.report.drift_total <= MAX_INT
@@ -209,7 +221,7 @@ def test_any_status_payload_parses_strictly_or_is_refused(payload: bytes) -> Non
     except ContractError as err:
         assert err.reason in DROP_REASONS
         return
-    check_status(status)
+    check_status(status, payload)
 
 
 @fuzz(2000)
@@ -225,5 +237,6 @@ def test_any_event_payload_parses_strictly_or_is_refused(payload: bytes) -> None
 
 def test_valid_seeds_parse() -> None:
     """The fuzzed payloads start from valid ones (else they would only test refusals)."""
-    check_status(parse_status(NODE, VALID_STATUS))
+    check_status(parse_status(NODE, VALID_STATUS), VALID_STATUS)
+    assert _CANONICAL.fullmatch(VALID_STATUS.decode())
     check_event(parse_event(NODE, VALID_EVENT))
