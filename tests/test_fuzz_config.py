@@ -73,7 +73,8 @@ def hub_doc(d: Path) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def check_error(err: AgentConfigError | HubConfigError, path: Path) -> None:
+def check_error(err: Any, path: Path) -> None:
+    assert isinstance(err, AgentConfigError | HubConfigError)
     message = str(err)
     assert err.path == str(path) and message.startswith(f"{path}: ")
     assert err.key and f": {err.key}: " in message, message
@@ -85,23 +86,20 @@ def test_valid_seeds_parse(files: Path) -> None:
     hub_config.parse_config(hub_doc(files), files / "fleet.toml")
 
 
-@fuzz(2000)
-@given(st.data())
-def test_agent_config_parses_or_names_file_and_key(files: Path, data: st.DataObject) -> None:
-    doc = data.draw(mutated(agent_doc(files)))
-    path = files / "agent.toml"
-    try:
-        agent_config.parse_config(doc, path)
-    except AgentConfigError as err:
-        check_error(err, path)
+PARSERS = {
+    "agent.toml": (agent_doc, agent_config.parse_config, AgentConfigError),
+    "fleet.toml": (hub_doc, hub_config.parse_config, HubConfigError),
+}
 
 
+@pytest.mark.parametrize("name", PARSERS)
 @fuzz(2000)
-@given(st.data())
-def test_hub_config_parses_or_names_file_and_key(files: Path, data: st.DataObject) -> None:
-    doc = data.draw(mutated(hub_doc(files)))
-    path = files / "fleet.toml"
+@given(data=st.data())
+def test_config_parses_or_names_file_and_key(files: Path, name: str, data: st.DataObject) -> None:
+    make_doc, parse, error = PARSERS[name]
+    doc = data.draw(mutated(make_doc(files)))
+    path = files / name
     try:
-        hub_config.parse_config(doc, path)
-    except HubConfigError as err:
+        parse(doc, path)
+    except error as err:
         check_error(err, path)
