@@ -28,6 +28,7 @@ from hub.gate import GateResult, blocked_by, evaluate_gate, failed_on
 from hub.promote import StageGit
 from hub.shapes import AuditJson, PauseJson, PromoteJson, ResumeJson, RollbackJson, StageRollout
 from hub.store import AuditRow, NodeState, Pause, RolloutStore
+from hub.waves import Announce, Waves, WaveStore
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class Rollout:
         clock: Callable[[], float] = time.time,
         tick: float = 0.5,
         audited: Audited | None = None,
+        wave_store: WaveStore | None = None,
+        announce: Announce | None = None,
     ) -> None:
         self._cfg = cfg
         self._store = store
@@ -80,6 +83,11 @@ class Rollout:
         retried (or re-audited) until either moves."""
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._waves = (
+            Waves(wave_store, git, clock, self._wave_audit, moved, announce)
+            if wave_store is not None and git is not None
+            else None
+        )
 
     def poke(self) -> None:
         """New node reports were stored: re-evaluate now rather than at the next tick."""
@@ -139,6 +147,8 @@ class Rollout:
                 elif blocked and gate.open:
                     status["reason"] = f"gate open, but {blocked}"
                 info["gate_status"] = status
+            if stage.waves and self._waves is not None:
+                info["waves"] = await self._waves.status(stage)
             out[stage.name] = info
         return out
 
@@ -173,10 +183,16 @@ class Rollout:
                 self._auto_failed.pop(stage.name, None)
             if head is not None:
                 await self._check_halt(stage, head)
+        for stage in self._cfg.stages:
+            if stage.waves and self._waves is not None:
+                async with self._lock:
+                    await self._waves.tick(stage)
         pauses = await self._store.pauses()
         for stage in self._cfg.stages:
             if stage.promote_from is None:
                 continue
+            if stage.waves and self._waves is not None and await self._waves.active(stage):
+                continue  # the running waves finish (or halt) first
             gate = await self.evaluate(stage, track=True)
             if not (stage.auto and gate.open and gate.candidate is not None):
                 continue
@@ -235,6 +251,12 @@ class Rollout:
         await self._store.add_audit(row)
         if self._audited is not None:
             await self._audited(row)
+
+    async def _wave_audit(
+        self, action: str, stage: Stage, from_commit: str | None, to_commit: str | None,
+        outcome: str, reason: str, evidence: Mapping[str, Any],
+    ) -> None:  # fmt: skip
+        await self._audit(action, stage, AUTO, from_commit, to_commit, outcome, reason, evidence)
 
     def _need_git(self) -> StageGit:
         if self._git is None:
@@ -299,7 +321,8 @@ class Rollout:
                 if isinstance(err, RolloutRefused):
                     raise
                 raise RolloutRefused(str(err), evidence) from err
-            self._moved(stage.branch, candidate)
+            if not stage.waves or self._waves is None:
+                self._moved(stage.branch, candidate)
             await self._audit("promote", stage, who, expected, candidate, "done", reason,
                               evidence, forced, on_behalf)  # fmt: skip
         log.info("promoted %s: %s -> %s by %s%s", stage.name, _short(expected), candidate[:12],
@@ -327,7 +350,10 @@ class Rollout:
                 f"{candidate[:7]} does not descend from {stage.branch} head "
                 f"{expected[:7]}: not a fast-forward (promotion never rewrites history)"
             )
-        await asyncio.to_thread(git.update, stage.branch, expected, candidate)
+        if stage.waves and self._waves is not None:
+            await self._waves.start(stage, expected, candidate)
+        else:
+            await asyncio.to_thread(git.update, stage.branch, expected, candidate)
 
     async def _previous(self, stage: Stage, head: str) -> str | None:
         """The commit ``stage`` had before ``head``: the promotion's origin, else the
@@ -354,6 +380,11 @@ class Rollout:
             head = fresh.get(stage.branch)
             if head is None:
                 raise RolloutRefused(f"branch {stage.branch} does not exist")
+            running = await self._waves.active(stage) if self._waves is not None else None
+            if running is not None and to is None:
+                return await self._rollback_waves(
+                    stage, running.candidate, head, who, reason, pause, on_behalf
+                )
             target = to or await self._previous(stage, head)
             if target is None:
                 raise RolloutRefused(f"no previous commit of {name} is known; name one with --to")
@@ -373,17 +404,43 @@ class Rollout:
                                   f"{reason}: {err}", evidence, on_behalf=on_behalf)  # fmt: skip
                 raise RolloutRefused(str(err), evidence) from err
             self._moved(stage.branch, target)
+            if self._waves is not None:
+                await self._waves.move_all(stage, target)
             if pause:
-                current = (await self._store.pauses()).get(stage.name)
-                if current is None or current.kind != "halt":
-                    await self._store.set_pause(
-                        Pause(stage.name, "rollback", target, self._clock(), who, reason)
-                    )
+                await self._pause_after_rollback(stage, target, who, reason)
             await self._audit("rollback", stage, who, head, target, "done", reason, evidence,
                               on_behalf=on_behalf)  # fmt: skip
         log.warning("rolled back %s: %s -> %s by %s (%s)", name, head[:12], target[:12], who,
                     reason)  # fmt: skip
         return {"stage": name, "from": head, "to": target, "paused": True}
+
+    async def _pause_after_rollback(self, stage: Stage, target: str, who: str, reason: str) -> None:
+        current = (await self._store.pauses()).get(stage.name)
+        if current is None or current.kind != "halt":
+            await self._store.set_pause(
+                Pause(stage.name, "rollback", target, self._clock(), who, reason)
+            )
+
+    async def _rollback_waves(
+        self, stage: Stage, candidate: str, head: str, who: str, reason: str, pause: bool,
+        on_behalf: str | None,
+    ) -> RollbackJson:  # fmt: skip
+        """Waves are rolling: every wave goes back to the stage head (the branch never
+        moved)."""
+        assert self._waves is not None
+        try:
+            await self._waves.move_all(stage, head)
+        except PromoteError as err:
+            await self._audit("rollback", stage, who, candidate, head, "failed", f"{reason}: {err}",
+                              {"waves": True}, on_behalf=on_behalf)  # fmt: skip
+            raise RolloutRefused(str(err)) from err
+        if pause:
+            await self._pause_after_rollback(stage, head, who, reason)
+        await self._audit("rollback", stage, who, candidate, head, "done", reason,
+                          {"waves": True, "target": head}, on_behalf=on_behalf)  # fmt: skip
+        log.warning("rolled back the waves of %s to %s by %s (%s)", stage.name, head[:12], who,
+                    reason)  # fmt: skip
+        return {"stage": stage.name, "from": candidate, "to": head, "paused": True}
 
     async def resume(
         self, name: str, who: str, reason: str, on_behalf: str | None = None

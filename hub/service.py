@@ -23,6 +23,7 @@ from hub.rollout import Rollout
 from hub.sampler import StateSampler
 from hub.sse import Updates
 from hub.store import Store
+from hub.waves import announce_wave
 from hub.web import WebContext, make_app
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
     )
     notifier = Notifier(cfg, store, mqtt.publish)
     rollout = Rollout(
-        cfg, store, stage_git, lambda: gitwatch.heads, gitwatch.moved, audited=notifier.audited
-    )
+        cfg, store, stage_git, lambda: gitwatch.heads, gitwatch.moved, audited=notifier.audited,
+        wave_store=store, announce=lambda node, ref: announce_wave(mqtt.publish, node, ref),
+    )  # fmt: skip
 
     def on_commit() -> None:
         updates.changed()

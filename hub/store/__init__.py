@@ -32,6 +32,7 @@ from hub.store.rows import (
     StatusRow,
 )
 from hub.store.samples import SqliteSamples
+from hub.store.waves import SqliteWaves
 
 __all__ = [
     "AuditEntry",
@@ -55,7 +56,7 @@ __all__ = [
 ]
 
 
-class Store(SqliteNodes, SqliteRollouts, SqliteOutbox, SqliteSamples, HubStore):
+class Store(SqliteNodes, SqliteRollouts, SqliteOutbox, SqliteSamples, SqliteWaves, HubStore):
     """The SQLite store. Open with :meth:`open`; close with :meth:`close`."""
 
     @classmethod
