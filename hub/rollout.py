@@ -274,6 +274,8 @@ class Rollout:
         current = self._heads().get(stage.branch)
         if current == gate.candidate:
             raise RolloutRefused(f"{name} is at {gate.candidate[:7]} already", gate.evidence())
+        if self._waves is not None and await self._waves.active(stage):
+            raise RolloutRefused(f"the waves of {name} are rolling: roll back first")
         if not force:
             blocked = blocked_by(self._cfg, stage, await self._store.pauses())
             if blocked:
@@ -451,6 +453,8 @@ class Rollout:
             raise RolloutRefused(f"stage {name} is not paused")
         await self._store.clear_pause(name)
         self._auto_failed.pop(name, None)
+        if self._waves is not None:
+            await self._waves.resume(stage)
         await self._audit("resume", stage, who, None, None, "done", reason,
                           {"lifted": _pause_json(pause)}, on_behalf=on_behalf)  # fmt: skip
         log.info("resumed %s (was paused: %s) by %s", name, pause.reason, who)

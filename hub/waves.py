@@ -201,6 +201,14 @@ class Waves:
         run = await self._store.wave_run(stage.name)
         return run if run is not None and run.state != DONE else None
 
+    async def resume(self, stage: Stage) -> None:
+        """A halted run continues with its current wave (its soak starts over)."""
+        run = await self._store.wave_run(stage.name)
+        if run is not None and run.state == HALTED:
+            await self._store.save_wave_run(
+                replace(run, state=ROLLING, holding_since=None, reason="resumed")
+            )
+
     async def move_all(self, stage: Stage, target: str) -> None:
         """Rollback: every wave ref that exists goes to ``target`` (forced, old checked)."""
         prefix = f"refs/edgefleet/waves/{stage.name}/"
