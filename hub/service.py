@@ -8,6 +8,7 @@ from the broker (anything still unacknowledged is redelivered to the next hub ru
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from aiohttp import web
@@ -63,7 +64,7 @@ async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
     notifier = Notifier(cfg, store, mqtt.publish)
     rollout = Rollout(
         cfg, store, stage_git, lambda: gitwatch.heads, gitwatch.moved, audited=notifier.audited,
-        wave_store=store, announce=lambda node, ref: announce_wave(mqtt.publish, node, ref),
+        wave_store=store, announce=functools.partial(announce_wave, mqtt.publish),
     )  # fmt: skip
 
     def on_commit() -> None:

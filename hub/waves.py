@@ -37,8 +37,9 @@ AUTO = "auto"
 WaveAudit = Callable[[str, Stage, str | None, str | None, str, str, Mapping[str, Any]],
                      Awaitable[None]]  # fmt: skip
 """(action, stage, from, to, outcome, reason, evidence): Rollout's audit, as ``auto``."""
-Announce = Callable[[str, str | None], None]
-"""(node, its wave ref or None): tell a node which ref to follow (retained MQTT)."""
+Announce = Callable[[str, str | None, str | None], None]
+"""(node, its wave ref or None, the ref's new commit if it just moved): tell a node
+which ref to follow (retained MQTT; the commit wakes it at once)."""
 
 
 class WaveStore(WaveRecords, Protocol):
@@ -57,10 +58,13 @@ class WaveStore(WaveRecords, Protocol):
     async def set_pause(self, pause: Pause) -> None: ...
 
 
-def announce_wave(publish: Callable[..., bool], node: str, ref: str | None) -> None:
+def announce_wave(
+    publish: Callable[..., bool], node: str, ref: str | None, commit: str | None = None
+) -> None:
     """Retained ``node/<node>/wave``; an empty payload clears it (the node is in no wave
     and follows its stage branch)."""
-    payload = wire.encode({"ref": ref}) if ref is not None else b""
+    doc = {"ref": ref, **({"commit": commit} if commit else {})}
+    payload = wire.encode(doc) if ref is not None else b""
     if not publish(wire.wave_topic(node), payload, qos=1, retain=True):
         log.warning("wave of %s not announced (MQTT down): it follows its stage branch", node)
 
@@ -92,7 +96,7 @@ class Waves:
         self._clock = clock
         self._audit = audit
         self._moved = moved
-        self._announce = announce
+        self._announce: Announce = announce or (lambda _node, _ref, _commit: None)
 
     async def _members(self, stage: Stage) -> dict[str, str]:
         _, rows = await self._store.list_nodes(
@@ -101,8 +105,7 @@ class Waves:
         members = {}
         for row in rows:
             wave = wave_of(stage.waves, row.node, row.labels)
-            if self._announce is not None:
-                self._announce(row.node, None if wave is None else wave_ref(stage.name, wave))
+            self._announce(row.node, None if wave is None else wave_ref(stage.name, wave), None)
             if wave is not None:
                 members[row.node] = wave
         return members
@@ -116,8 +119,9 @@ class Waves:
         await self._next_wave(stage, run, members)
 
     async def _next_wave(self, stage: Stage, run: WaveRun, members: Mapping[str, str]) -> None:
-        """Move the candidate into the wave after ``run.wave`` that has nodes; after the
-        last one, move the stage branch."""
+        """Move the candidate into the wave after ``run.wave`` that has nodes. The last
+        one moves with the stage branch: its nodes that know nothing of waves (and the
+        nodes in no wave) follow the branch, so waiting for them first would never end."""
         index = run.wave + 1
         while index < len(stage.waves):
             wave = stage.waves[index]
@@ -126,17 +130,27 @@ class Waves:
             await self._audit("wave", stage, run.origin, run.candidate, "skipped",
                               f"wave {wave.name} has no nodes", {"wave": wave.name})  # fmt: skip
             index += 1
-        now = self._clock()
-        if index == len(stage.waves):
-            await asyncio.to_thread(self._git.update, stage.branch, run.origin, run.candidate)
-            self._moved(stage.branch, run.candidate)
-            await self._store.save_wave_run(replace(run, wave=index, moved_at=now,
-                                                    holding_since=None, state=DONE,
-                                                    reason="all waves done"))  # fmt: skip
-            await self._audit("wave", stage, run.origin, run.candidate, "done",
-                              f"all waves done: {stage.branch} moved", {"wave": None})  # fmt: skip
+        later = {w.name for w in stage.waves[index + 1 :]} & set(members.values())
+        if index < len(stage.waves):
+            await self._move_wave(stage, run, stage.waves[index], members)
+        if index < len(stage.waves) and later:
+            name = stage.waves[index].name
+            await self._store.save_wave_run(replace(run, wave=index, moved_at=self._clock(),
+                                                    holding_since=None, state=ROLLING,
+                                                    reason=f"wave {name}"))  # fmt: skip
             return
-        wave = stage.waves[index]
+        await asyncio.to_thread(self._git.update, stage.branch, run.origin, run.candidate)
+        self._moved(stage.branch, run.candidate)
+        await self._store.save_wave_run(replace(run, wave=index, moved_at=self._clock(),
+                                                holding_since=None, state=DONE,
+                                                reason="all waves started"))  # fmt: skip
+        await self._audit("wave", stage, run.origin, run.candidate, "done",
+                          f"last wave started: {stage.branch} moved", {"wave": None})  # fmt: skip
+
+    async def _move_wave(
+        self, stage: Stage, run: WaveRun, wave: Wave, members: Mapping[str, str]
+    ) -> None:
+        """Fast-forward the wave's ref to the candidate and wake its nodes."""
         ref = wave_ref(stage.name, wave.name)
         current = (await asyncio.to_thread(self._git.refs_under, ref)).get(ref)
         if current is not None and current != run.candidate:
@@ -147,10 +161,10 @@ class Waves:
                     "not a fast-forward (roll the stage back first)"
                 )
         await asyncio.to_thread(self._git.update, ref, current, run.candidate)
-        await self._store.save_wave_run(replace(run, wave=index, moved_at=now,
-                                                holding_since=None, state=ROLLING,
-                                                reason=f"wave {wave.name} started"))  # fmt: skip
-        count = sum(w == wave.name for w in members.values())
+        nodes = [n for n, w in members.items() if w == wave.name]
+        for node in nodes:
+            self._announce(node, ref, run.candidate)
+        count = len(nodes)
         await self._audit("wave", stage, run.origin, run.candidate, "done",
                           f"wave {wave.name} started ({count} nodes)",
                           {"wave": wave.name, "nodes": count})  # fmt: skip

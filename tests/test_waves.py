@@ -129,10 +129,16 @@ class Fleet:
         self.heads = heads
         self.seq: dict[str, int] = {}
         self.announced: dict[str, str | None] = {}
+        self.woken: list[tuple[str, str]] = []
         self.rollout = Rollout(
             cfg, store, git, lambda: heads, self._moved, clock=lambda: self.now,
-            wave_store=store, announce=self.announced.__setitem__,
+            wave_store=store, announce=self._announce,
         )  # fmt: skip
+
+    def _announce(self, node: str, ref: str | None, commit: str | None) -> None:
+        self.announced[node] = ref
+        if commit is not None:
+            self.woken.append((node, commit))
 
     def _moved(self, branch: str, head: str) -> None:
         self.heads[branch] = head
@@ -189,26 +195,25 @@ async def test_pilot_first_then_the_rest_after_the_pilot_soak(
     await f.report("p1", "synced", c1, "pilot")
     await f.rollout.tick()
     assert wave_head(repo, "rest") is None  # pilot healthy, its 60 s soak just began
+    status = (await f.rollout.status())["stable"]["waves"]
+    assert status[0]["gate"] == f"1/1 nodes applied {c1[:7]}, soak 60s left"
     f.now += 61
     for node in ("p1", "r1", "r2"):
         await f.report(node, "synced", c1 if node == "p1" else c0, "x")
     await f.rollout.tick()
-    assert wave_head(repo, "rest") == c1 and repo.head("stable") == c0
+    # The last wave moves with the stage branch: its agents may know nothing of waves.
+    assert wave_head(repo, "rest") == c1 and repo.head("stable") == c1
+    assert f.heads["stable"] == c1
+    assert f.woken == [("p1", c1), ("r1", c1), ("r2", c1)]
     status = (await f.rollout.status())["stable"]["waves"]
     assert [(w["name"], w["nodes"], w["on_candidate"], w["state"]) for w in status] == [
-        ("pilot", 1, 1, "done"), ("empty", 0, 0, "skipped"), ("rest", 2, 0, "rolling")]  # fmt: skip
-    for node in ("r1", "r2"):
-        await f.report(node, "synced", c1, "berlin")
-    await f.rollout.tick()
-    # The stage branch moves last, for agents that know nothing of waves.
-    assert repo.head("stable") == c1 and f.heads["stable"] == c1
-    audit = await f.audit()
-    assert audit == [
+        ("pilot", 1, 1, "done"), ("empty", 0, 0, "skipped"), ("rest", 2, 0, "done")]  # fmt: skip
+    assert await f.audit() == [
         ("wave", "done", "wave pilot started (1 nodes)"),
         ("promote", "done", "go"),
         ("wave", "skipped", "wave empty has no nodes"),
         ("wave", "done", "wave rest started (2 nodes)"),
-        ("wave", "done", "all waves done: stable moved"),
+        ("wave", "done", "last wave started: stable moved"),
     ]
 
 
@@ -245,8 +250,7 @@ async def test_rollback_moves_every_wave_back(
         await f.report(node, "synced", c1, "berlin" if node != "p1" else "pilot")
     await f.rollout.tick()  # the pilot's soak begins
     f.now += 61
-    await f.rollout.tick()  # the rest starts (its nodes run c1 already: it holds)
-    await f.rollout.tick()  # the branch moves
+    await f.rollout.tick()  # the rest starts, with the branch
     assert repo.head("stable") == c1 and wave_head(repo, "rest") == c1
     await f.rollout.rollback("stable", "alice", "after all")
     assert repo.head("stable") == c0
