@@ -54,18 +54,20 @@ class WaveSource:
         self._note = note
         """Called with (head followed, why the branch and not the wave) on each change."""
         self.wave: str | None = None
+        self._last = b""
+        """The last wave message taken: a new one (a new commit hint too) wakes the node."""
         self.why_branch: str | None = None
 
     def set_wave(self, payload: bytes) -> bool:
-        """Take a wave message; True if the ref changed (worth a reconcile)."""
+        """Take a wave message; True if it is news (worth a reconcile now)."""
         ref = parse_wave_payload(payload)
         if ref == INVALID:
             log.warning("ignoring a malformed wave message: %r", payload[:200])
             return False
-        changed = ref != self.wave
-        if changed:
+        changed = payload != self._last
+        if ref != self.wave:
             log.info("wave: following %s", ref or self._branch_ref)
-        self.wave = ref
+        self.wave, self._last = ref, payload
         return changed
 
     async def remote_head(self) -> str:
