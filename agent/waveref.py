@@ -16,8 +16,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from agent.desired import DesiredState
 from agent.reconcile import Source
+from agent.sourcewrap import SourceWrapper
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,12 @@ class RefSource(Source, Protocol):
     async def remote_refs(self, refs: Iterable[str]) -> dict[str, str]: ...
 
 
-class WaveSource:
+class WaveSource(SourceWrapper):
     """The pipeline's Git source with wave awareness; the rest is passed through."""
 
     def __init__(self, source: RefSource, branch: str, note: Callable[[str, str], None]) -> None:
-        self.source = source
+        super().__init__(source)
+        self.refs = source
         self._branch_ref = f"refs/heads/{branch}"
         self._note = note
         """Called with (head followed, why the branch and not the wave) on each change."""
@@ -74,7 +75,7 @@ class WaveSource:
         if self.wave is None:
             self._follow_branch(None)
             return await self.source.remote_head()
-        refs = await self.source.remote_refs((self._branch_ref, self.wave))
+        refs = await self.refs.remote_refs((self._branch_ref, self.wave))
         head = refs.get(self._branch_ref)
         if head is None:
             return await self.source.remote_head()  # raises the missing-branch error
@@ -99,22 +100,3 @@ class WaveSource:
                 self._note(head or "", why)
             self.why_branch = why
         return head or ""
-
-    # The rest is the cache: passed through.
-    async def fetch(self, want: str | None = None) -> str:
-        return await self.source.fetch(want)
-
-    def has_commit(self, sha: str) -> bool:
-        return self.source.has_commit(sha)
-
-    def tree_ids(self, commit: str) -> dict[str, str | None]:
-        return self.source.tree_ids(commit)
-
-    def read_desired(self, commit: str) -> DesiredState:
-        return self.source.read_desired(commit)
-
-    def signed_payload(self, commit: str) -> tuple[bytes, bytes | None]:
-        return self.source.signed_payload(commit)
-
-    async def is_ancestor(self, ancestor: str, descendant: str) -> bool:
-        return await self.source.is_ancestor(ancestor, descendant)

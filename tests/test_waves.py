@@ -17,6 +17,7 @@ from hub.promote import StageGit
 from hub.rollout import Rollout
 from hub.store import Batch, StatusRow, Store
 from hub.waveconf import Wave, name_bucket, wave_of, wave_ref
+from tests.test_rollout import daemon  # noqa: F401 (a fixture)
 from tests.testbed.fleetrepo import FleetRepo, git
 from tests.testbed.gitserver import GitDaemon
 
@@ -111,15 +112,6 @@ def test_waves_need_promote_from(tmp_path: Path) -> None:
 # -- the engine -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[tuple[FleetRepo, GitDaemon]]:
-    repo = FleetRepo(tmp_path / "repos")
-    server = GitDaemon(repo.root, tmp_path / "git-daemon.log")
-    server.start()
-    yield repo, server
-    server.stop()
-
-
 class Fleet:
     """The hub side of one test: store, rollout, a clock the test moves."""
 
@@ -158,7 +150,8 @@ class Fleet:
 
 @pytest.fixture
 async def fleet(  # type: ignore[misc]
-    tmp_path: Path, daemon: tuple[FleetRepo, GitDaemon]
+    tmp_path: Path,
+    daemon: tuple[FleetRepo, GitDaemon],  # noqa: F811
 ) -> Iterator[tuple[Fleet, FleetRepo, str, str]]:
     repo, server = daemon
     c0 = repo.commit({"common/files/etc/motd": "v0\n"}, branch="beta")

@@ -19,7 +19,7 @@ from tests.testbed.fleetrepo import FleetRepo, SigningKey, git
 from tests.testbed.gitserver import GitDaemon
 from tests.testbed.hubproc import HubProc
 from tests.testbed.mosquitto import Mosquitto
-from tests.testbed.rolloutfleet import agent_argv
+from tests.testbed.rolloutfleet import _stop, agent_argv
 from tests.testbed.wait import wait_until
 
 WAVE_STAGES = """
@@ -98,15 +98,6 @@ class WaveFleet:
             return f"nodes: {self.nodes()}\nwaves: {self.waves()}\n{self.hub.log_text()}\n{logs}"
 
         wait_until(predicate, timeout, what, 0.1, evidence)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @contextlib.contextmanager
