@@ -28,7 +28,7 @@ from hub.gate import GateResult, blocked_by, evaluate_gate, failed_on
 from hub.promote import StageGit
 from hub.shapes import AuditJson, PauseJson, PromoteJson, ResumeJson, RollbackJson, StageRollout
 from hub.store import AuditRow, NodeState, Pause, RolloutStore
-from hub.waves import Announce, Waves, WaveStore
+from hub.waves import Announce, Waves, WaveStore, pause_after_rollback
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Rollout:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._waves = (
-            Waves(wave_store, git, clock, self._wave_audit, moved, announce)
+            Waves(wave_store, git, clock, self._audit, moved, announce)
             if wave_store is not None and git is not None
             else None
         )
@@ -252,12 +252,6 @@ class Rollout:
         if self._audited is not None:
             await self._audited(row)
 
-    async def _wave_audit(
-        self, action: str, stage: Stage, from_commit: str | None, to_commit: str | None,
-        outcome: str, reason: str, evidence: Mapping[str, Any],
-    ) -> None:  # fmt: skip
-        await self._audit(action, stage, AUTO, from_commit, to_commit, outcome, reason, evidence)
-
     def _need_git(self) -> StageGit:
         if self._git is None:
             raise RolloutRefused("no [git] url configured: the hub cannot move stage branches")
@@ -382,11 +376,10 @@ class Rollout:
             head = fresh.get(stage.branch)
             if head is None:
                 raise RolloutRefused(f"branch {stage.branch} does not exist")
-            running = await self._waves.active(stage) if self._waves is not None else None
-            if running is not None and to is None:
-                return await self._rollback_waves(
-                    stage, running.candidate, head, who, reason, pause, on_behalf
-                )
+            waves = self._waves
+            running = await waves.active(stage) if waves is not None else None
+            if waves is not None and running is not None and to is None:
+                return await waves.rollback(stage, running, head, who, reason, pause, on_behalf)
             target = to or await self._previous(stage, head)
             if target is None:
                 raise RolloutRefused(f"no previous commit of {name} is known; name one with --to")
@@ -409,40 +402,12 @@ class Rollout:
             if self._waves is not None:
                 await self._waves.move_all(stage, target)
             if pause:
-                await self._pause_after_rollback(stage, target, who, reason)
+                await pause_after_rollback(self._store, stage, target, who, reason, self._clock())
             await self._audit("rollback", stage, who, head, target, "done", reason, evidence,
                               on_behalf=on_behalf)  # fmt: skip
         log.warning("rolled back %s: %s -> %s by %s (%s)", name, head[:12], target[:12], who,
                     reason)  # fmt: skip
         return {"stage": name, "from": head, "to": target, "paused": True}
-
-    async def _pause_after_rollback(self, stage: Stage, target: str, who: str, reason: str) -> None:
-        current = (await self._store.pauses()).get(stage.name)
-        if current is None or current.kind != "halt":
-            await self._store.set_pause(
-                Pause(stage.name, "rollback", target, self._clock(), who, reason)
-            )
-
-    async def _rollback_waves(
-        self, stage: Stage, candidate: str, head: str, who: str, reason: str, pause: bool,
-        on_behalf: str | None,
-    ) -> RollbackJson:  # fmt: skip
-        """Waves are rolling: every wave goes back to the stage head (the branch never
-        moved)."""
-        assert self._waves is not None
-        try:
-            await self._waves.move_all(stage, head)
-        except PromoteError as err:
-            await self._audit("rollback", stage, who, candidate, head, "failed", f"{reason}: {err}",
-                              {"waves": True}, on_behalf=on_behalf)  # fmt: skip
-            raise RolloutRefused(str(err)) from err
-        if pause:
-            await self._pause_after_rollback(stage, head, who, reason)
-        await self._audit("rollback", stage, who, candidate, head, "done", reason,
-                          {"waves": True, "target": head}, on_behalf=on_behalf)  # fmt: skip
-        log.warning("rolled back the waves of %s to %s by %s (%s)", stage.name, head[:12], who,
-                    reason)  # fmt: skip
-        return {"stage": stage.name, "from": candidate, "to": head, "paused": True}
 
     async def resume(
         self, name: str, who: str, reason: str, on_behalf: str | None = None

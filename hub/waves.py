@@ -22,9 +22,10 @@ from typing import Any, Protocol
 
 from common import wire
 from hub.config import Gate, Stage
-from hub.errors import PromoteError
+from hub.errors import PromoteError, RolloutRefused
 from hub.gate import GateResult, evaluate_gate, failed_on
 from hub.promote import StageGit
+from hub.shapes import RollbackJson
 from hub.store import NodeRow, NodeState, Pause
 from hub.store.waves import DONE, HALTED, ROLLING, WaveRecords, WaveRun
 from hub.waveconf import Wave, wave_of, wave_ref
@@ -34,15 +35,20 @@ log = logging.getLogger(__name__)
 ALL_NODES = 1_000_000
 AUTO = "auto"
 
-WaveAudit = Callable[[str, Stage, str | None, str | None, str, str, Mapping[str, Any]],
-                     Awaitable[None]]  # fmt: skip
-"""(action, stage, from, to, outcome, reason, evidence): Rollout's audit, as ``auto``."""
+WaveAudit = Callable[..., Awaitable[None]]
+"""Rollout's audit: (action, stage, who, from, to, outcome, reason, evidence, on_behalf=)."""
 Announce = Callable[[str, str | None, str | None], None]
 """(node, its wave ref or None, the ref's new commit if it just moved): tell a node
 which ref to follow (retained MQTT; the commit wakes it at once)."""
 
 
-class WaveStore(WaveRecords, Protocol):
+class PauseStore(Protocol):
+    async def pauses(self) -> dict[str, Pause]: ...
+
+    async def set_pause(self, pause: Pause) -> None: ...
+
+
+class WaveStore(WaveRecords, PauseStore, Protocol):
     async def stage_nodes(self, branch: str, now: float) -> list[NodeState]: ...
 
     async def list_nodes(
@@ -55,8 +61,6 @@ class WaveStore(WaveRecords, Protocol):
         offset: int = 0,
     ) -> tuple[int, list[NodeRow]]: ...
 
-    async def set_pause(self, pause: Pause) -> None: ...
-
 
 def announce_wave(
     publish: Callable[..., bool], node: str, ref: str | None, commit: str | None = None
@@ -67,6 +71,15 @@ def announce_wave(
     payload = wire.encode(doc) if ref is not None else b""
     if not publish(wire.wave_topic(node), payload, qos=1, retain=True):
         log.warning("wave of %s not announced (MQTT down): it follows its stage branch", node)
+
+
+async def pause_after_rollback(
+    store: PauseStore, stage: Stage, target: str, who: str, reason: str, now: float
+) -> None:
+    """A rolled-back stage pauses, unless a halt (which also blocks downstream) holds it."""
+    current = (await store.pauses()).get(stage.name)
+    if current is None or current.kind != "halt":
+        await store.set_pause(Pause(stage.name, "rollback", target, now, who, reason))
 
 
 def wave_gate(stage: Stage, wave: Wave) -> Gate:
@@ -127,7 +140,7 @@ class Waves:
             wave = stage.waves[index]
             if wave.name in members.values():
                 break
-            await self._audit("wave", stage, run.origin, run.candidate, "skipped",
+            await self._audit("wave", stage, AUTO, run.origin, run.candidate, "skipped",
                               f"wave {wave.name} has no nodes", {"wave": wave.name})  # fmt: skip
             index += 1
         later = {w.name for w in stage.waves[index + 1 :]} & set(members.values())
@@ -144,7 +157,7 @@ class Waves:
         await self._store.save_wave_run(replace(run, wave=index, moved_at=self._clock(),
                                                 holding_since=None, state=DONE,
                                                 reason="all waves started"))  # fmt: skip
-        await self._audit("wave", stage, run.origin, run.candidate, "done",
+        await self._audit("wave", stage, AUTO, run.origin, run.candidate, "done",
                           f"last wave started: {stage.branch} moved", {"wave": None})  # fmt: skip
 
     async def _move_wave(
@@ -165,7 +178,7 @@ class Waves:
         for node in nodes:
             self._announce(node, ref, run.candidate)
         count = len(nodes)
-        await self._audit("wave", stage, run.origin, run.candidate, "done",
+        await self._audit("wave", stage, AUTO, run.origin, run.candidate, "done",
                           f"wave {wave.name} started ({count} nodes)",
                           {"wave": wave.name, "nodes": count})  # fmt: skip
 
@@ -207,7 +220,7 @@ class Waves:
         await self._store.set_pause(
             Pause(stage.name, "halt", run.candidate, self._clock(), AUTO, reason)
         )
-        await self._audit("halt", stage, run.origin, run.candidate, "done", reason,
+        await self._audit("halt", stage, AUTO, run.origin, run.candidate, "done", reason,
                           {"wave": wave.name, "failed": failed})  # fmt: skip
 
     async def active(self, stage: Stage) -> WaveRun | None:
@@ -222,6 +235,26 @@ class Waves:
             await self._store.save_wave_run(
                 replace(run, state=ROLLING, holding_since=None, reason="resumed")
             )
+
+    async def rollback(
+        self, stage: Stage, run: WaveRun, head: str, who: str, reason: str, pause: bool,
+        on_behalf: str | None,
+    ) -> RollbackJson:  # fmt: skip
+        """Waves are rolling: every wave goes back to the stage head (the branch never
+        moved)."""
+        try:
+            await self.move_all(stage, head)
+        except PromoteError as err:
+            await self._audit("rollback", stage, who, run.candidate, head, "failed",
+                              f"{reason}: {err}", {"waves": True}, on_behalf=on_behalf)  # fmt: skip
+            raise RolloutRefused(str(err)) from err
+        if pause:
+            await pause_after_rollback(self._store, stage, head, who, reason, self._clock())
+        await self._audit("rollback", stage, who, run.candidate, head, "done", reason,
+                          {"waves": True, "target": head}, on_behalf=on_behalf)  # fmt: skip
+        log.warning("rolled back the waves of %s to %s by %s (%s)", stage.name, head[:12], who,
+                    reason)  # fmt: skip
+        return {"stage": stage.name, "from": run.candidate, "to": head, "paused": True}
 
     async def move_all(self, stage: Stage, target: str) -> None:
         """Rollback: every wave ref that exists goes to ``target`` (forced, old checked)."""
