@@ -83,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
         help="check config, Git access and the signature of the current head",
     )
     sub.add_parser(
+        "keygen",
+        parents=[common],
+        help="create this node's age identity ([secrets] identity) if missing; print its recipient",
+    )
+    sub.add_parser(
         "prepare-roots",
         parents=[common],
         help="create missing allowed roots (0755) before the unit's sandbox needs them",
@@ -186,6 +191,20 @@ def _status(cfg: AgentConfig, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _keygen(cfg: AgentConfig) -> int:
+    from agent.render.keys import IdentityError, ensure_identity  # noqa: PLC0415 - pyrage
+
+    try:
+        public, created = ensure_identity(cfg.secrets.identity)
+    except IdentityError as err:
+        print(f"edgefleet-agent: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if created:
+        print(f"created age identity {cfg.secrets.identity}", file=sys.stderr)
+    print(public)
+    return EXIT_OK
+
+
 def _prepare_roots(cfg: AgentConfig) -> int:
     for path in prepare_roots(cfg.path, cfg.targets.files.allowed_roots):
         print(f"created {path}")
@@ -232,6 +251,7 @@ def _inhibit(cfg: AgentConfig, args: argparse.Namespace) -> int:
 
 
 async def _verify(cfg: AgentConfig) -> int:
+    from agent.render.source import NodeFacts, RenderingSource  # noqa: PLC0415
     from agent.signcheck import SignatureChecker  # noqa: PLC0415
     from agent.source import GitSource  # noqa: PLC0415
 
@@ -243,7 +263,9 @@ async def _verify(cfg: AgentConfig) -> int:
         head = await source.remote_head()
         print(f"git        {cfg.git.url}: {cfg.git.branch} is at {head}")
         await source.fetch(head)
-        desired = await asyncio.to_thread(source.read_desired, head)
+        # Rendered as the daemon would: templates and secrets must work on this node.
+        rendering = RenderingSource(source, NodeFacts.of(cfg))
+        desired = await asyncio.to_thread(rendering.read_desired, head)
         print(f"paths      {len(desired.files)} file(s) in {', '.join(cfg.git.paths)}")
         payload, signature = await asyncio.to_thread(source.signed_payload, head)
         signer = await SignatureChecker(cfg.trust).verify(head, payload, signature)
@@ -276,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_sync(cfg, args.dry_run))
         if args.command == "status":
             return _status(cfg, args.json)
+        if args.command == "keygen":
+            return _keygen(cfg)
         if args.command == "prepare-roots":
             return _prepare_roots(cfg)
         if args.command == "inhibit":

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from agent.activationconf import ActivationConfig, parse_activation
 from agent.errors import ConfigError
+from agent.render.settings import SecretsConfig, parse_secrets
 from common import wire
 from common.durations import DAY, HOUR
 from common.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
@@ -145,6 +146,7 @@ class AgentConfig:
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
     activation: ActivationConfig = field(default_factory=ActivationConfig)
 
 
@@ -309,6 +311,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
         settle=hsec.duration("settle", 5.0, maximum=HOUR),
     )
     hsec.done()
+    secrets = parse_secrets(root)
     activation = parse_activation(root)
     root.done()
     return AgentConfig(
@@ -322,6 +325,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
         targets=targets,
         drift=drift,
         health=health,
+        secrets=secrets,
         activation=activation,
     )
 

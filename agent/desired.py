@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.agentpin import AgentPin, parse_pin
 from agent.config import HEALTH_TIMEOUT_MAX
 from agent.errors import SourceError
+from agent.render.requires import check_requires
 from common.durations import HOUR
 from common.tomlconf import Section
 from common.windows import WindowError, parse_window, zone
@@ -34,6 +36,8 @@ class DesiredFile:
     git_mode: int
     origin: str
     """The repository path this file came from (for messages)."""
+    secret: bool = False
+    """Decrypted or rendered from secrets (agent.render): placed 0600, digest keyed."""
 
     def __post_init__(self) -> None:
         # Names come from Git as bytes (decoded with surrogateescape): a name that is not
@@ -52,6 +56,8 @@ class DesiredFile:
     @property
     def mode(self) -> int:
         """Permission bits to give the placed file."""
+        if self.secret:
+            return 0o700 if self.git_mode == GIT_MODE_EXEC else 0o600
         return 0o755 if self.git_mode == GIT_MODE_EXEC else 0o644
 
 
@@ -90,6 +96,8 @@ class Options:
     health_timeout: float | None = None
     """Overrides [health] timeout of the agent config for this commit."""
     activation: ActivationOptions = field(default_factory=ActivationOptions)
+    agent: AgentPin | None = None
+    """``[agent]``: the agent version this commit wants on the node (later path wins)."""
 
 
 @dataclass(frozen=True)
@@ -203,8 +211,16 @@ def parse_options(origin: str, raw: bytes) -> Options:
     )
     health.done()
     activation = _activation(origin, root.data.pop("activation", {}))
+    check_requires(origin, root.data.pop("requires", None))
+    agent = parse_pin(root.table("agent")) if "agent" in root.data else None
     root.done()
-    return Options(units=units, http_checks=checks, health_timeout=timeout, activation=activation)
+    return Options(
+        units=units,
+        http_checks=checks,
+        health_timeout=timeout,
+        activation=activation,
+        agent=agent,
+    )
 
 
 def merge_options(layers: list[Options]) -> Options:
@@ -215,6 +231,7 @@ def merge_options(layers: list[Options]) -> Options:
     timeout: float | None = None
     window: tuple[str, ...] | None = None
     tz: str | None = None
+    agent: AgentPin | None = None
     for layer in layers:
         units.update(layer.units)
         checks.extend(layer.http_checks)
@@ -222,9 +239,11 @@ def merge_options(layers: list[Options]) -> Options:
             timeout = layer.health_timeout
         window = layer.activation.window if layer.activation.window is not None else window
         tz = layer.activation.timezone or tz
+        agent = layer.agent or agent
     return Options(
         units=units,
         http_checks=tuple(checks),
         health_timeout=timeout,
         activation=ActivationOptions(window=window, timezone=tz),
+        agent=agent,
     )

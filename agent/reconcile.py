@@ -19,6 +19,7 @@ from agent.activation import ActivationGate
 from agent.changeset import ChangeSet
 from agent.config import AgentConfig
 from agent.desired import DesiredState
+from agent.drift import correct_drift, find_drift
 from agent.errors import (
     ApplyError,
     EdgefleetError,
@@ -103,6 +104,8 @@ class Reconciler:
         self._refused: str | None = None
         self._fetch_failing = False
         self._applied_desired: DesiredState | None = None
+        self.recipient: str | None = None
+        """This node's age recipient (agent.render), reported so the hub can list it."""
         self.lock = asyncio.Lock()
 
     # -- status -------------------------------------------------------------------
@@ -130,6 +133,7 @@ class Reconciler:
                 ok=not self.health,
                 problems=tuple(ReportedProblem(p.target, p.subject, p.reason) for p in self.health),
             ),
+            recipient=self.recipient,
         )
 
     def _publish(self) -> None:
@@ -216,6 +220,25 @@ class Reconciler:
         if head == self._refused and not dry_run:
             return self.outcome
 
+        planned = await self.prepare(head, advance=not resuming and not dry_run, dry_run=dry_run)
+        if isinstance(planned, Outcome):
+            return planned
+        desired, plans = planned
+        if dry_run:
+            return Outcome("progressing", "DryRun", f"would apply {head[:12]}", head, plans)
+        hold = None if self.activation is None else self.activation.hold(desired)
+        if hold is not None:  # pre-staged: fetched, verified and planned, nothing applied
+            return Outcome(hold.state, hold.reason, hold.message, head, plans, until=hold.until)
+        return await self._apply(head, desired, plans)
+
+    async def prepare(
+        self, head: str, advance: bool, candidate: bool = False, dry_run: bool = False
+    ) -> Outcome | tuple[DesiredState, dict[str, ChangeSet]]:
+        """Steps 2-5 for ``head``: fetch, trust, desired state, plan; an Outcome where
+        that ends the reconcile. ``advance``: a move that leaves this node's paths alone
+        is applied right here. ``candidate``: a hub plan (:mod:`agent.planrun`, which
+        fetched the commit), whose refusal is neither remembered nor sent as an event."""
+        refuse = _refusal if candidate else self._refuse
         try:
             await self.source.fetch(head)
             await self._check_trust(head)
@@ -223,11 +246,17 @@ class Reconciler:
         except FetchError as err:
             return Outcome("error", "GitUnreachable", str(err), head, retry=ErrorKind.TRANSIENT)
         except TrustError as err:
-            return self._refuse(head, "Untrusted", str(err))
+            return refuse(head, "Untrusted", str(err))
         except SourceError as err:
-            return self._refuse(head, "InvalidCommit", str(err))
+            return refuse(head, "InvalidCommit", str(err))
 
-        if not resuming and not dry_run and self._paths_unchanged(head):
+        pin = desired.options.agent
+        if pin is not None and pin.version != __version__ and not candidate:
+            from agent.upgrade.step import upgrade_agent  # noqa: PLC0415 - RSS only when pinned
+
+            return await upgrade_agent(self, head, pin, dry_run)
+
+        if advance and self._paths_unchanged(head):
             # The branch moved but not this node's paths: nothing to apply, just advance.
             self.state.applied = head
             self.state.mark_good(head)
@@ -237,15 +266,10 @@ class Reconciler:
         try:
             plans = {t.name: await t.plan(desired, self.state.owned(t.name)) for t in self.targets}
         except PlanError as err:
-            return self._refuse(head, "InvalidCommit", str(err))
+            return refuse(head, "InvalidCommit", str(err))
         except TransientError as err:  # e.g. the k3s API server is down: retry later
             return Outcome("error", "PlanFailed", str(err), head)
-        if dry_run:
-            return Outcome("progressing", "DryRun", f"would apply {head[:12]}", head, plans)
-        hold = None if self.activation is None else self.activation.hold(desired)
-        if hold is not None:  # pre-staged: fetched, verified and planned, nothing applied
-            return Outcome(hold.state, hold.reason, hold.message, head, plans, until=hold.until)
-        return await self._apply(head, desired, plans)
+        return desired, plans
 
     def _steady(self, head: str) -> Outcome:
         state: State = "drifted" if self.drift else "synced"
@@ -396,25 +420,14 @@ class Reconciler:
             if desired is None:
                 return []
             try:
-                found = await self._find_drift(desired)
+                found = await find_drift(self.targets, desired, self.state)
             except TransientError as err:
                 # e.g. k3s restarting: keep the last result rather than crash the drift loop.
                 log.warning("drift check failed: %s", err)
                 return self.drift
             if found and correct:
                 ctx = self._ctx(desired.commit, {})
-                try:
-                    for target in self.targets:
-                        mine = [d for d in found if d["target"] == target.name]
-                        if mine:
-                            await target.correct(mine, desired, ctx)
-                except EdgefleetError as err:
-                    log.error("drift correction failed: %s", err)
-                try:
-                    remaining = await self._find_drift(desired)
-                except TransientError as err:
-                    log.warning("drift check after correction failed: %s", err)
-                    remaining = found
+                remaining = await correct_drift(self.targets, found, desired, ctx, self.state)
                 self._event(
                     "drift_corrected", desired.commit, drift=list(found), remaining=len(remaining)
                 )
@@ -436,8 +449,7 @@ class Reconciler:
                 self._publish()
             return found
 
-    async def _find_drift(self, desired: DesiredState) -> list[DriftItem]:
-        found: list[DriftItem] = []
-        for target in self.targets:
-            found.extend(await target.drift(desired, self.state.owned(target.name)))
-        return found
+
+def _refusal(head: str, reason: str, message: str) -> Outcome:
+    """A refusal only answered to the hub (a plan): no event, not remembered."""
+    return Outcome("refused", reason, message, head)

@@ -131,6 +131,14 @@ class Reporter:
         self.wake()
         return seq
 
+    def send_now(self, topic: str, payload: bytes) -> bool:
+        """Publish QoS 1, not retained, on this connection only (a plan answer: the hub
+        waits for it a short while, so it is not kept for a later connection)."""
+        conn = self._conn
+        if conn is None or not self.connected:
+            return False
+        return conn.publish(topic, payload, retain=False, seq=None)
+
     async def close(self) -> None:
         """Say offline, flush briefly, disconnect and stop; bounded; never eats cancellation."""
         conn = self._conn

@@ -21,9 +21,13 @@ from typing import Any, TextIO
 
 from agent import sdnotify
 from agent.activation import ActivationGate, PrestagedSource
+from agent.agentpin import upgrade_pending
 from agent.config import AgentConfig
 from agent.errors import StateError
+from agent.planrun import PlanRunner
 from agent.reconcile import Outcome, Reconciler
+from agent.render.seal import ContentSeal
+from agent.render.source import NodeFacts, RenderingSource, recipient
 from agent.report import Reporter
 from agent.signcheck import SignatureChecker
 from agent.source import GitSource
@@ -50,7 +54,7 @@ def build_targets(cfg: AgentConfig) -> list[Target]:
     """Targets in apply order; heavy clients are imported only when enabled."""
     targets: list[Target] = []
     if cfg.targets.files.enabled:
-        targets.append(FilesTarget(cfg.targets.files))
+        targets.append(FilesTarget(cfg.targets.files, ContentSeal(cfg.state_dir)))
     if cfg.targets.systemd.enabled:
         from agent.targets.systemd import SystemdTarget  # noqa: PLC0415
 
@@ -106,7 +110,8 @@ class Agent:
         checker = SignatureChecker(cfg.trust)
         checker.check_config()
         self.activation = ActivationGate(cfg, self._activation_event)
-        self.waves = WaveSource(self.source, cfg.git.branch, self._wave_event)
+        rendering = RenderingSource(self.source, NodeFacts.of(cfg))
+        self.waves = WaveSource(rendering, self.source, cfg.git.branch, self._wave_event)
         self.reconciler = Reconciler(
             cfg,
             PrestagedSource(self.waves, self.activation),
@@ -116,6 +121,10 @@ class Agent:
             self.reporter,
             self.activation,
         )
+        self.reconciler.recipient = recipient(cfg.secrets.identity)
+        self.plans: PlanRunner | None = None
+        if self.reporter is not None:
+            self.plans = PlanRunner(cfg.node, self.reconciler, self.source, self.reporter.send_now)
         for target in self.targets:
             if isinstance(target, FilesTarget):
                 target.cleanup(self.reconciler.state.owned(target.name))
@@ -140,6 +149,8 @@ class Agent:
             if "override" in cmd:
                 self.activation.request_override(cmd["override"])
             self.wake.set()
+        elif op == "plan" and self.plans is not None:
+            self.plans.submit(cmd)
         else:
             log.warning("ignoring unknown command %r", op)
 
@@ -236,12 +247,22 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start_reporting()
+        upgrading = None
+        if upgrade_pending(self.cfg.state_dir):
+            from agent.upgrade import watch  # noqa: PLC0415 - only mid-upgrade
+
+            upgrading = await watch.resume_cut_off(self.reconciler)
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(self._poll_loop(), name="poll"),
                     tg.create_task(self._drift_loop(), name="drift"),
                 ]
+                if self.plans is not None:
+                    tasks.append(tg.create_task(self.plans.run(), name="plan"))
+                if upgrading is not None:
+                    confirm = watch.confirm_healthy(self.reconciler, self.reporter, upgrading)
+                    tasks.append(tg.create_task(confirm, name="upgrade"))
                 watchdog = sdnotify.watchdog_interval()
                 if watchdog is not None:
                     tasks.append(tg.create_task(self._watchdog_loop(watchdog), name="watchdog"))

@@ -39,8 +39,8 @@ def parse_wave_payload(payload: bytes) -> str | None:
     return INVALID
 
 
-class RefSource(Source, Protocol):
-    """A Source that can also list refs (agent.source.GitSource)."""
+class RefLister(Protocol):
+    """Lists refs on the server (agent.source.GitSource)."""
 
     async def remote_refs(self, refs: Iterable[str]) -> dict[str, str]: ...
 
@@ -48,9 +48,11 @@ class RefSource(Source, Protocol):
 class WaveSource(SourceWrapper):
     """The pipeline's Git source with wave awareness; the rest is passed through."""
 
-    def __init__(self, source: RefSource, branch: str, note: Callable[[str, str], None]) -> None:
+    def __init__(
+        self, source: Source, refs: RefLister, branch: str, note: Callable[[str, str], None]
+    ) -> None:
         super().__init__(source)
-        self.refs = source
+        self.refs = refs
         self._branch_ref = f"refs/heads/{branch}"
         self._note = note
         """Called with (head followed, why the branch and not the wave) on each change."""

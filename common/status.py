@@ -64,6 +64,8 @@ class NodeReport:
     health: Health = Health()
     deferred_until: float | None = None
     """State ``deferred``: when the node expects to apply (window opening, lock expiry)."""
+    recipient: str | None = None
+    """The node's age recipient, when it has an identity (agent 0.2)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,8 @@ def status_doc(status: Status, keep: int | None = None) -> StatusDoc:
         doc["incarnation"] = status.incarnation
     if r.deferred_until is not None:
         doc["deferred_until"] = r.deferred_until
+    if r.recipient is not None:
+        doc["recipient"] = r.recipient
     return doc
 
 

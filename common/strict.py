@@ -242,6 +242,7 @@ def parse_status(node: str, payload: bytes) -> Status:
         resources=_resources(get("resources")),
         health=_health(get("health")),
         deferred_until=_number(get("deferred_until"), "deferred_until"),
+        recipient=_str(get("recipient"), "recipient"),
     )
     heartbeat = _number(get("heartbeat"), "heartbeat") or 0.0
     return Status(

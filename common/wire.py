@@ -124,6 +124,8 @@ class StatusDoc(TypedDict, total=False):
     deferred_until: float | None
     """State ``deferred``: when the node expects to apply (window opening, lock expiry)."""
     heartbeat: float
+    recipient: str
+    """The node's age recipient (age1...), when it has an identity (agent 0.2)."""
     observed_at: float | None
     seq: int
     incarnation: str
@@ -159,3 +161,8 @@ def parse_ref_payload(payload: bytes) -> str | None:
     if isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit):
         return commit
     return None
+
+
+def plan_topic(node: str) -> str:
+    """A node's answers to the hub's ``plan`` commands (see :mod:`common.plan`)."""
+    return f"{PREFIX}/node/{node}/plan"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import getpass
 import json
 import logging
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hub import demo
+from hub import demo, planview, recipients
 from hub.apiclient import api_client
 from hub.config import DEFAULT_CONFIG_PATH, HubConfig, load_config
 from hub.enroll import options as enroll
@@ -79,18 +80,17 @@ def show_status(data: Any) -> str:
     )
 
 
-def show_nodes(data: Any) -> str:
+def show_nodes(data: Any, version: bool = False) -> str:
     rows = [
         [n["node"], n["stage"], n["state"], _short(n["applied"]), _short(n["desired"]),
-         n["drift_count"], _ago(n["last_heard"])]
+         n["drift_count"], _ago(n["last_heard"]), *([n.get("version")] if version else [])]
         for n in data["nodes"]
     ]  # fmt: skip
     shown = f"{len(rows)} of {data['total']} nodes"
     if data["offset"]:
         shown += f" (from offset {data['offset']})"
-    return table(["NODE", "STAGE", "STATE", "APPLIED", "DESIRED", "DRIFT", "LAST HEARD"], rows) + (
-        f"\n\n{shown}"
-    )
+    head = ["NODE", "STAGE", "STATE", "APPLIED", "DESIRED", "DRIFT", "LAST HEARD"]
+    return table([*head, *(["VERSION"] if version else [])], rows) + f"\n\n{shown}"
 
 
 def show_drift(data: Any) -> str:
@@ -279,13 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only nodes with this label (repeatable)")  # fmt: skip
     p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     p.add_argument("--offset", type=int, default=0, help="skip this many (paging)")
+    p.add_argument("--version", dest="with_version", action="store_true",
+                   help="add a column with each node's agent version")  # fmt: skip
     p.set_defaults(
-        func=_query(
+        func=lambda args: _query(
             "/api/v1/nodes",
-            show_nodes,
+            functools.partial(show_nodes, version=args.with_version),
             lambda a: [*_opt(stage=a.stage, state=a.state, limit=a.limit, offset=a.offset),
                        *(("label", v) for v in a.label)],
-        )
+        )(args)
     )  # fmt: skip
 
     p = sub.add_parser("drift", parents=[client], help="drift grouped by resource across nodes")
@@ -341,9 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
         func=_query("/api/v1/history", show_history, lambda a: _opt(stage=a.stage, limit=a.limit))
     )
 
+    planview.add_parser(sub, client)
     demo.add_parser(sub)
     add_token_parser(sub)
     enroll.add_parser(sub, common)
+    recipients.add_parser(sub, common)
     return parser
 
 

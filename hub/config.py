@@ -121,6 +121,10 @@ class Gate:
     """Source-stage nodes allowed to have failed on the candidate."""
     soak: float = 600.0
     """Seconds the gate must hold continuously before promotion."""
+    require_plan: bool = False
+    """Plan an automatic promotion on the stage's nodes first; halt if any would refuse."""
+    agent_version: str | None = None
+    """A node counts as ready only when it also runs this agent version."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,8 @@ def _stage(sec: Section) -> Stage:
         min_ready_ratio=gsec.number("min_ready_ratio", 1.0, minimum=0.0, maximum=1.0),
         max_failed=gsec.integer("max_failed", 0, minimum=0, maximum=MAX_NODES),
         soak=gsec.duration("soak", 600.0, maximum=30 * DAY),
+        require_plan=gsec.flag("require_plan", False),
+        agent_version=gsec.text("agent_version"),
     )
     gsec.done()
     window_spec, timezone = read_window(sec, "UTC")

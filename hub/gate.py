@@ -73,12 +73,17 @@ def evaluate_gate(
     if candidate is None:
         return GateResult(False, None, total, 0, 0, 0, stale, offline, None, gate.soak,
                           "the source stage branch has no head yet")  # fmt: skip
-    ready = sum(n.state == HEALTHY and n.applied == candidate for n in nodes)
+    ready = sum(
+        n.state == HEALTHY and n.applied == candidate and gate.agent_version in (None, n.version)
+        for n in nodes
+    )
     failed = len(failed_on(nodes, candidate))
     # 1e-9: 0.8 * 5 must need 4 nodes, not 5 through float rounding.
     needed = max(gate.min_nodes, math.ceil(gate.min_ready_ratio * total - 1e-9))
     short = candidate[:7]
     counts = f"{ready}/{total} nodes applied {short}"
+    if gate.agent_version is not None:
+        counts += f" on agent {gate.agent_version}"
     # Deferred nodes (a lock or window holds them) are pending: neither ready nor failed.
     deferred = sum(n.state == DEFERRED for n in nodes)
     unfresh = ", ".join(

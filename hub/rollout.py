@@ -25,6 +25,7 @@ from typing import Any
 from hub.config import HubConfig, Stage
 from hub.errors import BranchMoved, HubError, PromoteError, RolloutRefused
 from hub.gate import GateResult, blocked_by, evaluate_gate, failed_on
+from hub.plan import PlanJson, plan_evidence, refusal_summary
 from hub.promote import StageGit
 from hub.shapes import AuditJson, PauseJson, PromoteJson, ResumeJson, RollbackJson, StageRollout
 from hub.store import AuditRow, NodeState, Pause, RolloutStore
@@ -42,6 +43,8 @@ Moved = Callable[[str, str], None]
 """Called with (branch, new head) after a push: announce it to the agents now."""
 Audited = Callable[[AuditRow], Awaitable[None]]
 """Called with each audit row once it is stored (notifications)."""
+PlanCall = Callable[[str], Awaitable[PlanJson]]
+"""Plans the candidate of a stage on its nodes (hub.plan.Planner.plan)."""
 
 
 class AlreadyThere(RolloutRefused):
@@ -88,6 +91,8 @@ class Rollout:
             if wave_store is not None and git is not None
             else None
         )
+        self.planner: PlanCall | None = None
+        """For gates with ``require_plan``; without it such a gate never opens."""
 
     def poke(self) -> None:
         """New node reports were stored: re-evaluate now rather than at the next tick."""
@@ -203,6 +208,8 @@ class Rollout:
                 continue
             if self._auto_failed.get(stage.name) == (gate.candidate, current):
                 continue
+            if stage.gate.require_plan and not await self._plan_allows(stage, gate, current):
+                continue
             try:
                 await self._promote(stage, gate, current, AUTO, "gate open", forced=False)
             except AlreadyThere:
@@ -210,6 +217,31 @@ class Rollout:
             except (RolloutRefused, PromoteError) as err:
                 self._auto_failed[stage.name] = (gate.candidate, current)
                 log.warning("automatic promotion into %s not done: %s", stage.name, err)
+
+    async def _plan_allows(self, stage: Stage, gate: GateResult, current: str | None) -> bool:
+        """``require_plan``: plan the candidate on ``stage``'s nodes; a node that would
+        refuse it halts the stage (audited) instead of promoting."""
+        candidate = gate.candidate
+        assert candidate is not None
+        if self.planner is None:
+            log.warning("%s requires a plan, but this hub cannot plan", stage.name)
+            return False
+        try:
+            plan = await self.planner(stage.name)
+        except HubError as err:  # e.g. the broker is down: try again at the next tick
+            log.warning("plan before promoting %s not made: %s", stage.name, err)
+            return False
+        if plan["to"] != candidate:
+            return False  # the source moved meanwhile: the next tick decides afresh
+        reason = refusal_summary(plan)
+        if reason is None:
+            return True
+        log.error("halting %s before promotion: %s", stage.name, reason)
+        now = self._clock()
+        await self._store.set_pause(Pause(stage.name, "halt", candidate, now, AUTO, reason))
+        evidence = {**gate.evidence(), "plan": plan_evidence(plan)}
+        await self._audit("halt", stage, AUTO, current, candidate, "done", reason, evidence)
+        return False
 
     async def _check_halt(self, stage: Stage, head: str) -> None:
         failed = failed_on(await self._nodes(stage), head)

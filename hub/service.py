@@ -19,6 +19,8 @@ from hub.gitwatch import GitWatch
 from hub.ingest import TOPICS, Ingest
 from hub.mqtt import HubMqtt, Message
 from hub.notify.service import Notifier
+from hub.plan import PLAN_TOPICS, Planner
+from hub.planweb import add_plan_routes
 from hub.promote import StageGit
 from hub.rollout import Rollout
 from hub.sampler import StateSampler
@@ -44,7 +46,10 @@ async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
 
     def on_message(msg: Message) -> None:
         assert ingest is not None  # set before the MQTT task starts
-        ingest.submit(msg)
+        if planner.take(msg.topic, msg.payload):
+            mqtt.ack(msg.mid, msg.qos)  # an answer is only worth something right now
+        else:
+            ingest.submit(msg)
 
     gitwatch: GitWatch | None = None
 
@@ -52,8 +57,9 @@ async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
         if gitwatch is not None:
             gitwatch.announce(force=True)  # the broker may have lost retained refs
 
-    mqtt = HubMqtt(cfg.mqtt, TOPICS, on_message, on_ready)
+    mqtt = HubMqtt(cfg.mqtt, TOPICS, on_message, on_ready, direct=PLAN_TOPICS)
     gitwatch = GitWatch(cfg.git, [s.branch for s in cfg.stages], mqtt.publish)
+    planner = Planner(cfg, store.stage_nodes, mqtt.publish, lambda: gitwatch.heads)
     fleet = Fleet(cfg, store, heads=lambda: gitwatch.heads)
     updates = Updates(fleet)
     stage_git = (
@@ -66,6 +72,7 @@ async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
         cfg, store, stage_git, lambda: gitwatch.heads, gitwatch.moved, audited=notifier.audited,
         wave_store=store, announce=functools.partial(announce_wave, mqtt.publish),
     )  # fmt: skip
+    rollout.planner = planner.plan
 
     def on_commit() -> None:
         updates.changed()
@@ -84,7 +91,9 @@ async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
     ctx.refresh_git = gitwatch.refresh
     ctx.audit = store.add_audit
     ctx.samples = store
-    runner = web.AppRunner(make_app(ctx), access_log=None, shutdown_timeout=2.0)
+    app = make_app(ctx)
+    add_plan_routes(app, planner)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     host, port = cfg.hub.listen
     try:

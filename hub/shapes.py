@@ -17,6 +17,8 @@ class Bucket(TypedDict):
 class StageBucket(Bucket):
     branch: str
     head: str | None
+    versions: dict[str, int]
+    """Nodes per agent version they report ("unknown": none reported)."""
 
 
 class _SummaryBase(TypedDict):
@@ -47,6 +49,7 @@ class NodeJson(TypedDict):
     seq: int
     labels: dict[str, str]
     drift_count: int
+    version: str | None
 
 
 class EventJson(TypedDict):
@@ -119,6 +122,7 @@ class GateConfigJson(TypedDict):
     min_ready_ratio: float
     max_failed: int
     soak: float
+    agent_version: str | None
 
 
 class WindowJson(TypedDict):
@@ -137,6 +141,7 @@ class StageJson(StageRollout):
     window: WindowJson | None
     nodes: int
     states: dict[str, int]
+    versions: dict[str, int]
     on_head: int
     """Nodes of the stage that applied its head."""
 

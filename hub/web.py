@@ -108,7 +108,7 @@ def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int
     return value
 
 
-def _stage(ctx: WebContext, raw: str | None) -> Stage | None:
+def stage_param(ctx: WebContext, raw: str | None) -> Stage | None:
     if raw is None:
         return None
     stage = ctx.cfg.stage(raw)
@@ -152,7 +152,7 @@ async def summary(request: web.Request) -> web.Response:
 async def nodes(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     result = await ctx.fleet.nodes(
-        stage=_stage(ctx, request.query.get("stage")),
+        stage=stage_param(ctx, request.query.get("stage")),
         state=_state(request.query.get("state")),
         labels=_labels(request),
         limit=_int(request, "limit", 100, 1, _MAX_LIMIT),
@@ -172,7 +172,7 @@ async def node(request: web.Request) -> web.Response:
 
 async def drift(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    return web.json_response(await ctx.fleet.drift(_stage(ctx, request.query.get("stage"))))
+    return web.json_response(await ctx.fleet.drift(stage_param(ctx, request.query.get("stage"))))
 
 
 async def stages(request: web.Request) -> web.Response:
@@ -186,7 +186,7 @@ _WHO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$")
 _MAX_REASON = 500
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
@@ -219,7 +219,7 @@ def _on_behalf(request: web.Request, body: dict[str, Any]) -> str | None:
 def _rollout_ctx(request: web.Request, action: str) -> tuple[Rollout, Stage, str]:
     """The engine, the stage and the name of the user allowed to ``action`` in it."""
     ctx = request.app[CTX]
-    stage = _stage(ctx, request.match_info["stage"])
+    stage = stage_param(ctx, request.match_info["stage"])
     assert stage is not None
     user = request.app[AUTH].authorize(request, action, stage.name)
     if ctx.rollout is None:
@@ -236,7 +236,7 @@ async def _rollout_call(call: Awaitable[Mapping[str, object]]) -> web.Response:
 
 async def promote(request: web.Request) -> web.Response:
     rollout, stage, user = _rollout_ctx(request, "promote")
-    body = await _body(request)
+    body = await json_body(request)
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise BadRequest("force must be true or false")
@@ -247,7 +247,7 @@ async def promote(request: web.Request) -> web.Response:
 
 async def rollback(request: web.Request) -> web.Response:
     rollout, stage, user = _rollout_ctx(request, "roll back")
-    body = await _body(request)
+    body = await json_body(request)
     to = body.get("to")
     if to is not None and (not isinstance(to, str) or not _SHA_RE.match(to)):
         raise BadRequest("to must be a full 40-character commit id")
@@ -258,7 +258,7 @@ async def rollback(request: web.Request) -> web.Response:
 
 async def resume(request: web.Request) -> web.Response:
     rollout, stage, user = _rollout_ctx(request, "resume")
-    body = await _body(request)
+    body = await json_body(request)
     reason = _text(body, "reason", "manual resume")
     note = _on_behalf(request, body)
     return await _rollout_call(rollout.resume(stage.name, user, reason, on_behalf=note))
@@ -266,7 +266,7 @@ async def resume(request: web.Request) -> web.Response:
 
 async def history(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    stage = _stage(ctx, request.query.get("stage"))
+    stage = stage_param(ctx, request.query.get("stage"))
     limit = _int(request, "limit", 100, 1, _MAX_LIMIT)
     if ctx.rollout is None:
         return web.json_response({"history": []})
@@ -306,7 +306,7 @@ async def sync_node(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     request.app[AUTH].require_user(request)
     name = _node_name(request)
-    body = await _body(request)
+    body = await json_body(request)
     detail = await ctx.fleet.node(name)
     if detail is None:
         raise BadRequest(f"no node named {name!r} has reported", status=404)

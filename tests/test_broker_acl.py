@@ -221,6 +221,16 @@ async def test_only_the_hub_publishes_hub_events(clients: dict[str, Client]) -> 
     assert hub.messages.empty()
 
 
+async def test_node_answers_plans_only_for_itself(clients: dict[str, Client]) -> None:
+    hub, a = clients["hub"], clients["node-a"]
+    # Every hub subscribes to plan answers itself (not shared): the answer goes to the asker.
+    assert not (await hub.subscribe(wire.plan_topic("+")))[0].is_failure
+    await a.publish(wire.plan_topic("node-b"), b'{"forged": true}')
+    await a.publish(wire.plan_topic("node-a"), b'{"own": true}')
+    assert await hub.next() == (wire.plan_topic("node-a"), b'{"own": true}')
+    assert hub.messages.empty()
+
+
 @pytest.mark.parametrize(("user", "password"), [("node-a", "wrong"), ("nobody", "x")])
 async def test_bad_credentials_are_refused(broker: Broker, user: str, password: str) -> None:
     client = Client(broker, user, password)

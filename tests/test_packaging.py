@@ -19,9 +19,9 @@ import pytest
 
 from common import wire
 from tests.testbed.debpkg import build_deb, deb_field
-from tests.testbed.edgenet import EdgeNet
+from tests.testbed.edgenet import EdgeNet, bridge_broker
 from tests.testbed.fleetrepo import FleetRepo, SigningKey
-from tests.testbed.mosquitto import Mosquitto, free_port
+from tests.testbed.mosquitto import Mosquitto
 from tests.testbed.mqtt import Watcher
 from tests.testbed.nspawn import NspawnContainer
 
@@ -146,16 +146,8 @@ async def test_install_configure_upgrade_remove_purge(
 ) -> None:
     ct = fresh_systemd_container
     edgenet.attach(ct)
-    bridge_port = free_port()
-    broker = Mosquitto(
-        tmp_path / "mosquitto",
-        extra=f"listener {bridge_port} {edgenet.host_ip}\nallow_anonymous true\n",
-    )
-    broker.start()
-    try:
-        await _lifecycle(ct, broker, f"mqtt://{edgenet.host_ip}:{bridge_port}", edgefleet_deb)
-    finally:
-        broker.stop()
+    with bridge_broker(tmp_path / "mosquitto", edgenet) as (broker, url):
+        await _lifecycle(ct, broker, url, edgefleet_deb)
 
 
 async def _lifecycle(ct: NspawnContainer, broker: Mosquitto, mqtt_url: str, deb: Path) -> None:

@@ -29,7 +29,7 @@ def set_ref(repo: FleetRepo, ref: str, sha: str) -> None:
 def waves(git_remote: GitRemote, tmp_path: Path) -> Iterator[tuple[WaveSource, list[str]]]:
     notes: list[str] = []
     src = GitSource(git_remote.config(), tmp_path / "state")
-    yield WaveSource(src, "stable", lambda head, why: notes.append(why)), notes
+    yield WaveSource(src, src, "stable", lambda head, why: notes.append(why)), notes
     src.close()
 
 

@@ -67,6 +67,8 @@ class Settings:
     allowed_roots: tuple[str, ...]
     k3s: bool
     wait: float
+    database: Path | None = None
+    """The hub's database (fleet.toml [hub] database): where the node's age recipient is kept."""
 
 
 def add_parser(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -242,4 +244,5 @@ def settings(args: argparse.Namespace) -> Settings:
         allowed_roots=tuple(args.allowed_roots),
         k3s=args.k3s,
         wait=args.wait,
+        database=cfg.hub.database if cfg else None,
     )

@@ -171,6 +171,7 @@ async function loadRollouts() {
         el("span", { class: "on-head" }, ` ${st.on_head}/${st.nodes} on ${short(st.head)}`)),
       el("td", { class: `gate ${state}` }, gateText(st), ...waveList(st)), el("td", {}, stageActions(st)));
   }));
+  loadPlans(s.stages);
   const body = $("#history tbody");
   body.replaceChildren();
   if (!h.history.length) body.append(el("tr", {}, el("td", { colspan: "8" }, "no rollout history")));
@@ -181,6 +182,28 @@ async function loadRollouts() {
       el("td", {}, r.on_behalf ? `${r.who} for ${r.on_behalf}` : r.who), el("td", {}, el("code", {}, short(r.from))),
       el("td", {}, el("code", {}, short(r.to))), el("td", {}, r.reason)));
   }
+}
+
+// The latest plan of each pending promotion (a plan of the candidate the gate waits on).
+async function loadPlans(stages) {
+  let box = $("#plans");
+  if (!box) { box = el("div", { id: "plans" }); $("#gates").after(box); }
+  const pending = stages.filter((st) => st.gate_status && st.gate_status.candidate && !st.gate_status.up_to_date);
+  const plans = await Promise.all(pending.map((st) =>
+    api(`/api/v1/stages/${encodeURIComponent(st.name)}/plan`).catch(() => null)));
+  box.replaceChildren(...plans.filter((p, i) => p && p.to === pending[i].gate_status.candidate).map((p) => {
+    const rows = [
+      ...p.changes.map((c) => el("tr", {}, el("td", {}, c.action), el("td", {}, `${c.target}:${c.subject}`),
+        el("td", {}, String(c.nodes)), el("td", {}, c.examples.join(", ")))),
+      ...p.refused.map((r) => el("tr", { class: "refused" }, el("td", {}, "refused"),
+        el("td", {}, `${r.reason}: ${r.message}`), el("td", {}, "1"), el("td", {}, r.node))),
+    ];
+    return el("div", { class: "plan", "data-stage": p.stage },
+      el("h3", {}, `Plan for ${p.stage}: ${short(p.from)} → ${short(p.to)} `,
+        el("small", {}, `${p.answered}/${p.asked} answered` + (p.silent.length ? `, silent: ${p.silent.join(", ")}` : ""))),
+      el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "action"), el("th", {}, "subject"),
+        el("th", {}, "nodes"), el("th", {}, "examples"))), el("tbody", {}, ...rows)));
+  }));
 }
 
 function route() {

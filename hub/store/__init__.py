@@ -30,6 +30,7 @@ from hub.store.rows import (
     Pause,
     StateCount,
     StatusRow,
+    VersionCount,
 )
 from hub.store.samples import SqliteSamples
 from hub.store.waves import SqliteWaves
@@ -53,6 +54,7 @@ __all__ = [
     "StateCount",
     "StatusRow",
     "Store",
+    "VersionCount",
 ]
 
 

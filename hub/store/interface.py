@@ -24,6 +24,7 @@ from hub.store.rows import (
     NodeState,
     Pause,
     StateCount,
+    VersionCount,
 )
 from hub.store.samples import SampleStore
 
@@ -62,6 +63,10 @@ class NodeQueries(Protocol):
 
     async def label_counts(self, key: str, now: float) -> list[LabelCount]:
         """Nodes per (value of label ``key``, effective state)."""
+        ...
+
+    async def version_counts(self) -> list[VersionCount]:
+        """Nodes per (branch, agent version they report), stale and offline included."""
         ...
 
     async def stage_nodes(self, branch: str, now: float) -> list[NodeState]:

@@ -32,6 +32,7 @@ from hub.store.rows import (
     NodeRow,
     NodeState,
     StateCount,
+    VersionCount,
 )
 
 # Parameters: StatusRow's fields in order (?1 node ... ?13 live).
@@ -67,7 +68,8 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
 _NODE_COLUMNS = (
     f"node, branch, {EFFECTIVE_STATE_SQL}, state, applied, desired, "
-    "json_extract(doc, '$.labels'), drift_count, online, last_heard, observed_at, seq"
+    "json_extract(doc, '$.labels'), drift_count, online, last_heard, observed_at, seq, "
+    "json_extract(doc, '$.version')"
 )
 
 
@@ -166,10 +168,17 @@ class SqliteNodes(Db, IngestStore, NodeQueries):
         )
         return [LabelCount(None if v is None else str(v), st, n) for v, st, n in rows]
 
+    async def version_counts(self) -> list[VersionCount]:
+        rows = await self._all(
+            "SELECT branch, json_extract(doc, '$.version') AS v, count(*) FROM nodes "
+            "GROUP BY branch, v"
+        )
+        return [VersionCount(b, None if v is None else str(v), n) for b, v, n in rows]
+
     async def stage_nodes(self, branch: str, now: float) -> list[NodeState]:
         rows = await self._all(
-            f"SELECT node, {EFFECTIVE_STATE_SQL}, state, applied, desired "  # noqa: S608
-            "FROM nodes WHERE branch = :branch",
+            f"SELECT node, {EFFECTIVE_STATE_SQL}, state, applied, desired, "  # noqa: S608
+            "json_extract(doc, '$.version') FROM nodes WHERE branch = :branch",
             {"now": now, "branch": branch},
         )
         return [NodeState(*r) for r in rows]
@@ -239,7 +248,7 @@ def _node_row(r: Any) -> NodeRow:
     return NodeRow(
         node=r[0], branch=r[1], state=r[2], reported=r[3], applied=r[4], desired=r[5],
         labels=labels if isinstance(labels, dict) else {}, drift_count=r[7],
-        online=bool(r[8]), last_heard=r[9], observed_at=r[10], seq=r[11],
+        online=bool(r[8]), last_heard=r[9], observed_at=r[10], seq=r[11], version=r[12],
     )  # fmt: skip
 
 

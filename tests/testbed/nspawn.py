@@ -248,6 +248,14 @@ def reboot(container: NspawnContainer) -> None:
     _wait_running(container)
 
 
+def power_cut_and_boot(container: NspawnContainer) -> None:
+    """As :func:`reboot`, but without the orderly poweroff: SIGKILL to the container's
+    PID 1 (the kernel then kills its whole PID namespace at once), as a power cut would."""
+    os.kill(container.leader, signal.SIGKILL)
+    container.proc.wait(STOP_TIMEOUT)
+    reboot(container)
+
+
 def _launch(
     name: str, base: Path, log: Path, netns: str | None, binds_ro: tuple[Path, ...]
 ) -> subprocess.Popen[bytes]:
