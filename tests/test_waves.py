@@ -116,6 +116,7 @@ class Fleet:
     """The hub side of one test: store, rollout, a clock the test moves."""
 
     def __init__(self, cfg: HubConfig, store: Store, git: StageGit, heads: dict[str, str]):
+        self.cfg, self.git = cfg, git
         self.now = 1_000_000.0
         self.store = store
         self.heads = heads
@@ -263,3 +264,34 @@ async def test_relabel_moves_a_node_at_the_next_promotion(
     assert f.announced["r1"] == wave_ref("stable", "pilot")
     status = (await f.rollout.status())["stable"]["waves"]
     assert [(w["name"], w["nodes"]) for w in status] == [("pilot", 2), ("empty", 0), ("rest", 1)]
+
+
+async def test_a_hub_restart_continues_the_waves(
+    fleet: tuple[Fleet, FleetRepo, str, str],
+) -> None:
+    f, repo, _c0, c1 = fleet
+    await f.rollout.promote("stable", "alice", "go", force=True)
+    await f.report("p1", "synced", c1, "pilot")
+    await f.rollout.tick()  # the pilot's soak begins, and is stored
+    # A new hub process: a new Rollout (nothing in memory) over the same database.
+    again = Fleet(f.cfg, f.store, f.git, f.heads)
+    again.now = f.now + 61
+    await again.rollout.tick()
+    assert repo.head("stable") == c1 and wave_head(repo, "rest") == c1
+
+
+def test_stages_command_shows_each_wave() -> None:
+    from hub.cli import show_stages  # noqa: PLC0415
+
+    stage = {"name": "stable", "branch": "stable", "head": "a" * 40, "promote_from": "beta",
+             "auto": False, "nodes": 3, "states": {"synced": 3}, "gate_status": None,
+             "waves": [{"name": "pilot", "nodes": 1, "on_candidate": 1, "state": "rolling",
+                        "gate": "1/1 nodes applied bbbbbbb, soak 59s left", "soak_left": 59},
+                       {"name": "rest", "nodes": 2, "on_candidate": 0, "state": "waiting",
+                        "gate": None, "soak_left": None}]}  # fmt: skip
+    text = show_stages({"stages": [stage]})
+    assert text.endswith(
+        "stable waves:\n"
+        "  pilot: 1/1 on candidate, rolling; 1/1 nodes applied bbbbbbb, soak 59s left\n"
+        "  rest: 0/2 on candidate, waiting"
+    )
