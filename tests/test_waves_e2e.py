@@ -8,7 +8,8 @@ One fleet, one story:
    whose wave message is absent (as one without wave support) follows the branch, which
    moves with the last wave; the rest follows after the pilot's soak;
 2. a rollback of the stage moves every wave (and the branch) back;
-3. a failing pilot halts the rest.
+3. a failing pilot halts the rest;
+4. a node relabelled into the pilot gets the next commit with the pilot.
 """
 
 from __future__ import annotations
@@ -117,5 +118,22 @@ def test_waves_end_to_end(fleet: WaveFleet, mosquitto: Mosquitto) -> None:
         nodes = fleet.nodes()
         assert [nodes[n]["applied"] for n in REST] == [c0, c0]
         assert nodes["stable-pilot"]["desired"] == bad
+
+        # 4. relabel a node: it is in the pilot at the next promotion, no re-enrolment
+        assert fleet.post("/api/v1/stages/stable/rollback", {"reason": "bad"})[0] == 200
+        assert fleet.post("/api/v1/stages/stable/resume", {"reason": "fixed"})[0] == 200
+        fleet.relabel("stable-a", "pilot")
+        fleet.wait("the hub to see stable-a's new label",
+                   lambda: fleet.nodes()["stable-a"]["labels"] == {"site": "pilot"})  # fmt: skip
+        good = fleet.commit("v3\n", {"common/edgefleet.toml": None})
+        fleet.wait("the hub to see v3", lambda: fleet.hub_head("beta") == good)
+        status, body = fleet.post("/api/v1/stages/stable/promote", {"reason": "v3", "force": True})
+        assert status == 200, body
+        fleet.wait("the new pilot on v3", lambda: fleet.on(good, "stable-pilot", "stable-a"))
+        nodes = fleet.nodes()
+        assert fleet.repo.head("stable") == c0  # read after the nodes: stable-b saw c0 only
+        assert nodes["stable-b"]["applied"] == c0
+        assert fleet.waves()["pilot"]["nodes"] == 2
+        fleet.wait("stable-b on v3 after the pilot's soak", lambda: fleet.on(good, "stable-b"))
     finally:
         pub.close()

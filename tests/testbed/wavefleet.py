@@ -89,6 +89,20 @@ class WaveFleet:
             {"Content-Type": "application/json"},
         )  # fmt: skip
 
+    def start_agent(self, node: str) -> None:
+        setup = self.setups[node]
+        with (setup.config.parent / "agent.log").open("ab") as log:
+            proc = subprocess.Popen(agent_argv(setup), stdout=log, stderr=subprocess.STDOUT)
+        self.procs[node] = proc
+
+    def relabel(self, node: str, site: str) -> None:
+        """Change the node's ``site`` label in its agent.toml and restart its agent."""
+        _stop(self.procs[node])
+        config = self.setups[node].config
+        text = config.read_text()
+        config.write_text(text[: text.index("[labels]")] + f'[labels]\nsite = "{site}"\n')
+        self.start_agent(node)
+
     def wait(self, what: str, predicate: Any, timeout: float = 60) -> None:
         def evidence() -> str:
             logs = "\n".join(
@@ -127,10 +141,8 @@ def wave_fleet(
         repo.push("stable", c0)
         hub.start()
         stack.callback(hub.stop)
-        for node, setup in setups.items():
-            with (setup.config.parent / "agent.log").open("ab") as log:
-                proc = subprocess.Popen(agent_argv(setup), stdout=log, stderr=subprocess.STDOUT)
-            fleet.procs[node] = proc
-            stack.callback(_stop, proc)
+        stack.callback(lambda: [_stop(p) for p in fleet.procs.values()])
+        for node in setups:
+            fleet.start_agent(node)
         fleet.wait("every node on c0", lambda: fleet.on(c0, *NODES))
         yield fleet
