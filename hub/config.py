@@ -24,6 +24,7 @@ from common.windows import Schedule, parse_schedule
 from hub.errors import ConfigError
 from hub.notify.config import Sink, parse_sinks
 from hub.users import User, parse_users
+from hub.waveconf import Wave, parse_waves
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/fleet.toml")
 
@@ -140,6 +141,9 @@ class Stage:
     auto_rollback: bool = False
     """When this stage's nodes fail on its head beyond ``gate.max_failed``, move the
     branch back to its previous promoted commit (besides halting the pipeline)."""
+    waves: tuple[Wave, ...] = ()
+    """``[[stages.waves]]``: a promotion moves these waves' refs one after the other,
+    the stage branch last (:mod:`hub.waves`)."""
 
 
 @dataclass(frozen=True)
@@ -281,9 +285,12 @@ def _stage(sec: Section) -> Stage:
         window=parse_schedule(window_spec, timezone) if window_spec else None,
         window_spec=window_spec,
         auto_rollback=sec.flag("auto_rollback", False),
+        waves=parse_waves(sec),
     )
     if stage.auto and stage.promote_from is None:
         raise sec.err("auto", "needs promote_from (the stage to promote from)")
+    if stage.waves and stage.promote_from is None:
+        raise sec.err("waves", "need promote_from (waves split a promotion)")
     sec.done()
     return stage
 
