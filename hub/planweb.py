@@ -68,7 +68,13 @@ async def latest_plan(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+async def latest_plans(request: web.Request) -> web.Response:
+    """Every stage's latest plan at once (the dashboard: no per-stage 404s)."""
+    return web.json_response({"plans": request.app[PLANNER].latest})
+
+
 def add_plan_routes(app: web.Application, planner: Planner) -> None:
     app[PLANNER] = planner
+    app.router.add_get("/api/v1/plans", latest_plans)
     app.router.add_post("/api/v1/stages/{stage}/plan", run_plan)
     app.router.add_get("/api/v1/stages/{stage}/plan", latest_plan)

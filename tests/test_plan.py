@@ -151,6 +151,7 @@ def test_plan_api_bad_requests(hub_factory: Callable[..., HubProc]) -> None:
 
     assert post("beta", {}, auth=None)[0] == 401
     assert hub.request("GET", "/api/v1/stages/beta/plan")[0] == 404
+    assert hub.request("GET", "/api/v1/plans")[1] == {"plans": {}}
     for body, status, words in [
         ({"sample": "0"}, 400, "sample"),
         ({"sample": True}, 400, "sample"),

@@ -192,8 +192,9 @@ async function loadPlans(stages) {
   let box = $("#plans");
   if (!box) { box = el("div", { id: "plans" }); $("#gates").after(box); }
   const pending = stages.filter((st) => st.gate_status && st.gate_status.candidate && !st.gate_status.up_to_date);
-  const plans = await Promise.all(pending.map((st) =>
-    api(`/api/v1/stages/${encodeURIComponent(st.name)}/plan`).catch(() => null)));
+  // One read for all stages: a stage without a plan is no error (no 404 in the console).
+  const latest = pending.length ? await api("/api/v1/plans").catch(() => ({ plans: {} })) : { plans: {} };
+  const plans = pending.map((st) => latest.plans[st.name] || null);
   box.replaceChildren(...plans.filter((p, i) => p && p.to === pending[i].gate_status.candidate).map((p) => {
     const rows = [
       ...p.changes.map((c) => el("tr", {}, el("td", {}, c.action), el("td", {}, `${c.target}:${c.subject}`),
