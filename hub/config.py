@@ -164,7 +164,7 @@ def _listen(sec: Section) -> tuple[str, int]:
     if raw is None:
         return ("127.0.0.1", 8080)
     host, sep, port = raw.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise sec.err("listen", f"{raw!r} must look like 127.0.0.1:8080")
     return (host.strip("[]") or "0.0.0.0", int(port))
 
@@ -231,7 +231,7 @@ def _git(root: Section) -> GitSettings:
     sec = root.table("git")
     url = sec.text("url")
     if url is not None:
-        scheme = urlsplit(url).scheme
+        scheme = sec.url("url", url).scheme
         is_scp = scheme == "" and ":" in url and "@" in url.split(":", 1)[0]
         if scheme not in _GIT_SCHEMES and not is_scp:
             raise sec.err(
