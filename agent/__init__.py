@@ -1,3 +1,3 @@
 """edgefleet agent: pulls its own branch/path from Git and reconciles this node."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -10,17 +10,21 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from agent import __version__
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
 from agent.errors import ConfigError, EdgefleetError
+from agent.inhibit import NAME_RE, remove_lock, scan, write_lock
 from agent.roots import prepare_roots
 from agent.state import StateStore, iter_owned
+from common.durations import DurationError, parse_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 REPORT_GRACE = 5.0
@@ -79,11 +83,41 @@ def _parser() -> argparse.ArgumentParser:
         help="check config, Git access and the signature of the current head",
     )
     sub.add_parser(
+        "keygen",
+        parents=[common],
+        help="create this node's age identity ([secrets] identity) if missing; print its recipient",
+    )
+    sub.add_parser(
         "prepare-roots",
         parents=[common],
         help="create missing allowed roots (0755) before the unit's sandbox needs them",
     )
+    i = sub.add_parser(
+        "inhibit",
+        parents=[common],
+        help="hold back updates with a lock (--reason), lift it (--release), or list locks",
+    )
+    what = i.add_mutually_exclusive_group()
+    what.add_argument("--reason", help="why updates must wait (shown on the hub)")
+    what.add_argument("--release", action="store_true", help="remove the lock --name")
+    i.add_argument("--name", default="manual", help="lock name (default: manual)")
+    i.add_argument(
+        "--ttl",
+        type=_duration,
+        help='how long the lock holds, e.g. 600 or "2h" (capped by max_ttl)',
+    )
+    i.add_argument("--persistent", action="store_true", help="keep the lock across reboots")
     return p
+
+
+def _duration(text: str) -> float:
+    try:
+        value = parse_duration(float(text) if text.replace(".", "", 1).isdigit() else text)
+    except DurationError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration")
+    return value
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -157,13 +191,67 @@ def _status(cfg: AgentConfig, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _keygen(cfg: AgentConfig) -> int:
+    from agent.render.keys import IdentityError, ensure_identity  # noqa: PLC0415 - pyrage
+
+    try:
+        public, created = ensure_identity(cfg.secrets.identity)
+    except IdentityError as err:
+        print(f"edgefleet-agent: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if created:
+        print(f"created age identity {cfg.secrets.identity}", file=sys.stderr)
+    print(public)
+    return EXIT_OK
+
+
 def _prepare_roots(cfg: AgentConfig) -> int:
     for path in prepare_roots(cfg.path, cfg.targets.files.allowed_roots):
         print(f"created {path}")
     return EXIT_OK
 
 
+def _when(ts: float) -> str:
+    return "never" if math.isinf(ts) else time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts))
+
+
+def _inhibit(cfg: AgentConfig, args: argparse.Namespace) -> int:
+    act = cfg.activation
+    dirs = (act.inhibit_dir, act.persistent_inhibit_dir)
+    if not NAME_RE.match(args.name):
+        print(f"edgefleet-agent: --name {args.name!r}: use letters, digits, '.', '_', '-'",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    if args.release:
+        # The daemon notices within [activation] poll seconds (it looks while deferred).
+        removed = remove_lock(dirs, args.name)
+        for path in removed:
+            print(f"released {args.name} ({path})")
+        if not removed:
+            print(f"no lock named {args.name} in {dirs[0]} or {dirs[1]}", file=sys.stderr)
+        return EXIT_OK if removed else EXIT_FAILED
+    if args.reason is not None:
+        if not args.reason.strip():
+            print("edgefleet-agent: --reason must not be empty", file=sys.stderr)
+            return EXIT_CONFIG
+        ttl = min(args.ttl or act.max_ttl, act.max_ttl)
+        directory = act.persistent_inhibit_dir if args.persistent else act.inhibit_dir
+        path = write_lock(directory, args.name, args.reason.strip(), time.time() + ttl)
+        print(f"locked: {args.reason.strip()} ({args.name}) until {_when(time.time() + ttl)}")
+        print(f"  {path}")
+        return EXIT_OK
+    now = time.time()
+    locks = scan(dirs, act.max_ttl)
+    for lock in locks:
+        state = "active" if lock.expires > now else "expired"
+        print(f"{state:<8} {lock.describe()} until {_when(lock.expires)}  {lock.path}")
+    if not locks:
+        print("no update locks")
+    return EXIT_OK
+
+
 async def _verify(cfg: AgentConfig) -> int:
+    from agent.render.source import NodeFacts, RenderingSource  # noqa: PLC0415
     from agent.signcheck import SignatureChecker  # noqa: PLC0415
     from agent.source import GitSource  # noqa: PLC0415
 
@@ -175,7 +263,9 @@ async def _verify(cfg: AgentConfig) -> int:
         head = await source.remote_head()
         print(f"git        {cfg.git.url}: {cfg.git.branch} is at {head}")
         await source.fetch(head)
-        desired = await asyncio.to_thread(source.read_desired, head)
+        # Rendered as the daemon would: templates and secrets must work on this node.
+        rendering = RenderingSource(source, NodeFacts.of(cfg))
+        desired = await asyncio.to_thread(rendering.read_desired, head)
         print(f"paths      {len(desired.files)} file(s) in {', '.join(cfg.git.paths)}")
         payload, signature = await asyncio.to_thread(source.signed_payload, head)
         signer = await SignatureChecker(cfg.trust).verify(head, payload, signature)
@@ -208,13 +298,20 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_sync(cfg, args.dry_run))
         if args.command == "status":
             return _status(cfg, args.json)
+        if args.command == "keygen":
+            return _keygen(cfg)
         if args.command == "prepare-roots":
             return _prepare_roots(cfg)
+        if args.command == "inhibit":
+            return _inhibit(cfg, args)
         return asyncio.run(_verify(cfg))
     except ConfigError as err:  # e.g. a malformed allowed_signers file
         print(f"edgefleet-agent: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     except EdgefleetError as err:
+        print(f"edgefleet-agent: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as err:  # e.g. an inhibit dir this user may not write
         print(f"edgefleet-agent: {err}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
-from urllib.parse import urlsplit
 
+from agent.activationconf import ActivationConfig, parse_activation
 from agent.errors import ConfigError
+from agent.render.settings import SecretsConfig, parse_secrets
 from common import wire
 from common.durations import DAY, HOUR
 from common.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
@@ -144,6 +145,8 @@ class AgentConfig:
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
+    activation: ActivationConfig = field(default_factory=ActivationConfig)
 
 
 def resolves_to_itself(path: Path) -> bool:
@@ -167,7 +170,7 @@ def _git(root: Section) -> GitConfig:
     url = sec.text("url")
     if url is None:
         raise sec.err("url", "is required (where the fleet repository lives)")
-    scheme = urlsplit(url).scheme
+    scheme = sec.url("url", url).scheme
     is_scp = scheme == "" and ":" in url and "@" in url.split(":", 1)[0]
     if scheme not in _GIT_SCHEMES and not is_scp:
         raise sec.err("url", f"unsupported scheme {scheme or url!r}; use {', '.join(_GIT_SCHEMES)}")
@@ -307,6 +310,8 @@ def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
         settle=hsec.duration("settle", 5.0, maximum=HOUR),
     )
     hsec.done()
+    secrets = parse_secrets(root)
+    activation = parse_activation(root)
     root.done()
     return AgentConfig(
         path=path,
@@ -319,6 +324,8 @@ def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
         targets=targets,
         drift=drift,
         health=health,
+        secrets=secrets,
+        activation=activation,
     )
 
 

@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.agentpin import AgentPin, parse_pin
 from agent.config import HEALTH_TIMEOUT_MAX
 from agent.errors import SourceError
+from agent.render.requires import check_requires
 from common.durations import HOUR
-from common.tomlconf import Section
+from common.tomlconf import Section, shown
+from common.windows import WindowError, parse_window, zone
 
 OPTIONS_FILE = "edgefleet.toml"
 GIT_MODE_SYMLINK = 0o120000
@@ -33,6 +36,8 @@ class DesiredFile:
     git_mode: int
     origin: str
     """The repository path this file came from (for messages)."""
+    secret: bool = False
+    """Decrypted or rendered from secrets (agent.render): placed 0600, digest keyed."""
 
     def __post_init__(self) -> None:
         # Names come from Git as bytes (decoded with surrogateescape): a name that is not
@@ -51,6 +56,8 @@ class DesiredFile:
     @property
     def mode(self) -> int:
         """Permission bits to give the placed file."""
+        if self.secret:
+            return 0o700 if self.git_mode == GIT_MODE_EXEC else 0o600
         return 0o755 if self.git_mode == GIT_MODE_EXEC else 0o644
 
 
@@ -74,11 +81,23 @@ class HttpCheck:
 
 
 @dataclass(frozen=True)
+class ActivationOptions:
+    """``[activation]`` of edgefleet.toml: the fleet repo's say on when nodes apply; it
+    wins over agent.toml unless that sets ``pin = true``."""
+
+    window: tuple[str, ...] | None = None
+    timezone: str | None = None
+
+
+@dataclass(frozen=True)
 class Options:
     units: Mapping[str, UnitOptions] = field(default_factory=dict)
     http_checks: tuple[HttpCheck, ...] = ()
     health_timeout: float | None = None
     """Overrides [health] timeout of the agent config for this commit."""
+    activation: ActivationOptions = field(default_factory=ActivationOptions)
+    agent: AgentPin | None = None
+    """``[agent]``: the agent version this commit wants on the node (later path wins)."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +134,7 @@ def _unit(origin: str, name: str, raw: Any) -> UnitOptions:
     raw = dict(raw)
     state = raw.pop("state", "started")
     if state not in ("started", "stopped"):
-        raise _err(origin, f"{key}.state", f"must be 'started' or 'stopped', got {state!r}")
+        raise _err(origin, f"{key}.state", f"must be 'started' or 'stopped', got {shown(state)}")
     enable = raw.pop("enable", None)
     if enable is not None and not isinstance(enable, bool):
         raise _err(origin, f"{key}.enable", "must be true or false")
@@ -144,11 +163,38 @@ def _http(sec: Section) -> HttpCheck:
     return check
 
 
+def _activation(origin: str, raw: Any) -> ActivationOptions:
+    if not isinstance(raw, dict):
+        raise _err(origin, "activation", "must be a table")
+    raw = dict(raw)
+    window = raw.pop("window", None)
+    if isinstance(window, str):
+        window = [window]
+    windows = None if window is None else _str_list(origin, "activation.window", window)
+    timezone = raw.pop("timezone", None)
+    try:
+        for spec in windows or ():
+            parse_window(spec)
+    except WindowError as err:
+        raise _err(origin, "activation.window", str(err)) from err
+    if timezone is not None:
+        if not isinstance(timezone, str):
+            raise _err(origin, "activation.timezone", "must be a string")
+        try:
+            zone(timezone)
+        except WindowError as err:
+            raise _err(origin, "activation.timezone", str(err)) from err
+    if raw:
+        raise _err(origin, f"activation.{sorted(raw)[0]}", "unknown key")
+    return ActivationOptions(window=windows, timezone=timezone)
+
+
 def parse_options(origin: str, raw: bytes) -> Options:
     """Parse one path's edgefleet.toml; SourceError names path, key and problem."""
     try:
         data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+    # ValueError: UnicodeDecodeError, TOMLDecodeError, an integer of over 4300 digits
+    except ValueError as err:
         raise _err(origin, "(syntax)", f"invalid TOML: {err}") from err
     except RecursionError as err:  # tomllib recurses per nesting level
         raise _err(origin, "(syntax)", "nested too deeply") from err
@@ -165,18 +211,40 @@ def parse_options(origin: str, raw: bytes) -> Options:
         else None
     )
     health.done()
+    activation = _activation(origin, root.data.pop("activation", {}))
+    check_requires(origin, root.data.pop("requires", None))
+    agent = parse_pin(root.table("agent")) if "agent" in root.data else None
     root.done()
-    return Options(units=units, http_checks=checks, health_timeout=timeout)
+    return Options(
+        units=units,
+        http_checks=checks,
+        health_timeout=timeout,
+        activation=activation,
+        agent=agent,
+    )
 
 
 def merge_options(layers: list[Options]) -> Options:
-    """Overlay options in path order: later wins per unit and for timeouts; checks add up."""
+    """Overlay options in path order: later wins per unit, for timeouts and activation
+    keys; checks add up."""
     units: dict[str, UnitOptions] = {}
     checks: list[HttpCheck] = []
     timeout: float | None = None
+    window: tuple[str, ...] | None = None
+    tz: str | None = None
+    agent: AgentPin | None = None
     for layer in layers:
         units.update(layer.units)
         checks.extend(layer.http_checks)
         if layer.health_timeout is not None:
             timeout = layer.health_timeout
-    return Options(units=units, http_checks=tuple(checks), health_timeout=timeout)
+        window = layer.activation.window if layer.activation.window is not None else window
+        tz = layer.activation.timezone or tz
+        agent = layer.agent or agent
+    return Options(
+        units=units,
+        http_checks=tuple(checks),
+        health_timeout=timeout,
+        activation=ActivationOptions(window=window, timezone=tz),
+        agent=agent,
+    )

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent import __version__, httpcheck
+from agent import __version__
+from agent.activation import ActivationGate
 from agent.changeset import ChangeSet
 from agent.config import AgentConfig
 from agent.desired import DesiredState
+from agent.drift import correct_drift, find_drift
 from agent.errors import (
     ApplyError,
     EdgefleetError,
@@ -30,6 +31,7 @@ from agent.errors import (
     TrustError,
     UnavailableError,
 )
+from agent.healthwait import wait_healthy
 from agent.policy import check_move
 from agent.signcheck import SignatureChecker
 from agent.state import NodeState, Owned, StateStore
@@ -40,7 +42,6 @@ from common.status import HealthProblem as ReportedProblem
 from common.wire import DriftItem, State
 
 log = logging.getLogger(__name__)
-HEALTH_POLL = 0.25
 
 
 class Source(Protocol):
@@ -73,6 +74,8 @@ class Outcome:
     changes: dict[str, ChangeSet] = field(default_factory=dict)
     retry: ErrorKind | None = None
     """Set when the failure may clear by itself (e.g. Git unreachable): retry with backoff."""
+    until: float | None = None
+    """State ``deferred``: when the hold is expected to end."""
 
 
 class Reconciler:
@@ -84,8 +87,10 @@ class Reconciler:
         targets: Sequence[Target],
         store: StateStore,
         report: Reporting | None = None,
+        activation: ActivationGate | None = None,
     ) -> None:
         self.cfg = cfg
+        self.activation = activation
         self.source = source
         self.verifier = verifier
         self.targets = list(targets)
@@ -99,6 +104,8 @@ class Reconciler:
         self._refused: str | None = None
         self._fetch_failing = False
         self._applied_desired: DesiredState | None = None
+        self.recipient: str | None = None
+        """This node's age recipient (agent.render), reported so the hub can list it."""
         self.lock = asyncio.Lock()
 
     # -- status -------------------------------------------------------------------
@@ -121,10 +128,12 @@ class Reconciler:
             drift=tuple(self.drift),
             drift_total=len(self.drift),
             resources=self.state.counts(),
+            deferred_until=o.until,
             health=Health(
                 ok=not self.health,
                 problems=tuple(ReportedProblem(p.target, p.subject, p.reason) for p in self.health),
             ),
+            recipient=self.recipient,
         )
 
     def _publish(self) -> None:
@@ -211,6 +220,25 @@ class Reconciler:
         if head == self._refused and not dry_run:
             return self.outcome
 
+        planned = await self.prepare(head, advance=not resuming and not dry_run, dry_run=dry_run)
+        if isinstance(planned, Outcome):
+            return planned
+        desired, plans = planned
+        if dry_run:
+            return Outcome("progressing", "DryRun", f"would apply {head[:12]}", head, plans)
+        hold = None if self.activation is None else self.activation.hold(desired)
+        if hold is not None:  # pre-staged: fetched, verified and planned, nothing applied
+            return Outcome(hold.state, hold.reason, hold.message, head, plans, until=hold.until)
+        return await self._apply(head, desired, plans)
+
+    async def prepare(
+        self, head: str, advance: bool, candidate: bool = False, dry_run: bool = False
+    ) -> Outcome | tuple[DesiredState, dict[str, ChangeSet]]:
+        """Steps 2-5 for ``head``: fetch, trust, desired state, plan; an Outcome where
+        that ends the reconcile. ``advance``: a move that leaves this node's paths alone
+        is applied right here. ``candidate``: a hub plan (:mod:`agent.planrun`, which
+        fetched the commit), whose refusal is neither remembered nor sent as an event."""
+        refuse = _refusal if candidate else self._refuse
         try:
             await self.source.fetch(head)
             await self._check_trust(head)
@@ -218,11 +246,17 @@ class Reconciler:
         except FetchError as err:
             return Outcome("error", "GitUnreachable", str(err), head, retry=ErrorKind.TRANSIENT)
         except TrustError as err:
-            return self._refuse(head, "Untrusted", str(err))
+            return refuse(head, "Untrusted", str(err))
         except SourceError as err:
-            return self._refuse(head, "InvalidCommit", str(err))
+            return refuse(head, "InvalidCommit", str(err))
 
-        if not resuming and not dry_run and self._paths_unchanged(head):
+        pin = desired.options.agent
+        if pin is not None and pin.version != __version__ and not candidate:
+            from agent.upgrade.step import upgrade_agent  # noqa: PLC0415 - RSS only when pinned
+
+            return await upgrade_agent(self, head, pin, dry_run)
+
+        if advance and self._paths_unchanged(head):
             # The branch moved but not this node's paths: nothing to apply, just advance.
             self.state.applied = head
             self.state.mark_good(head)
@@ -232,12 +266,10 @@ class Reconciler:
         try:
             plans = {t.name: await t.plan(desired, self.state.owned(t.name)) for t in self.targets}
         except PlanError as err:
-            return self._refuse(head, "InvalidCommit", str(err))
+            return refuse(head, "InvalidCommit", str(err))
         except TransientError as err:  # e.g. the k3s API server is down: retry later
             return Outcome("error", "PlanFailed", str(err), head)
-        if dry_run:
-            return Outcome("progressing", "DryRun", f"would apply {head[:12]}", head, plans)
-        return await self._apply(head, desired, plans)
+        return desired, plans
 
     def _steady(self, head: str) -> Outcome:
         state: State = "drifted" if self.drift else "synced"
@@ -319,35 +351,12 @@ class Reconciler:
     async def _wait_healthy(
         self, desired: DesiredState, plans: dict[str, ChangeSet]
     ) -> list[HealthProblem]:
-        """Health must hold for ``settle`` seconds in a row within the timeout."""
-        ctx = self._ctx(desired.commit, plans)
-        only_files = all(p.empty for n, p in plans.items() if n != "files")
-        settle = 0.0 if only_files and not desired.options.http_checks else self.cfg.health.settle
-        timeout = desired.options.health_timeout
-        deadline = time.monotonic() + (self.cfg.health.timeout if timeout is None else timeout)
-        healthy_since: float | None = None
-        while True:
-            problems = [p for t in self.targets for p in await t.health(desired, ctx)]
-            problems += await self._http_health(desired)
-            now = time.monotonic()
-            healthy_since = None if problems else (healthy_since or now)
-            if healthy_since is not None and now - healthy_since >= settle:
-                return []
-            if now >= deadline:
-                self.health = problems
-                return problems or [HealthProblem("agent", "settle", "not stable long enough")]
-            await asyncio.sleep(HEALTH_POLL)
-
-    @staticmethod
-    async def _http_health(desired: DesiredState) -> list[HealthProblem]:
-        """``[[health.http]]`` checks: node-level, so they apply whatever the targets."""
-        checks = desired.options.http_checks
-        results = await asyncio.gather(*(httpcheck.check(c) for c in checks))
-        return [
-            HealthProblem("http", check.url, failure)
-            for check, failure in zip(checks, results, strict=True)
-            if failure is not None
-        ]
+        problems = await wait_healthy(
+            self.targets, desired, self._ctx(desired.commit, plans), plans, self.cfg.health
+        )
+        if problems:
+            self.health = problems
+        return problems
 
     async def _rollback(
         self, bad: str, reason: str, message: str, plans: dict[str, ChangeSet]
@@ -411,25 +420,14 @@ class Reconciler:
             if desired is None:
                 return []
             try:
-                found = await self._find_drift(desired)
+                found = await find_drift(self.targets, desired, self.state)
             except TransientError as err:
                 # e.g. k3s restarting: keep the last result rather than crash the drift loop.
                 log.warning("drift check failed: %s", err)
                 return self.drift
             if found and correct:
                 ctx = self._ctx(desired.commit, {})
-                try:
-                    for target in self.targets:
-                        mine = [d for d in found if d["target"] == target.name]
-                        if mine:
-                            await target.correct(mine, desired, ctx)
-                except EdgefleetError as err:
-                    log.error("drift correction failed: %s", err)
-                try:
-                    remaining = await self._find_drift(desired)
-                except TransientError as err:
-                    log.warning("drift check after correction failed: %s", err)
-                    remaining = found
+                remaining = await correct_drift(self.targets, found, desired, ctx, self.state)
                 self._event(
                     "drift_corrected", desired.commit, drift=list(found), remaining=len(remaining)
                 )
@@ -451,8 +449,7 @@ class Reconciler:
                 self._publish()
             return found
 
-    async def _find_drift(self, desired: DesiredState) -> list[DriftItem]:
-        found: list[DriftItem] = []
-        for target in self.targets:
-            found.extend(await target.drift(desired, self.state.owned(target.name)))
-        return found
+
+def _refusal(head: str, reason: str, message: str) -> Outcome:
+    """A refusal only answered to the hub (a plan): no event, not remembered."""
+    return Outcome("refused", reason, message, head)

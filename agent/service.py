@@ -15,19 +15,26 @@ import logging
 import os
 import random
 import signal
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from agent import sdnotify
+from agent.activation import ActivationGate, PrestagedSource
+from agent.agentpin import upgrade_pending
 from agent.config import AgentConfig
 from agent.errors import StateError
+from agent.planrun import PlanRunner
 from agent.reconcile import Outcome, Reconciler
+from agent.render.seal import ContentSeal
+from agent.render.source import NodeFacts, RenderingSource, recipient
 from agent.report import Reporter
 from agent.signcheck import SignatureChecker
 from agent.source import GitSource
 from agent.state import StateStore
 from agent.targets.base import Target
 from agent.targets.files import FilesTarget
+from agent.waveref import WaveSource
 from common.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -47,7 +54,7 @@ def build_targets(cfg: AgentConfig) -> list[Target]:
     """Targets in apply order; heavy clients are imported only when enabled."""
     targets: list[Target] = []
     if cfg.targets.files.enabled:
-        targets.append(FilesTarget(cfg.targets.files))
+        targets.append(FilesTarget(cfg.targets.files, ContentSeal(cfg.state_dir)))
     if cfg.targets.systemd.enabled:
         from agent.targets.systemd import SystemdTarget  # noqa: PLC0415
 
@@ -97,13 +104,27 @@ class Agent:
         self.reporter: Reporter | None = None
         if with_reporter and cfg.mqtt.url:
             self.reporter = Reporter(
-                cfg.mqtt, cfg.node, cfg.git.branch, cfg.state_dir, self._on_ref, self._on_cmd
-            )
+                cfg.mqtt, cfg.node, cfg.git.branch, cfg.state_dir, self._on_ref, self._on_cmd,
+                on_wave=self._on_wave,
+            )  # fmt: skip
         checker = SignatureChecker(cfg.trust)
         checker.check_config()
+        self.activation = ActivationGate(cfg, self._activation_event)
+        rendering = RenderingSource(self.source, NodeFacts.of(cfg))
+        self.waves = WaveSource(rendering, self.source, cfg.git.branch, self._wave_event)
         self.reconciler = Reconciler(
-            cfg, self.source, checker, self.targets, self.store, self.reporter
+            cfg,
+            PrestagedSource(self.waves, self.activation),
+            checker,
+            self.targets,
+            self.store,
+            self.reporter,
+            self.activation,
         )
+        self.reconciler.recipient = recipient(cfg.secrets.identity)
+        self.plans: PlanRunner | None = None
+        if self.reporter is not None:
+            self.plans = PlanRunner(cfg.node, self.reconciler, self.source, self.reporter.send_now)
         for target in self.targets:
             if isinstance(target, FilesTarget):
                 target.cleanup(self.reconciler.state.owned(target.name))
@@ -114,13 +135,31 @@ class Agent:
             self.hint = commit
             self.wake.set()
 
+    def _on_wave(self, payload: bytes) -> None:
+        if self.waves.set_wave(payload):
+            self.wake.set()
+
+    def _wave_event(self, head: str, why: str) -> None:
+        self.reconciler._event("wave", head or None, following="branch", reason=why)
+
     def _on_cmd(self, cmd: dict[str, Any]) -> None:
         op = cmd.get("op")
         if op == "sync":
             log.info("sync requested by the hub")
+            if "override" in cmd:
+                self.activation.request_override(cmd["override"])
             self.wake.set()
+        elif op == "plan" and self.plans is not None:
+            self.plans.submit(cmd)
         else:
             log.warning("ignoring unknown command %r", op)
+
+    def _activation_event(self, type_: str, details: dict[str, Any]) -> None:
+        self.reconciler._event(type_, self.reconciler.desired_head, **details)
+
+    def _drift_correction(self) -> bool | None:
+        """Report-only while a lock or the window holds applies back; else per drift.mode."""
+        return False if self.activation.blocked() is not None else None
 
     async def start_reporting(self) -> None:
         if self.reporter is not None:
@@ -129,7 +168,7 @@ class Agent:
     async def sync_once(self, dry_run: bool = False) -> Outcome:
         outcome = await self.reconciler.reconcile(dry_run=dry_run)
         if not dry_run and outcome.state in ("synced", "drifted"):
-            await self.reconciler.check_drift()
+            await self.reconciler.check_drift(self._drift_correction())
             outcome = self.reconciler.outcome
         return outcome
 
@@ -162,8 +201,23 @@ class Agent:
             else:
                 delay = backoff.failure(outcome.retry)
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), delay)
+            await self._sleep(delay, outcome.state == "deferred")
+
+    async def _sleep(self, delay: float, deferred: bool) -> None:
+        """Until woken or ``delay`` is over; while deferred also until the hold lifts (lock
+        released or expired, window open), looked at every ``[activation] poll`` seconds."""
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                async with asyncio.timeout(
+                    min(left, self.cfg.activation.poll) if deferred else left
+                ):
+                    await self.wake.wait()
+            except TimeoutError:
+                if deferred and self.activation.blocked() is None:
+                    return
+            else:
+                return
 
     async def _repack_git_cache(self) -> None:
         """Repack the Git cache once packs piled up, keeping what is applied and last good
@@ -184,7 +238,7 @@ class Agent:
     async def _drift_loop(self) -> None:
         while True:
             await asyncio.sleep(jittered(self.cfg.drift.interval))
-            await self.reconciler.check_drift()
+            await self.reconciler.check_drift(self._drift_correction())
 
     async def _watchdog_loop(self, interval: float) -> None:
         while True:
@@ -193,12 +247,22 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start_reporting()
+        upgrading = None
+        if upgrade_pending(self.cfg.state_dir):
+            from agent.upgrade import watch  # noqa: PLC0415 - only mid-upgrade
+
+            upgrading = await watch.resume_cut_off(self.reconciler)
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(self._poll_loop(), name="poll"),
                     tg.create_task(self._drift_loop(), name="drift"),
                 ]
+                if self.plans is not None:
+                    tasks.append(tg.create_task(self.plans.run(), name="plan"))
+                if upgrading is not None:
+                    confirm = watch.confirm_healthy(self.reconciler, self.reporter, upgrading)
+                    tasks.append(tg.create_task(confirm, name="upgrade"))
                 watchdog = sdnotify.watchdog_interval()
                 if watchdog is not None:
                     tasks.append(tg.create_task(self._watchdog_loop(watchdog), name="watchdog"))

@@ -86,6 +86,12 @@ class GitSource:
         """The branch head on the server: ls-remote of only ``refs/heads/<branch>``."""
         return await self._network("ls-remote", self._ls_remote)
 
+    async def remote_refs(self, refs: Iterable[str]) -> dict[str, str]:
+        """ls-remote of exactly ``refs`` (full names, e.g. a wave ref and the branch)."""
+        names = [Ref(r.encode()) for r in refs]
+        found = await self._network("ls-remote", self._remote.refs, "ls-remote", names)
+        return {r.decode(): sha.decode("ascii") for r, sha in found.items() if r in names}
+
     async def fetch(self, want: str | None = None) -> str:
         """Depth-1 fetch into the cache; returns the commit now local and under the ref.
 
@@ -96,6 +102,18 @@ class GitSource:
         if want is not None and await asyncio.to_thread(self.has_commit, want):
             return want
         return await self._network("fetch", self._fetch, want)
+
+    async def fetch_candidate(self, want: str, ref: str | None) -> None:
+        """Make commit ``want`` local for a plan, without moving the branch ref.
+
+        The candidate may not be on this node's branch: it is asked for by id, listing
+        only ``ref`` (the branch, tag or pull ref the hub resolved it from) or else the
+        branch. A server advertising ``ref`` at ``want`` always serves it; any other id
+        needs a server that allows it (protocol v2, or ``uploadpack.allow*SHA1InWant``).
+        """
+        if not await asyncio.to_thread(self.has_commit, want):
+            listed = Ref(ref.encode()) if ref else self._ref
+            await self._network("fetch", self._deepen, want, 1, listed)
 
     async def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         """True if ``ancestor`` is in the history of ``descendant`` (both may be equal).
@@ -187,7 +205,9 @@ class GitSource:
             repo.refs[self._ref] = got
             return str(got.decode("ascii"))
 
-    def _deepen(self, descendant: str, depth: int) -> None:
+    def _deepen(self, descendant: str, depth: int, listed: Ref | None = None) -> None:
+        """Fetch commit ``descendant`` by id with ``depth`` of history, listing only the
+        branch (or ``listed``) - a server serves any id it advertises among them."""
         want = ObjectID(descendant.encode("ascii"))
 
         def wants(refs: Mapping[Ref, ObjectID], depth: int | None = None) -> list[ObjectID]:
@@ -195,15 +215,17 @@ class GitSource:
 
         with self._write_lock:
             repo = self._open_repo()
-            with self._remote.session("deepen") as (client, path):
+            with self._remote.session("fetch" if listed else "deepen") as (client, path):
                 client.fetch(
                     path,
                     repo,
                     determine_wants=wants,
                     depth=depth,
-                    ref_prefix=[self._ref],
+                    ref_prefix=[listed or self._ref],
                     protocol_version=PROTOCOL_VERSION,
                 )
+            if want not in repo.object_store:
+                raise FetchError(f"git fetch {self._url}: server did not send {descendant}")
 
     def _no_branch(self) -> SourceError:
         return SourceError(f"branch {self._cfg.branch!r} does not exist at {self._url}")
@@ -233,6 +255,10 @@ class GitSource:
 
     def _store(self) -> DiskObjectStore:
         return self._open_repo().object_store
+
+    def object_store(self) -> DiskObjectStore:
+        """The cache's objects, for readers beyond the overlay (agent.render)."""
+        return self._store()
 
     def has_commit(self, sha: str) -> bool:
         """True if commit ``sha`` is in the local cache."""

@@ -22,12 +22,13 @@ from common.status import (
     Status,
     details_json,
 )
-from common.wire import SCHEMA, STATES, DriftItem, DriftKind, valid_incarnation
+from common.wire import SCHEMA, DriftItem, DriftKind, valid_incarnation
 
 MAX_INT: Final = 2**63 - 1
 """SQLite's INTEGER range: a larger seq could not be stored."""
 MAX_EVENT_TYPE: Final = 64
-_STATES: Final = frozenset(STATES)
+MAX_STATE: Final = 32
+"""A state longer than this is garbage, not a newer agent's state name."""
 
 
 def _bad(detail: str) -> NoReturn:
@@ -213,9 +214,11 @@ def parse_status(node: str, payload: bytes) -> Status:
     doc = load_object(payload)
     seq = _header(doc, node)
     get = doc.get
-    state = get("state")
-    if type(state) is not str or state not in _STATES:
-        _bad(f"state {str(state)[:32]!r} is not one of {STATES}")
+    # A state this hub does not know (a newer agent's) is kept as sent: the hub shows it
+    # as ``unknown`` with the raw value (hub.states) instead of dropping the node.
+    state = _str(get("state"), "state")
+    if not state or len(state) > MAX_STATE:
+        _bad(f"state {str(state)[:32]!r} is not a string of 1 to {MAX_STATE} characters")
     drift = _drift(get("drift"))
     total = _count(get("drift_total"), "drift_total")
     if total is None:
@@ -238,6 +241,8 @@ def parse_status(node: str, payload: bytes) -> Status:
         drift_total=total,
         resources=_resources(get("resources")),
         health=_health(get("health")),
+        deferred_until=_number(get("deferred_until"), "deferred_until"),
+        recipient=_str(get("recipient"), "recipient"),
     )
     heartbeat = _number(get("heartbeat"), "heartbeat") or 0.0
     return Status(

@@ -17,7 +17,7 @@ PREFIX: Final = "edgefleet/v1"
 MAX_PAYLOAD: Final = 256 * 1024
 """Larger payloads are dropped by the hub; the agent cuts drift lists to stay below."""
 
-State = Literal["synced", "progressing", "failed", "drifted", "refused", "error"]
+State = Literal["synced", "progressing", "failed", "drifted", "refused", "error", "deferred"]
 STATES: Final[tuple[State, ...]] = (
     "synced",
     "progressing",
@@ -25,6 +25,7 @@ STATES: Final[tuple[State, ...]] = (
     "drifted",
     "refused",
     "error",
+    "deferred",
 )
 DriftKind = Literal["modified", "missing", "stopped", "extra", "disabled", "masked"]
 
@@ -62,6 +63,11 @@ def events_topic(node: str) -> str:
 
 def cmd_topic(node: str) -> str:
     return f"{PREFIX}/node/{node}/cmd"
+
+
+def wave_topic(node: str) -> str:
+    """Retained, from the hub: the wave ref this node follows (``{"ref": ...}``)."""
+    return f"{PREFIX}/node/{node}/wave"
 
 
 def ref_topic(branch: str) -> str:
@@ -104,7 +110,8 @@ class StatusDoc(TypedDict, total=False):
     desired: str | None
     applied: str | None
     last_good: str | None
-    state: State
+    state: str
+    """One of STATES from this agent; a newer agent may send a state this side does not know."""
     reason: str
     message: str
     drift: list[DriftItem]
@@ -114,7 +121,11 @@ class StatusDoc(TypedDict, total=False):
     """``drift_total - len(drift)`` when items were cut; kept for hubs before drift_total."""
     resources: dict[str, int]
     health: HealthDoc
+    deferred_until: float | None
+    """State ``deferred``: when the node expects to apply (window opening, lock expiry)."""
     heartbeat: float
+    recipient: str
+    """The node's age recipient (age1...), when it has an identity (agent 0.2)."""
     observed_at: float | None
     seq: int
     incarnation: str
@@ -150,3 +161,8 @@ def parse_ref_payload(payload: bytes) -> str | None:
     if isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit):
         return commit
     return None
+
+
+def plan_topic(node: str) -> str:
+    """A node's answers to the hub's ``plan`` commands (see :mod:`common.plan`)."""
+    return f"{PREFIX}/node/{node}/plan"

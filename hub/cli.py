@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import getpass
 import json
 import logging
@@ -21,12 +22,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hub import demo, migrate
+from hub import demo, migrate, planview, recipients
 from hub.apiclient import api_client
 from hub.config import DEFAULT_CONFIG_PATH, HubConfig, load_config
 from hub.enroll import options as enroll
 from hub.errors import ApiClientError, ConfigError, HubError
 from hub.states import ALL_STATES
+from hub.tokencmd import add_parser as add_token_parser
 
 log = logging.getLogger("hub")
 
@@ -78,18 +80,17 @@ def show_status(data: Any) -> str:
     )
 
 
-def show_nodes(data: Any) -> str:
+def show_nodes(data: Any, version: bool = False) -> str:
     rows = [
         [n["node"], n["stage"], n["state"], _short(n["applied"]), _short(n["desired"]),
-         n["drift_count"], _ago(n["last_heard"])]
+         n["drift_count"], _ago(n["last_heard"]), *([n.get("version")] if version else [])]
         for n in data["nodes"]
     ]  # fmt: skip
     shown = f"{len(rows)} of {data['total']} nodes"
     if data["offset"]:
         shown += f" (from offset {data['offset']})"
-    return table(["NODE", "STAGE", "STATE", "APPLIED", "DESIRED", "DRIFT", "LAST HEARD"], rows) + (
-        f"\n\n{shown}"
-    )
+    head = ["NODE", "STAGE", "STATE", "APPLIED", "DESIRED", "DRIFT", "LAST HEARD"]
+    return table([*head, *(["VERSION"] if version else [])], rows) + f"\n\n{shown}"
 
 
 def show_drift(data: Any) -> str:
@@ -139,6 +140,15 @@ def show_stages(data: Any) -> str:
     ]  # fmt: skip
     return table(
         ["STAGE", "BRANCH", "HEAD", "FROM", "AUTO", "NODES", "SYNCED", "NOT SYNCED", "GATE"], rows
+    ) + "".join(_wave_lines(s) for s in data["stages"] if s.get("waves"))
+
+
+def _wave_lines(stage: Any) -> str:
+    """Per wave of a stage: nodes on the candidate / total, state, gate and soak left."""
+    return f"\n{stage['name']} waves:" + "".join(
+        f"\n  {w['name']}: {w['on_candidate']}/{w['nodes']} on candidate, {w['state']}"
+        + (f"; {w['gate']}" if w["gate"] else "")
+        for w in stage["waves"]
     )
 
 
@@ -147,7 +157,8 @@ def show_history(data: Any) -> str:
         return "no rollout history"
     rows = [
         [time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["at"])), h["stage"], h["action"],
-         h["outcome"] + (" (forced)" if h["forced"] else ""), h["who"], _short(h["from"]),
+         h["outcome"] + (" (forced)" if h["forced"] else ""),
+         h["who"] + (f" for {h['on_behalf']}" if h.get("on_behalf") else ""), _short(h["from"]),
          _short(h["to"]), h["reason"][:80]]
         for h in data["history"]
     ]  # fmt: skip
@@ -207,6 +218,26 @@ def _action(
     return run
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    node = urllib.parse.quote(args.node, safe="")
+    body = {"who": f"cli:{_user()}", **({"override": args.override} if args.override else {})}
+    data = api_client(args).call("POST", f"/api/v1/nodes/{node}/sync", body=body)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        how = f" (override: {data['override']})" if "override" in data else ""
+        print(f"sync requested from {data['node']}{how}")
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    node = urllib.parse.quote(args.node, safe="")
+    body = {"reason": args.reason, "who": f"cli:{_user()}"}
+    data = api_client(args).call("DELETE", f"/api/v1/nodes/{node}", body=body)
+    print(json.dumps(data, indent=2) if args.json else f"forgot {data['node']} (events kept)")
+    return 0
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -256,13 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only nodes with this label (repeatable)")  # fmt: skip
     p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     p.add_argument("--offset", type=int, default=0, help="skip this many (paging)")
+    p.add_argument("--version", dest="with_version", action="store_true",
+                   help="add a column with each node's agent version")  # fmt: skip
     p.set_defaults(
-        func=_query(
+        func=lambda args: _query(
             "/api/v1/nodes",
-            show_nodes,
+            functools.partial(show_nodes, version=args.with_version),
             lambda a: [*_opt(stage=a.stage, state=a.state, limit=a.limit, offset=a.offset),
                        *(("label", v) for v in a.label)],
-        )
+        )(args)
     )  # fmt: skip
 
     p = sub.add_parser("drift", parents=[client], help="drift grouped by resource across nodes")
@@ -305,6 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="manual resume", help="recorded in the audit log")
     p.set_defaults(func=_action("resume", lambda a: {"reason": a.reason}))
 
+    p = sub.add_parser("sync", parents=[client], help="ask a node to reconcile now")
+    p.add_argument("node")
+    p.add_argument("--override", metavar="REASON",
+                   help="apply now despite the node's locks and window (audited)")  # fmt: skip
+    p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("forget", parents=[client], help="remove a node from the hub (audited)")
+    p.add_argument("node")
+    p.add_argument("--reason", default="forgotten", help="recorded in the audit log")
+    p.set_defaults(func=cmd_forget)
+
     p = sub.add_parser("history", parents=[client], help="rollout audit log, newest first")
     p.add_argument("--stage", help="only this stage")
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
@@ -312,9 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
         func=_query("/api/v1/history", show_history, lambda a: _opt(stage=a.stage, limit=a.limit))
     )
 
+    planview.add_parser(sub, client)
     demo.add_parser(sub)
     migrate.add_parser(sub)
+    add_token_parser(sub)
     enroll.add_parser(sub, common)
+    recipients.add_parser(sub, common)
     return parser
 
 

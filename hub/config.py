@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import re
 import socket
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,17 +19,17 @@ from urllib.parse import urlsplit
 
 from common.durations import DAY, HOUR
 from common.tomlconf import MqttEndpoint, MqttProtocol, Section, load_toml, mqtt_connection
+from common.windowconf import read_window
+from common.windows import Schedule, parse_schedule
 from hub.errors import ConfigError
+from hub.notify.config import Sink, parse_sinks
+from hub.users import User, parse_users
+from hub.waveconf import Wave, parse_waves
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/fleet.toml")
 
 
 _GIT_SCHEMES = ("file", "git", "http", "https", "ssh")
-_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_WINDOW_RE = re.compile(
-    r"^(?:(?P<d1>[a-z]{3})(?:-(?P<d2>[a-z]{3}))?\s+)?"
-    r"(?P<h1>\d\d):(?P<m1>\d\d)-(?P<h2>\d\d):(?P<m2>\d\d)$"
-)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 YEAR = 365 * DAY
 MQTT_SESSION_EXPIRY_MAX = 2**32 - 1
@@ -52,7 +51,8 @@ class HubSettings:
     """Where the hub keeps local files (the stage mirror); defaults to the SQLite file's
     directory."""
     token_file: Path | None = None
-    """Bearer token for mutating API calls; unset = mutating calls are refused (403)."""
+    """Bearer token of the user ``admin``; with no ``[[users]]`` either, mutating calls
+    are refused (403)."""
     heartbeat: float = 30.0
     """Seconds between agent status re-publications (the status doc may say more)."""
     stale_after: float = 90.0
@@ -62,6 +62,13 @@ class HubSettings:
     """Seconds events are kept."""
     events_max: int = 1_000_000
     """Most events kept; the oldest are deleted beyond."""
+    public_read: bool = True
+    """False: reads (API, stream, metrics) need a token of any role, too."""
+    public_url: str | None = None
+    """The dashboard's address as people reach it, for links in notifications."""
+    notify_interval: float = 10.0
+    """Seconds between checks of node state counts for notifications; node events are
+    sent once the counts held still for one interval (one message per burst)."""
 
     @property
     def api_url(self) -> str:
@@ -123,25 +130,10 @@ class Gate:
     """Source-stage nodes allowed to have failed on the candidate."""
     soak: float = 600.0
     """Seconds the gate must hold continuously before promotion."""
-
-
-@dataclass(frozen=True)
-class Window:
-    """When automatic promotion may happen (UTC): days (0 = Monday) and minutes of day."""
-
-    days: tuple[int, ...]
-    start: int
-    end: int
-    """May be before ``start``: the window then crosses midnight (days name its start)."""
-
-    def contains(self, ts: float) -> bool:
-        t = time.gmtime(ts)
-        minute = t.tm_hour * 60 + t.tm_min
-        if self.start < self.end:
-            return t.tm_wday in self.days and self.start <= minute < self.end
-        if minute >= self.start:
-            return t.tm_wday in self.days
-        return minute < self.end and (t.tm_wday - 1) % 7 in self.days
+    require_plan: bool = False
+    """Plan an automatic promotion on the stage's nodes first; halt if any would refuse."""
+    agent_version: str | None = None
+    """A node counts as ready only when it also runs this agent version."""
 
 
 @dataclass(frozen=True)
@@ -151,10 +143,16 @@ class Stage:
     promote_from: str | None = None
     auto: bool = False
     gate: Gate = field(default_factory=Gate)
-    window: Window | None = None
+    window: Schedule | None = None
+    """When automatic promotion may happen, read in the stage's ``timezone`` (default UTC)."""
+    window_spec: tuple[str, ...] = ()
+    """The window as written, for the API and messages."""
     auto_rollback: bool = False
     """When this stage's nodes fail on its head beyond ``gate.max_failed``, move the
     branch back to its previous promoted commit (besides halting the pipeline)."""
+    waves: tuple[Wave, ...] = ()
+    """``[[stages.waves]]``: a promotion moves these waves' refs one after the other,
+    the stage branch last (:mod:`hub.waves`)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +162,8 @@ class HubConfig:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     git: GitSettings = field(default_factory=GitSettings)
     stages: tuple[Stage, ...] = ()
+    users: tuple[User, ...] = ()
+    notify: tuple[Sink, ...] = ()
 
     def stage_for_branch(self, branch: str | None) -> Stage | None:
         return next((s for s in self.stages if s.branch == branch), None)
@@ -177,7 +177,7 @@ def _listen(sec: Section) -> tuple[str, int]:
     if raw is None:
         return ("127.0.0.1", 8080)
     host, sep, port = raw.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise sec.err("listen", f"{raw!r} must look like 127.0.0.1:8080")
     return (host.strip("[]") or "0.0.0.0", int(port))
 
@@ -213,11 +213,21 @@ def _hub(root: Section) -> HubSettings:
         stale_after=sec.duration("stale_after", 3 * heartbeat, minimum=0.1, maximum=7 * DAY),
         events_max_age=sec.duration("events_max_age", 30 * DAY, minimum=60.0, maximum=10 * YEAR),
         events_max=sec.integer("events_max", 1_000_000, minimum=100, maximum=1_000_000_000),
+        public_read=sec.flag("public_read", True),
+        public_url=_public_url(sec),
+        notify_interval=sec.duration("notify_interval", 10.0, minimum=0.1, maximum=HOUR),
     )
     if cfg.stale_after < cfg.heartbeat:
         raise sec.err("stale_after", f"must be at least heartbeat ({cfg.heartbeat:g} s)")
     sec.done()
     return cfg
+
+
+def _public_url(sec: Section) -> str | None:
+    url = sec.text("public_url")
+    if url is not None and (urlsplit(url).scheme not in ("http", "https") or "#" in url):
+        raise sec.err("public_url", f"must be an http(s) URL without a fragment, got {url!r}")
+    return url.rstrip("/") if url else None
 
 
 def _mqtt(root: Section, shared: bool) -> MqttSettings:
@@ -243,7 +253,7 @@ def _git(root: Section) -> GitSettings:
     sec = root.table("git")
     url = sec.text("url")
     if url is not None:
-        scheme = urlsplit(url).scheme
+        scheme = sec.url("url", url).scheme
         is_scp = scheme == "" and ":" in url and "@" in url.split(":", 1)[0]
         if scheme not in _GIT_SCHEMES and not is_scp:
             raise sec.err(
@@ -265,30 +275,6 @@ def _git(root: Section) -> GitSettings:
     return cfg
 
 
-def _window(sec: Section) -> Window | None:
-    raw = sec.text("window")
-    if raw is None:
-        return None
-    m = _WINDOW_RE.match(raw.strip().lower())
-    problem = f"{raw!r} must look like '09:00-17:00' or 'mon-fri 09:00-17:00' (UTC)"
-    if m is None:
-        raise sec.err("window", problem)
-    d1, d2 = m["d1"], m["d2"] or m["d1"]
-    if d1 is not None and (d1 not in _DAYS or d2 not in _DAYS):
-        raise sec.err("window", problem)
-    h1, m1, h2, m2 = (int(m[k]) for k in ("h1", "m1", "h2", "m2"))
-    if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 * 60 + m2) > 1440:
-        raise sec.err("window", problem)
-    if h1 * 60 + m1 == h2 * 60 + m2:
-        raise sec.err("window", f"{raw!r} is empty (start equals end)")
-    if d1 is None:
-        days = tuple(range(7))
-    else:
-        a, b = _DAYS.index(d1), _DAYS.index(d2)
-        days = tuple((a + i) % 7 for i in range((b - a) % 7 + 1))
-    return Window(days=days, start=h1 * 60 + m1, end=h2 * 60 + m2)
-
-
 def _stage(sec: Section) -> Stage:
     name = sec.text("name")
     if name is None or not _NAME_RE.match(name):
@@ -303,19 +289,26 @@ def _stage(sec: Section) -> Stage:
         min_ready_ratio=gsec.number("min_ready_ratio", 1.0, minimum=0.0, maximum=1.0),
         max_failed=gsec.integer("max_failed", 0, minimum=0, maximum=MAX_NODES),
         soak=gsec.duration("soak", 600.0, maximum=30 * DAY),
+        require_plan=gsec.flag("require_plan", False),
+        agent_version=gsec.text("agent_version"),
     )
     gsec.done()
+    window_spec, timezone = read_window(sec, "UTC")
     stage = Stage(
         name=name,
         branch=branch,
         promote_from=sec.text("promote_from"),
         auto=sec.flag("auto", False),
         gate=gate,
-        window=_window(sec),
+        window=parse_schedule(window_spec, timezone) if window_spec else None,
+        window_spec=window_spec,
         auto_rollback=sec.flag("auto_rollback", False),
+        waves=parse_waves(sec),
     )
     if stage.auto and stage.promote_from is None:
         raise sec.err("auto", "needs promote_from (the stage to promote from)")
+    if stage.waves and stage.promote_from is None:
+        raise sec.err("waves", "need promote_from (waves split a promotion)")
     sec.done()
     return stage
 
@@ -355,9 +348,18 @@ def parse_config(data: Mapping[str, Any], path: Path) -> HubConfig:
     """Validate an already-parsed TOML document (exposed for tests of pure logic)."""
     root = Section(path, "", data, ConfigError, relative_paths=True)
     hub = _hub(root)
-    # One SQLite hub takes everything; PostgreSQL replicas split the load.
-    mqtt = _mqtt(root, shared=hub.database_url is not None)
-    cfg = HubConfig(path=path, hub=hub, mqtt=mqtt, git=_git(root), stages=_stages(root))
+    stages = _stages(root)
+    names = tuple(s.name for s in stages)
+    cfg = HubConfig(
+        path=path,
+        hub=hub,
+        # One SQLite hub takes everything; PostgreSQL replicas split the load.
+        mqtt=_mqtt(root, shared=hub.database_url is not None),
+        git=_git(root),
+        stages=stages,
+        users=parse_users(root, names, hub.token_file),
+        notify=parse_sinks(root, names),
+    )
     root.done()
     return cfg
 

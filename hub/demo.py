@@ -29,6 +29,9 @@ from typing import Any
 from hub.errors import HubError
 
 STAGES = ("canary", "beta", "stable")
+MOTD_TEMPLATE = "{{ motd.text }}\n(node {{ node }} at desk {{ motd.desk }}, stage {{ branch }})\n"
+REQUIRES = '[requires]\nagent = ">= 0.2"  # templates and values: older agents refuse this\n'
+
 NODES = {"canary": 1, "beta": 2, "stable": 3}
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "edgefleet demo",
@@ -127,12 +130,20 @@ class Demo:
         return self.root / "nodes" / node
 
     def commit(self, message: str, text: str) -> str:
-        """A signed commit on canary (the work clone's branch) changing every node's motd."""
+        """A signed commit on canary (the work clone's branch) changing every node's motd.
+
+        The motd is a template rendered on each node: the text is a value shared by all
+        (common/values.toml), the desk a per-node value (nodes/<node>/values.toml).
+        """
         work = self.root / "work"
-        for node in self.nodes:
-            path = work / "nodes" / node / "files" / str(self.node_root(node) / "etc/motd")[1:]
+        (work / "common").mkdir(exist_ok=True)
+        (work / "common/edgefleet.toml").write_text(REQUIRES)
+        (work / "common/values.toml").write_text(f"[motd]\ntext = {json.dumps(text)}\n")
+        for n, node in enumerate(self.nodes, start=1):
+            path = work / "nodes" / node / "files" / str(self.node_root(node) / "etc/motd.j2")[1:]
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"{text}\n(node {node})\n")
+            path.write_text(MOTD_TEMPLATE)
+            (work / "nodes" / node / "values.toml").write_text(f"[motd]\ndesk = {n}\n")
         self._git("add", "-A")
         key = self.root / "signing" / "id_ed25519"
         self._git("-c", "gpg.format=ssh", "-c", f"user.signingkey={key}",
@@ -199,7 +210,7 @@ class Demo:
         cfg.write_text(
             f'node = "{node}"\nstate_dir = "{home}/state"\n[labels]\nsite = "demo"\n'
             f'[git]\nurl = "file://{self.root}/fleet.git"\nbranch = "{stage}"\n'
-            f'paths = ["nodes/{node}"]\ninterval = 60\n'
+            f'paths = ["common", "nodes/{node}"]\ninterval = 60\n'
             f'[trust]\nallowed_signers = "{allowed}"\n'
             f'[mqtt]\nurl = "{mqtt_url}"\nheartbeat = 5\n'
             f'[targets.files]\nallowed_roots = ["{self.node_root(node)}"]\n'

@@ -44,3 +44,8 @@ class RolloutRefused(HubError):
     def __init__(self, message: str, evidence: dict[str, object] | None = None) -> None:
         super().__init__(message)
         self.evidence = evidence or {}
+
+
+class RecipientsError(HubError):
+    """The database of enrolled age recipients cannot be read or written, or a recipient
+    is malformed."""

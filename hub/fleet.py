@@ -65,7 +65,7 @@ class Fleet:
         heads = self._heads()
         stages: dict[str, StageBucket] = {
             s.name: {"branch": s.branch, "head": heads.get(s.branch), "nodes": 0,
-                     "states": _empty_states()}
+                     "states": _empty_states(), "versions": {}}
             for s in self._cfg.stages
         }  # fmt: skip
         unstaged = _bucket()
@@ -77,6 +77,12 @@ class Fleet:
             bucket: Bucket = stages[name] if name is not None else unstaged
             bucket["nodes"] += count.nodes
             bucket["states"][count.state] = bucket["states"].get(count.state, 0) + count.nodes
+        for vc in await self._store.version_counts():
+            name = self._stage_name(vc.branch)
+            if name is not None:
+                versions = stages[name]["versions"]
+                key = vc.version or "unknown"
+                versions[key] = versions.get(key, 0) + vc.nodes
         out: Summary = {
             "nodes": total,
             "states": states,
@@ -133,6 +139,7 @@ class Fleet:
             "seq": r.seq,
             "labels": r.labels,
             "drift_count": r.drift_count,
+            "version": r.version,
         }
 
     async def exists(self, name: str) -> bool:
@@ -200,17 +207,26 @@ class Fleet:
                         "min_ready_ratio": s.gate.min_ready_ratio,
                         "max_failed": s.gate.max_failed,
                         "soak": s.gate.soak,
+                        "agent_version": s.gate.agent_version,
                     },
                     "window": None
                     if s.window is None
-                    else {"days": list(s.window.days), "start": s.window.start,
-                          "end": s.window.end},
+                    else {"windows": list(s.window_spec), "timezone": str(s.window.tz)},
                     "nodes": counts["nodes"],
                     "states": counts["states"],
+                    "versions": counts["versions"],
+                    "on_head": await self._on_head(s, counts["head"]),
                     **(rollouts or {}).get(s.name, {}),
                 }
             )  # fmt: skip
         return {"stages": out}
+
+    async def _on_head(self, stage: Stage, head: str | None) -> int:
+        """Nodes of ``stage`` that applied its head: the rollout's progress."""
+        if head is None:
+            return 0
+        nodes = await self._store.stage_nodes(stage.branch, self._clock())
+        return sum(1 for n in nodes if n.applied == head)
 
     async def events(
         self,

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hub.config import Gate, HubConfig, Stage
-from hub.states import HEALTHY, OFFLINE, STALE
+from hub.states import DEFERRED, HEALTHY, OFFLINE, STALE
 from hub.store import NodeState, Pause
 
 FAILED_STATES = ("failed", "refused")
@@ -73,13 +73,24 @@ def evaluate_gate(
     if candidate is None:
         return GateResult(False, None, total, 0, 0, 0, stale, offline, None, gate.soak,
                           "the source stage branch has no head yet")  # fmt: skip
-    ready = sum(n.state == HEALTHY and n.applied == candidate for n in nodes)
+    ready = sum(
+        n.state == HEALTHY and n.applied == candidate and gate.agent_version in (None, n.version)
+        for n in nodes
+    )
     failed = len(failed_on(nodes, candidate))
     # 1e-9: 0.8 * 5 must need 4 nodes, not 5 through float rounding.
     needed = max(gate.min_nodes, math.ceil(gate.min_ready_ratio * total - 1e-9))
     short = candidate[:7]
     counts = f"{ready}/{total} nodes applied {short}"
-    unfresh = ", ".join(f"{n} {what}" for n, what in ((stale, "stale"), (offline, "offline")) if n)
+    if gate.agent_version is not None:
+        counts += f" on agent {gate.agent_version}"
+    # Deferred nodes (a lock or window holds them) are pending: neither ready nor failed.
+    deferred = sum(n.state == DEFERRED for n in nodes)
+    unfresh = ", ".join(
+        f"{n} {what}"
+        for n, what in ((stale, "stale"), (offline, "offline"), (deferred, DEFERRED))
+        if n
+    )
     if failed > gate.max_failed:
         reason = f"{failed} node{'s' * (failed != 1)} failed on {short} (max {gate.max_failed})"
     elif ready < needed:

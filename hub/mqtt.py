@@ -72,13 +72,16 @@ class HubMqtt:
         on_message: Callable[[Message], None],
         on_ready: Callable[[], None] | None = None,
         max_unacked: int = _MAX_UNACKED,
+        direct: Sequence[str] = (),
     ) -> None:
         """``max_unacked``: QoS 1 messages delivered but not acked yet (not committed)
         at which reading pauses until acks come; also the MQTT 5 Receive Maximum asked
-        of the broker. Keep it above what arrives while one batch commits."""
+        of the broker. Keep it above what arrives while one batch commits.
+        ``direct``: topics every hub needs itself, never shared (plan answers go to the
+        hub that asked)."""
         self._cfg = cfg
         self._max_unacked = max_unacked
-        self._topics = [SHARE_GROUP + t if cfg.shared else t for t in topics]
+        self._topics = [SHARE_GROUP + t if cfg.shared else t for t in topics] + list(direct)
         # The other form, which a hub configured the other way left in the session.
         self._old_topics = [t if cfg.shared else SHARE_GROUP + t for t in topics]
         self._on_message = on_message

@@ -19,16 +19,18 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from hub.config import HubConfig, Stage
 from hub.errors import BranchMoved, HubError, PromoteError, RolloutRefused
 from hub.gate import GateResult, blocked_by, evaluate_gate, failed_on
 from hub.leader import Leadership, NotLeader
+from hub.plan import PlanJson, plan_evidence, refusal_summary
 from hub.promote import StageGit
 from hub.shapes import AuditJson, PauseJson, PromoteJson, ResumeJson, RollbackJson, StageRollout
 from hub.store import AuditRow, NodeState, Pause, RolloutStore
+from hub.waves import Announce, Waves, WaveStore, pause_after_rollback
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,10 @@ AUTO = "auto"
 
 Moved = Callable[[str, str], None]
 """Called with (branch, new head) after a push: announce it to the agents now."""
+Audited = Callable[[AuditRow], Awaitable[None]]
+"""Called with each audit row once it is stored (notifications)."""
+PlanCall = Callable[[str], Awaitable[PlanJson]]
+"""Plans the candidate of a stage on its nodes (hub.plan.Planner.plan)."""
 
 
 class AlreadyThere(RolloutRefused):
@@ -57,6 +63,9 @@ class Rollout:
         clock: Callable[[], float] = time.time,
         tick: float = 0.5,
         leader: Leadership | None = None,
+        audited: Audited | None = None,
+        wave_store: WaveStore | None = None,
+        announce: Announce | None = None,
     ) -> None:
         self._cfg = cfg
         self._store = store
@@ -66,12 +75,20 @@ class Rollout:
         self._clock = clock
         self._tick = tick
         self._leader = leader or Leadership()
+        self._audited = audited
         self._recorded: dict[str, str] = {}
         self._auto_failed: dict[str, tuple[str, str | None]] = {}
         """stage -> (candidate, stage head) of an automatic promotion that failed: not
         retried (or re-audited) until either moves."""
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._waves = (
+            Waves(wave_store, git, clock, self._audit, moved, announce, self._leader.fence)
+            if wave_store is not None and git is not None
+            else None
+        )
+        self.planner: PlanCall | None = None
+        """For gates with ``require_plan``; without it such a gate never opens."""
 
     def poke(self) -> None:
         """New node reports were stored: re-evaluate now rather than at the next tick."""
@@ -134,6 +151,8 @@ class Rollout:
                 elif blocked and gate.open:
                     status["reason"] = f"gate open, but {blocked}"
                 info["gate_status"] = status
+            if stage.waves and self._waves is not None:
+                info["waves"] = await self._waves.status(stage)
             out[stage.name] = info
         return out
 
@@ -169,10 +188,16 @@ class Rollout:
                 self._auto_failed.pop(stage.name, None)
             if head is not None:
                 await self._check_halt(stage, head)
+        for stage in self._cfg.stages:
+            if stage.waves and self._waves is not None:
+                async with self._lock:
+                    await self._waves.tick(stage)
         pauses = await self._store.pauses()
         for stage in self._cfg.stages:
             if stage.promote_from is None:
                 continue
+            if stage.waves and self._waves is not None and await self._waves.active(stage):
+                continue  # the running waves finish (or halt) first
             gate = await self.evaluate(stage, track=True)
             if not (stage.auto and gate.open and gate.candidate is not None):
                 continue
@@ -183,6 +208,8 @@ class Rollout:
                 continue
             if self._auto_failed.get(stage.name) == (gate.candidate, current):
                 continue
+            if stage.gate.require_plan and not await self._plan_allows(stage, gate, current):
+                continue
             try:
                 await self._promote(stage, gate, current, AUTO, "gate open", forced=False)
             except AlreadyThere:
@@ -192,6 +219,31 @@ class Rollout:
             except (RolloutRefused, PromoteError) as err:
                 self._auto_failed[stage.name] = (gate.candidate, current)
                 log.warning("automatic promotion into %s not done: %s", stage.name, err)
+
+    async def _plan_allows(self, stage: Stage, gate: GateResult, current: str | None) -> bool:
+        """``require_plan``: plan the candidate on ``stage``'s nodes; a node that would
+        refuse it halts the stage (audited) instead of promoting."""
+        candidate = gate.candidate
+        assert candidate is not None
+        if self.planner is None:
+            log.warning("%s requires a plan, but this hub cannot plan", stage.name)
+            return False
+        try:
+            plan = await self.planner(stage.name)
+        except HubError as err:  # e.g. the broker is down: try again at the next tick
+            log.warning("plan before promoting %s not made: %s", stage.name, err)
+            return False
+        if plan["to"] != candidate:
+            return False  # the source moved meanwhile: the next tick decides afresh
+        reason = refusal_summary(plan)
+        if reason is None:
+            return True
+        log.error("halting %s before promotion: %s", stage.name, reason)
+        now = self._clock()
+        await self._store.set_pause(Pause(stage.name, "halt", candidate, now, AUTO, reason))
+        evidence = {**gate.evidence(), "plan": plan_evidence(plan)}
+        await self._audit("halt", stage, AUTO, current, candidate, "done", reason, evidence)
+        return False
 
     async def _check_halt(self, stage: Stage, head: str) -> None:
         failed = failed_on(await self._nodes(stage), head)
@@ -226,18 +278,22 @@ class Rollout:
         reason: str,
         evidence: Mapping[str, Any],
         forced: bool = False,
+        on_behalf: str | None = None,
     ) -> None:
-        await self._store.add_audit(
-            AuditRow(self._clock(), action, stage.name, who, from_commit, to_commit, outcome,
-                     forced, reason, json.dumps(evidence, sort_keys=True))
-        )  # fmt: skip
+        row = AuditRow(self._clock(), action, stage.name, who, from_commit, to_commit, outcome,
+                       forced, reason, json.dumps(evidence, sort_keys=True), on_behalf)  # fmt: skip
+        await self._store.add_audit(row)
+        if self._audited is not None:
+            await self._audited(row)
 
     def _need_git(self) -> StageGit:
         if self._git is None:
             raise RolloutRefused("no [git] url configured: the hub cannot move stage branches")
         return self._git
 
-    async def promote(self, name: str, who: str, reason: str, force: bool = False) -> PromoteJson:
+    async def promote(
+        self, name: str, who: str, reason: str, force: bool = False, on_behalf: str | None = None
+    ) -> PromoteJson:
         """Manual promotion into stage ``name``; RolloutRefused says why it was not done."""
         stage = self._stage(name)
         gate = await self.evaluate(stage)
@@ -246,6 +302,8 @@ class Rollout:
         current = self._heads().get(stage.branch)
         if current == gate.candidate:
             raise RolloutRefused(f"{name} is at {gate.candidate[:7]} already", gate.evidence())
+        if self._waves is not None and await self._waves.active(stage):
+            raise RolloutRefused(f"the waves of {name} are rolling: roll back first")
         if not force:
             blocked = blocked_by(self._cfg, stage, await self._store.pauses())
             if blocked:
@@ -256,7 +314,7 @@ class Rollout:
                 raise RolloutRefused(
                     f"outside the maintenance window of {name} (use --force)", gate.evidence()
                 )
-        return await self._promote(stage, gate, current, who, reason, forced=force)
+        return await self._promote(stage, gate, current, who, reason, force, on_behalf)
 
     def _stage(self, name: str) -> Stage:
         stage = self._cfg.stage(name)
@@ -272,6 +330,7 @@ class Rollout:
         who: str,
         reason: str,
         forced: bool,
+        on_behalf: str | None = None,
     ) -> PromoteJson:
         """Fast-forward ``stage`` from ``expected`` (the head the decision saw) to the
         candidate; a branch that moved since is reported, audited, never overwritten."""
@@ -288,13 +347,14 @@ class Rollout:
             except (PromoteError, RolloutRefused) as err:
                 outcome = "refused" if isinstance(err, BranchMoved | RolloutRefused) else "failed"
                 await self._audit("promote", stage, who, expected, candidate, outcome,
-                                  f"{reason}: {err}", evidence, forced)  # fmt: skip
+                                  f"{reason}: {err}", evidence, forced, on_behalf)  # fmt: skip
                 if isinstance(err, RolloutRefused):
                     raise
                 raise RolloutRefused(str(err), evidence) from err
-            self._moved(stage.branch, candidate)
+            if not stage.waves or self._waves is None:
+                self._moved(stage.branch, candidate)
             await self._audit("promote", stage, who, expected, candidate, "done", reason,
-                              evidence, forced)  # fmt: skip
+                              evidence, forced, on_behalf)  # fmt: skip
         log.info("promoted %s: %s -> %s by %s%s", stage.name, _short(expected), candidate[:12],
                  who, " (forced)" if forced else "")  # fmt: skip
         return {"stage": stage.name, "from": expected, "to": candidate, "forced": forced,
@@ -321,7 +381,10 @@ class Rollout:
                 f"{expected[:7]}: not a fast-forward (promotion never rewrites history)"
             )
         await self._leader.fence()
-        await asyncio.to_thread(git.update, stage.branch, expected, candidate)
+        if stage.waves and self._waves is not None:
+            await self._waves.start(stage, expected, candidate)
+        else:
+            await asyncio.to_thread(git.update, stage.branch, expected, candidate)
 
     async def _previous(self, stage: Stage, head: str) -> str | None:
         """The commit ``stage`` had before ``head``: the promotion's origin, else the
@@ -332,7 +395,13 @@ class Rollout:
         return next((c for c in await self._store.head_history(stage.name) if c != head), None)
 
     async def rollback(
-        self, name: str, who: str, reason: str, to: str | None = None, pause: bool = True
+        self,
+        name: str,
+        who: str,
+        reason: str,
+        to: str | None = None,
+        pause: bool = True,
+        on_behalf: str | None = None,
     ) -> RollbackJson:
         """Move ``name`` back (a forced push, old value checked) and pause it."""
         stage = self._stage(name)
@@ -342,6 +411,10 @@ class Rollout:
             head = fresh.get(stage.branch)
             if head is None:
                 raise RolloutRefused(f"branch {stage.branch} does not exist")
+            waves = self._waves
+            running = await waves.active(stage) if waves is not None else None
+            if waves is not None and running is not None and to is None:
+                return await waves.rollback(stage, running, head, who, reason, pause, on_behalf)
             target = to or await self._previous(stage, head)
             if target is None:
                 raise RolloutRefused(f"no previous commit of {name} is known; name one with --to")
@@ -359,21 +432,22 @@ class Rollout:
             except PromoteError as err:
                 outcome = "refused" if isinstance(err, BranchMoved) else "failed"
                 await self._audit("rollback", stage, who, head, target, outcome,
-                                  f"{reason}: {err}", evidence)  # fmt: skip
+                                  f"{reason}: {err}", evidence, on_behalf=on_behalf)  # fmt: skip
                 raise RolloutRefused(str(err), evidence) from err
             self._moved(stage.branch, target)
+            if self._waves is not None:
+                await self._waves.move_all(stage, target)
             if pause:
-                current = (await self._store.pauses()).get(stage.name)
-                if current is None or current.kind != "halt":
-                    await self._store.set_pause(
-                        Pause(stage.name, "rollback", target, self._clock(), who, reason)
-                    )
-            await self._audit("rollback", stage, who, head, target, "done", reason, evidence)
+                await pause_after_rollback(self._store, stage, target, who, reason, self._clock())
+            await self._audit("rollback", stage, who, head, target, "done", reason, evidence,
+                              on_behalf=on_behalf)  # fmt: skip
         log.warning("rolled back %s: %s -> %s by %s (%s)", name, head[:12], target[:12], who,
                     reason)  # fmt: skip
         return {"stage": name, "from": head, "to": target, "paused": True}
 
-    async def resume(self, name: str, who: str, reason: str) -> ResumeJson:
+    async def resume(
+        self, name: str, who: str, reason: str, on_behalf: str | None = None
+    ) -> ResumeJson:
         stage = self._stage(name)
         pause = (await self._store.pauses()).get(name)
         if pause is None:
@@ -381,8 +455,10 @@ class Rollout:
         await self._leader.fence()
         await self._store.clear_pause(name)
         self._auto_failed.pop(name, None)
+        if self._waves is not None:
+            await self._waves.resume(stage)
         await self._audit("resume", stage, who, None, None, "done", reason,
-                          {"lifted": _pause_json(pause)})  # fmt: skip
+                          {"lifted": _pause_json(pause)}, on_behalf=on_behalf)  # fmt: skip
         log.info("resumed %s (was paused: %s) by %s", name, pause.reason, who)
         self._wake.set()
         return {"stage": name, "resumed": True, "was": _pause_json(pause)}
@@ -390,7 +466,8 @@ class Rollout:
     async def history(self, stage: str | None = None, limit: int = 100) -> list[AuditJson]:
         return [
             {"id": e.id, "at": e.row.at, "action": e.row.action, "stage": e.row.stage,
-             "who": e.row.who, "from": e.row.from_commit, "to": e.row.to_commit,
+             "who": e.row.who, "on_behalf": e.row.on_behalf, "from": e.row.from_commit,
+             "to": e.row.to_commit,
              "outcome": e.row.outcome, "forced": e.row.forced, "reason": e.row.reason,
              "evidence": json.loads(e.row.evidence)}
             for e in await self._store.history(stage, limit)

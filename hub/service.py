@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 
@@ -17,16 +18,22 @@ from aiohttp import web
 from hub.config import HubConfig
 from hub.errors import GitWatchError
 from hub.fleet import Fleet
+from hub.forget import Forgetter
 from hub.gitwatch import GitWatch
 from hub.ingest import TOPICS, Ingest
 from hub.leader import Leadership, LeaseLeadership
 from hub.mqtt import HubMqtt, Message
+from hub.notify.service import Notifier
+from hub.plan import PLAN_TOPICS, Planner
+from hub.planweb import add_plan_routes
 from hub.promote import StageGit
 from hub.rollout import Rollout
+from hub.sampler import StateSampler
 from hub.sse import Updates
 from hub.store import HubStore
 from hub.store.factory import open_store
 from hub.store.pglease import PgLease
+from hub.waves import announce_wave
 from hub.web import WebContext, make_app
 
 log = logging.getLogger(__name__)
@@ -46,7 +53,10 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
 
     def on_message(msg: Message) -> None:
         assert ingest is not None  # set before the MQTT task starts
-        ingest.submit(msg)
+        if planner.take(msg.topic, msg.payload):
+            mqtt.ack(msg.mid, msg.qos)  # an answer is only worth something right now
+        else:
+            ingest.submit(msg)
 
     gitwatch: GitWatch | None = None
 
@@ -54,7 +64,7 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
         if gitwatch is not None:
             gitwatch.announce(force=True)  # the broker may have lost retained refs
 
-    mqtt = HubMqtt(cfg.mqtt, TOPICS, on_message, on_ready)
+    mqtt = HubMqtt(cfg.mqtt, TOPICS, on_message, on_ready, direct=PLAN_TOPICS)
     rollout: Rollout | None = None
 
     def on_elected() -> None:
@@ -70,6 +80,7 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
         return leader.is_leader() and mqtt.publish(topic, payload, qos, retain)
 
     gitwatch = GitWatch(cfg.git, [s.branch for s in cfg.stages], publish_ref)
+    planner = Planner(cfg, store.stage_nodes, mqtt.publish, lambda: gitwatch.heads)
     fleet = Fleet(cfg, store, heads=lambda: gitwatch.heads)
     updates = Updates(fleet)
     stage_git = (
@@ -77,7 +88,13 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
         if cfg.git.url is not None
         else None
     )
-    rollout = Rollout(cfg, store, stage_git, lambda: gitwatch.heads, gitwatch.moved, leader=leader)
+    notifier = Notifier(cfg, store, mqtt.publish, leader=leader)
+    rollout = Rollout(
+        cfg, store, stage_git, lambda: gitwatch.heads, gitwatch.moved, audited=notifier.audited,
+        leader=leader,
+        wave_store=store, announce=functools.partial(announce_wave, mqtt.publish),
+    )  # fmt: skip
+    rollout.planner = planner.plan
 
     def on_commit() -> None:
         updates.changed()
@@ -108,7 +125,12 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
 
     ctx.refresh_git = refresh_git
     ctx.role = lambda: leader.role
-    runner = web.AppRunner(make_app(ctx), access_log=None, shutdown_timeout=2.0)
+    ctx.audit = store.add_audit
+    ctx.samples = store
+    ctx.forget = Forgetter(cfg, store, mqtt.publish, ingest.forget).forget
+    app = make_app(ctx)
+    add_plan_routes(app, planner)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     host, port = cfg.hub.listen
     try:
@@ -127,6 +149,8 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
         tg.create_task(rollout.run(stop), name="rollout")
         tg.create_task(leader.run(stop), name="leader-lease")
         refresher = tg.create_task(forward_refreshes(), name="git-refresh-requests")
+        tg.create_task(notifier.run(stop), name="notify")
+        tg.create_task(StateSampler(store, leader.is_leader).run(stop), name="state-sampler")
 
         async def shutdown() -> None:
             await stop.wait()

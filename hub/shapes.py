@@ -17,6 +17,8 @@ class Bucket(TypedDict):
 class StageBucket(Bucket):
     branch: str
     head: str | None
+    versions: dict[str, int]
+    """Nodes per agent version they report ("unknown": none reported)."""
 
 
 class _SummaryBase(TypedDict):
@@ -47,6 +49,7 @@ class NodeJson(TypedDict):
     seq: int
     labels: dict[str, str]
     drift_count: int
+    version: str | None
 
 
 class EventJson(TypedDict):
@@ -86,8 +89,9 @@ class DriftGroup(TypedDict):
 # Functional syntax: "from" is a Python keyword.
 AuditJson = TypedDict(
     "AuditJson",
-    {"id": int, "at": float, "action": str, "stage": str, "who": str, "from": str | None,
-     "to": str | None, "outcome": str, "forced": bool, "reason": str, "evidence": Any},
+    {"id": int, "at": float, "action": str, "stage": str, "who": str, "on_behalf": str | None,
+     "from": str | None, "to": str | None, "outcome": str, "forced": bool, "reason": str,
+     "evidence": Any},
 )  # fmt: skip
 
 
@@ -109,6 +113,8 @@ class StageRollout(TypedDict, total=False):
     in_window: bool
     gate_status: dict[str, Any] | None
     """The gate evaluation (free-form evidence, as audited) plus ``up_to_date``."""
+    waves: list[dict[str, Any]]
+    """Stages with waves: name, nodes, on_candidate, gate, soak_left, state per wave."""
 
 
 class GateConfigJson(TypedDict):
@@ -116,12 +122,13 @@ class GateConfigJson(TypedDict):
     min_ready_ratio: float
     max_failed: int
     soak: float
+    agent_version: str | None
 
 
 class WindowJson(TypedDict):
-    days: list[int]
-    start: int
-    end: int
+    windows: list[str]
+    """As written in fleet.toml, e.g. ``mon-fri 22:00-05:00``."""
+    timezone: str
 
 
 class StageJson(StageRollout):
@@ -134,6 +141,9 @@ class StageJson(StageRollout):
     window: WindowJson | None
     nodes: int
     states: dict[str, int]
+    versions: dict[str, int]
+    on_head: int
+    """Nodes of the stage that applied its head."""
 
 
 PromoteJson = TypedDict(

@@ -1,10 +1,10 @@
 """Node state names and the effective-state rule, defined once for the whole hub.
 
 A node reports one of :data:`common.wire.STATES`; the hub overrides that with
-``offline`` (its LWT said 0) and ``stale`` (not heard within its stale window), in
-that order. :data:`OVERRIDES` is the rule: the store generates its SQL from it (one
-CASE expression, and per-override counts for the summary's single index scan), so no
-other module re-implements it.
+``offline`` (its LWT said 0), ``stale`` (not heard within its stale window) and
+``unknown`` (a state this hub does not know), in that order. :data:`OVERRIDES` is the
+rule: the store generates its SQL from it (one CASE expression, and per-override counts
+for the summary's single index scan), so no other module re-implements it.
 """
 
 from __future__ import annotations
@@ -15,10 +15,16 @@ from common import wire
 
 STALE: Final = "stale"
 OFFLINE: Final = "offline"
+UNKNOWN: Final = "unknown"
+"""Effective state of a node reporting a state this hub does not know (a newer agent: hubs
+are upgraded first, but not always); its raw value stays the node's ``reported_state``."""
 UNREPORTED: Final = "progressing"
 """Effective state of a node that went online but never sent a status."""
 HEALTHY: Final = "synced"
-ALL_STATES: Final[tuple[str, ...]] = (*wire.STATES, STALE, OFFLINE)
+DEFERRED: Final = "deferred"
+"""A node holding a new commit back (update lock, maintenance window): never healthy,
+never failed, so it holds a rollout without halting it."""
+ALL_STATES: Final[tuple[str, ...]] = (*wire.STATES, UNKNOWN, STALE, OFFLINE)
 """Every effective state, in the order the API lists them."""
 
 HEARTBEAT_MISSES: Final = 3
@@ -27,6 +33,10 @@ HEARTBEAT_MISSES: Final = 3
 OVERRIDES: Final[tuple[tuple[str, str], ...]] = (
     (OFFLINE, "online = 0"),
     (STALE, "stale_at < :now"),
+    (
+        UNKNOWN,
+        "state IS NOT NULL AND state NOT IN (" + ", ".join(f"'{s}'" for s in wire.STATES) + ")",
+    ),
 )
 """(effective state, SQL condition on a ``nodes`` row), first match wins; ``:now`` is
 bound to the current time."""

@@ -4,17 +4,17 @@ Handlers parse and check the request, then send what :mod:`hub.fleet` and
 :mod:`hub.rollout` build (shapes in docs/design.md, "Hub"); the SSE stream is
 :mod:`hub.sse`, the Prometheus text :mod:`hub.metrics`. Every bad request gets a 4xx JSON
 ``{"error": ...}``; unexpected exceptions are logged and answered with a JSON 500 by
-the middleware. Mutating calls need ``Authorization: Bearer <token>`` (the token is
-read from ``[hub] token_file`` at each call so it can be rotated).
+the middleware. Mutating calls need ``Authorization: Bearer <token>`` of a user whose
+role allows them in that stage (:mod:`hub.auth`); so do reads with ``public_read = false``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +24,20 @@ from aiohttp import web
 
 from common import wire
 from hub import sse
-from hub.config import HubConfig, Stage, read_secret
+from hub.auth import AUTH, Authenticator, read_guard, stream_ticket, whoami
+from hub.config import HubConfig, Stage
 from hub.errors import HubError, RolloutRefused
 from hub.fleet import Fleet
+from hub.forget import ForgetRefused
 from hub.ingest import IngestCounters
 from hub.leader import LEADER, leader_metric
 from hub.metrics import prometheus_text
 from hub.rollout import Rollout
+from hub.sampler import SAMPLES, samples
 from hub.sse import Updates
 from hub.states import ALL_STATES
+from hub.store import AuditRow
+from hub.store.samples import SampleStore
 from hub.webhook import GitPushHooks, Refresh
 
 log = logging.getLogger(__name__)
@@ -43,6 +48,7 @@ _MAX_LIMIT = 1000
 
 Publish = Callable[[str, bytes, int, bool], bool]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Forget = Callable[[str, str, str, str | None], Awaitable[dict[str, Any]]]
 
 
 @dataclass
@@ -57,6 +63,10 @@ class WebContext:
     refresh_git: Refresh | None = None
     role: Callable[[], str] = lambda: LEADER
     """leader | standby (:mod:`hub.leader`)."""
+    audit: Callable[[AuditRow], Awaitable[int]] | None = None
+    """Writes the rollout audit log (sync overrides are recorded there)."""
+    samples: SampleStore | None = None
+    forget: Forget | None = None
 
 
 CTX: web.AppKey[WebContext] = web.AppKey("ctx", WebContext)
@@ -104,7 +114,7 @@ def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int
     return value
 
 
-def _stage(ctx: WebContext, raw: str | None) -> Stage | None:
+def stage_param(ctx: WebContext, raw: str | None) -> Stage | None:
     if raw is None:
         return None
     stage = ctx.cfg.stage(raw)
@@ -148,7 +158,7 @@ async def summary(request: web.Request) -> web.Response:
 async def nodes(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     result = await ctx.fleet.nodes(
-        stage=_stage(ctx, request.query.get("stage")),
+        stage=stage_param(ctx, request.query.get("stage")),
         state=_state(request.query.get("state")),
         labels=_labels(request),
         limit=_int(request, "limit", 100, 1, _MAX_LIMIT),
@@ -168,7 +178,7 @@ async def node(request: web.Request) -> web.Response:
 
 async def drift(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    return web.json_response(await ctx.fleet.drift(_stage(ctx, request.query.get("stage"))))
+    return web.json_response(await ctx.fleet.drift(stage_param(ctx, request.query.get("stage"))))
 
 
 async def stages(request: web.Request) -> web.Response:
@@ -182,7 +192,7 @@ _WHO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$")
 _MAX_REASON = 500
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
@@ -201,23 +211,26 @@ def _text(body: dict[str, Any], key: str, default: str) -> str:
     return value.strip() or default
 
 
-def _who(request: web.Request, body: dict[str, Any]) -> str:
-    """Audit identity: the caller names itself (CLI: "cli:<user>"); the token proves
-    the right to act, the name is for the record."""
-    who = _text(body, "who", request.headers.get("X-Edgefleet-User", "api"))
+def _on_behalf(request: web.Request, body: dict[str, Any]) -> str | None:
+    """What the caller says about itself (CLI: "cli:<login>"): a note beside the
+    authenticated user in the audit log, never the identity."""
+    who = _text(body, "who", request.headers.get("X-Edgefleet-User", ""))
+    if not who:
+        return None
     if not _WHO_RE.match(who):
         raise BadRequest(f"who must be a short user name, got {who[:64]!r}")
-    return who if who == "api" or who.startswith(("api:", "cli:")) else f"api:{who}"
+    return who
 
 
-def _rollout_ctx(request: web.Request) -> tuple[Rollout, Stage]:
+def _rollout_ctx(request: web.Request, action: str) -> tuple[Rollout, Stage, str]:
+    """The engine, the stage and the name of the user allowed to ``action`` in it."""
     ctx = request.app[CTX]
-    _check_token(ctx, request)
-    stage = _stage(ctx, request.match_info["stage"])
+    stage = stage_param(ctx, request.match_info["stage"])
     assert stage is not None
+    user = request.app[AUTH].authorize(request, action, stage.name)
     if ctx.rollout is None:
         raise BadRequest("rollouts are disabled: no [git] url configured", status=503)
-    return ctx.rollout, stage
+    return ctx.rollout, stage, user.name
 
 
 async def _rollout_call(call: Awaitable[Mapping[str, object]]) -> web.Response:
@@ -228,35 +241,38 @@ async def _rollout_call(call: Awaitable[Mapping[str, object]]) -> web.Response:
 
 
 async def promote(request: web.Request) -> web.Response:
-    rollout, stage = _rollout_ctx(request)
-    body = await _body(request)
+    rollout, stage, user = _rollout_ctx(request, "promote")
+    body = await json_body(request)
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise BadRequest("force must be true or false")
     reason = _text(body, "reason", "manual promotion")
-    return await _rollout_call(rollout.promote(stage.name, _who(request, body), reason, force))
+    note = _on_behalf(request, body)
+    return await _rollout_call(rollout.promote(stage.name, user, reason, force, on_behalf=note))
 
 
 async def rollback(request: web.Request) -> web.Response:
-    rollout, stage = _rollout_ctx(request)
-    body = await _body(request)
+    rollout, stage, user = _rollout_ctx(request, "roll back")
+    body = await json_body(request)
     to = body.get("to")
     if to is not None and (not isinstance(to, str) or not _SHA_RE.match(to)):
         raise BadRequest("to must be a full 40-character commit id")
     reason = _text(body, "reason", "manual rollback")
-    return await _rollout_call(rollout.rollback(stage.name, _who(request, body), reason, to))
+    note = _on_behalf(request, body)
+    return await _rollout_call(rollout.rollback(stage.name, user, reason, to, on_behalf=note))
 
 
 async def resume(request: web.Request) -> web.Response:
-    rollout, stage = _rollout_ctx(request)
-    body = await _body(request)
+    rollout, stage, user = _rollout_ctx(request, "resume")
+    body = await json_body(request)
     reason = _text(body, "reason", "manual resume")
-    return await _rollout_call(rollout.resume(stage.name, _who(request, body), reason))
+    note = _on_behalf(request, body)
+    return await _rollout_call(rollout.resume(stage.name, user, reason, on_behalf=note))
 
 
 async def history(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    stage = _stage(ctx, request.query.get("stage"))
+    stage = stage_param(ctx, request.query.get("stage"))
     limit = _int(request, "limit", 100, 1, _MAX_LIMIT)
     if ctx.rollout is None:
         return web.json_response({"history": []})
@@ -292,36 +308,45 @@ async def health(request: web.Request) -> web.Response:
     )  # fmt: skip
 
 
-def _check_token(ctx: WebContext, request: web.Request) -> None:
-    if ctx.cfg.hub.token_file is None:
-        raise BadRequest("mutating calls are disabled: [hub] token_file is not set", status=403)
-    try:
-        token = read_secret(ctx.cfg.hub.token_file)
-    except OSError:
-        log.exception("cannot read token file %s", ctx.cfg.hub.token_file)
-        raise BadRequest("the hub cannot read its token file", status=503) from None
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if (
-        scheme.lower() != "bearer"
-        or not token
-        # surrogateescape: aiohttp keeps undecodable header bytes as surrogates; they
-        # must compare unequal (401), not fail to encode (500).
-        or not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
-    ):
-        raise web.HTTPUnauthorized(
-            reason="a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
-        )
-
-
 async def sync_node(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    _check_token(ctx, request)
+    request.app[AUTH].require_user(request)
     name = _node_name(request)
-    if not await ctx.fleet.exists(name):
+    body = await json_body(request)
+    detail = await ctx.fleet.node(name)
+    if detail is None:
         raise BadRequest(f"no node named {name!r} has reported", status=404)
-    if not ctx.publish(wire.cmd_topic(name), wire.encode({"op": "sync"}), 1, False):
+    user = request.app[AUTH].authorize(request, "sync nodes", detail["stage"])
+    cmd: dict[str, str] = {"op": "sync"}
+    if body.get("override") is not None:
+        # Apply now despite the node's update locks and window: always audited.
+        cmd["override"] = _text(body, "override", "")
+        if not cmd["override"] or ctx.audit is None:
+            raise BadRequest("override needs a reason (and an audit log)")
+    published = ctx.publish(wire.cmd_topic(name), wire.encode(cmd), 1, False)
+    if "override" in cmd and ctx.audit is not None:
+        await ctx.audit(
+            AuditRow(time.time(), "sync-override", detail["stage"] or "", user.name, None, None,
+                     "done" if published else "failed", True, cmd["override"],
+                     wire.encode({"node": name}).decode(), _on_behalf(request, body))
+        )  # fmt: skip
+    if not published:
         raise BadRequest("MQTT broker not connected; try again later", status=503)
-    return web.json_response({"node": name, "op": "sync", "published": True}, status=202)
+    return web.json_response({"node": name, **cmd, "published": True}, status=202)
+
+
+async def forget_node(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    user = request.app[AUTH].require_user(request)
+    if user.role != "admin":  # it removes a node from every gate's evidence
+        raise web.HTTPForbidden(reason=f"user {user.name} (role {user.role}) may not forget nodes")
+    name, body = _node_name(request), await json_body(request)
+    assert ctx.forget is not None  # wired by the service
+    reason, note = _text(body, "reason", "forgotten"), _on_behalf(request, body)
+    try:
+        return web.json_response(await ctx.forget(name, user.name, reason, note))
+    except ForgetRefused as err:
+        raise BadRequest(str(err), err.status) from None
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -358,8 +383,13 @@ async def _security_headers(_request: web.Request, response: web.StreamResponse)
 
 
 def make_app(ctx: WebContext) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[_errors, read_guard], client_max_size=64 * 1024)
     app[CTX] = ctx
+    if ctx.samples is not None:
+        app[SAMPLES] = ctx.samples
+    app[AUTH] = Authenticator(
+        ctx.cfg.users, ctx.cfg.hub.public_read, tuple(s.name for s in ctx.cfg.stages)
+    )
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC)
@@ -369,6 +399,7 @@ def make_app(ctx: WebContext) -> web.Application:
     app.router.add_get("/api/v1/nodes", nodes)
     app.router.add_get("/api/v1/nodes/{node}", node)
     app.router.add_post("/api/v1/nodes/{node}/sync", sync_node)
+    app.router.add_delete("/api/v1/nodes/{node}", forget_node)
     app.router.add_get("/api/v1/drift", drift)
     app.router.add_get("/api/v1/stages", stages)
     app.router.add_post("/api/v1/stages/{stage}/promote", promote)
@@ -377,5 +408,8 @@ def make_app(ctx: WebContext) -> web.Application:
     app.router.add_get("/api/v1/history", history)
     app.router.add_get("/api/v1/events", events)
     app.router.add_get("/api/v1/stream", stream)
+    app.router.add_post("/api/v1/stream-ticket", stream_ticket)
+    app.router.add_get("/api/v1/whoami", whoami)
+    app.router.add_get("/api/v1/samples", samples)
     app.router.add_post("/api/v1/hooks/git", GitPushHooks(ctx.cfg, ctx.refresh_git).handle)
     return app

@@ -2,7 +2,8 @@
 
 A real mosquitto runs the shipped edgefleet.conf (paths and port rewritten for the test)
 with the shipped edgefleet.acl unchanged. Node credentials may publish only their own
-topics and read their commands and the ref notifications; the hub reads every node.
+topics and read their commands and the ref notifications; the hub reads every node and
+may clear a node's retained status and online flag (forget).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from common import wire
+from hub.notify.events import HUB_EVENTS_TOPIC
 from tests.testbed.mosquitto import MOSQUITTO, TlsFiles, free_port, wait_port
 from tests.testbed.mqtt import stop_client
 
@@ -70,14 +72,22 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 class Client:
     """A paho MQTT 5 client over TLS with a username; messages land in an asyncio queue."""
 
-    def __init__(self, broker: Broker, user: str, password: str | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        user: str,
+        password: str | None = None,
+        client_id: str | None = None,
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.messages: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self.connected: asyncio.Future[ReasonCode] = self.loop.create_future()
         self.subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._lock = threading.Lock()
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"acl-test-{user}", protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"acl-test-{user}",
+            protocol=mqtt.MQTTv5,
         )
         self.client.username_pw_set(user, USERS.get(user) if password is None else password)
         self.client.tls_set_context(ssl.create_default_context(cafile=str(broker.tls.ca)))
@@ -179,6 +189,21 @@ async def test_node_reads_its_commands_and_refs_only(clients: dict[str, Client])
     assert a.messages.empty()
 
 
+async def test_only_the_hub_tells_a_node_its_wave(clients: dict[str, Client]) -> None:
+    hub, a, b = clients["hub"], clients["node-a"], clients["node-b"]
+    assert not (await a.subscribe(wire.wave_topic("node-a"), wire.wave_topic("node-b")))[
+        0
+    ].is_failure
+    assert not (await b.subscribe(wire.wave_topic("node-b")))[0].is_failure
+    # b cannot point a at another ref; the hub's retained messages reach each node alone.
+    await b.publish(wire.wave_topic("node-a"), b'{"ref": "forged"}', retain=True)
+    await hub.publish(wire.wave_topic("node-b"), b'{"ref": "b"}', retain=True)
+    await hub.publish(wire.wave_topic("node-a"), b'{"ref": "a"}', retain=True)
+    assert await b.next() == (wire.wave_topic("node-b"), b'{"ref": "b"}')
+    assert await a.next() == (wire.wave_topic("node-a"), b'{"ref": "a"}')
+    assert a.messages.empty()
+
+
 async def test_hub_reads_every_node(clients: dict[str, Client]) -> None:
     hub = clients["hub"]
     assert not (await hub.subscribe("edgefleet/v1/node/#"))[0].is_failure
@@ -195,6 +220,26 @@ async def test_hub_reads_every_node(clients: dict[str, Client]) -> None:
     }
 
 
+async def test_only_the_hub_publishes_hub_events(clients: dict[str, Client]) -> None:
+    hub, a = clients["hub"], clients["node-a"]
+    assert not (await hub.subscribe(HUB_EVENTS_TOPIC))[0].is_failure
+    # A node's forgery first: had it been delivered, the hub would see it before its own.
+    await a.publish(HUB_EVENTS_TOPIC, b'{"type": "promotion", "forged": true}')
+    await hub.publish(HUB_EVENTS_TOPIC, b'{"type": "halt"}')
+    assert await hub.next() == (HUB_EVENTS_TOPIC, b'{"type": "halt"}')
+    assert hub.messages.empty()
+
+
+async def test_node_answers_plans_only_for_itself(clients: dict[str, Client]) -> None:
+    hub, a = clients["hub"], clients["node-a"]
+    # Every hub subscribes to plan answers itself (not shared): the answer goes to the asker.
+    assert not (await hub.subscribe(wire.plan_topic("+")))[0].is_failure
+    await a.publish(wire.plan_topic("node-b"), b'{"forged": true}')
+    await a.publish(wire.plan_topic("node-a"), b'{"own": true}')
+    assert await hub.next() == (wire.plan_topic("node-a"), b'{"own": true}')
+    assert hub.messages.empty()
+
+
 @pytest.mark.parametrize(("user", "password"), [("node-a", "wrong"), ("nobody", "x")])
 async def test_bad_credentials_are_refused(broker: Broker, user: str, password: str) -> None:
     client = Client(broker, user, password)
@@ -204,3 +249,32 @@ async def test_bad_credentials_are_refused(broker: Broker, user: str, password: 
         assert reason.getName() in ("Not authorized", "Bad user name or password")
     finally:
         client.close()
+
+
+async def test_hub_clears_a_nodes_retained_status_and_online(
+    broker: Broker, clients: dict[str, Client]
+) -> None:
+    """What ``edgefleet-hub forget`` publishes: empty retained messages on a node's topics.
+    Another node cannot do the same to it."""
+    hub, a, b = clients["hub"], clients["node-a"], clients["node-b"]
+    await a.publish(wire.status_topic("node-a"), b'{"last": "words"}', retain=True)
+    await a.publish(wire.online_topic("node-a"), b"0", retain=True)
+    await b.publish(wire.status_topic("node-a"), b"", retain=True)  # refused by the ACL
+    before = Client(broker, "hub", client_id="acl-test-hub-before")
+    try:
+        await before.subscribe(wire.status_topic("node-a"))
+        assert await before.next() == (wire.status_topic("node-a"), b'{"last": "words"}')
+        await hub.publish(wire.status_topic("node-a"), b"", retain=True)
+        await hub.publish(wire.online_topic("node-a"), b"", retain=True)
+        assert await before.next() == (wire.status_topic("node-a"), b"")
+    finally:
+        before.close()
+    after = Client(broker, "hub", client_id="acl-test-hub-after")
+    try:
+        await after.subscribe(wire.status_topic("node-a"), wire.online_topic("node-a"))
+        # Anything still retained would arrive before this live message.
+        await a.publish(wire.status_topic("node-a"), b'{"fresh": true}')
+        assert await after.next() == (wire.status_topic("node-a"), b'{"fresh": true}')
+        assert after.messages.empty()
+    finally:
+        after.close()

@@ -12,7 +12,7 @@ import pytest
 
 from tests.testbed.mosquitto import free_port
 
-AGENT_COMMANDS = [["run"], ["sync", "--once"], ["status"], ["verify"]]
+AGENT_COMMANDS = [["run"], ["sync", "--once"], ["status"], ["verify"], ["keygen"]]
 HUB_COMMANDS = [
     ["serve"],
     ["status"],
@@ -24,6 +24,7 @@ HUB_COMMANDS = [
     ["rollback", "beta"],
     ["resume", "beta"],
     ["history"],
+    ["recipients", "--label", "site=berlin"],
     ["enroll", "root@edge", "--stage", "canary", "--path", "common",
      "--allowed-signers", "/dev/null"],
 ]  # fmt: skip

@@ -20,6 +20,7 @@ import pytest
 
 from hub.cli import build_parser
 from hub.enroll import EnrollError, options, steps
+from hub.recipients import Selector, select
 from tests.testbed.debpkg import deb_field
 from tests.testbed.edgenet import EdgeNet
 from tests.testbed.fleetrepo import FleetRepo, SigningKey
@@ -146,6 +147,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, edgenet: EdgeNet) -> Iterator
             key = SigningKey.create(work / "signing")
             fleet = work / "fleet.toml"
             fleet.write_text(
+                f'[hub]\ndatabase = "{work}/hub.db"\n'
                 f'[mqtt]\nurl = "mqtt://{edgenet.host_ip}:{port}"\nusername = "hub"\n'
                 f'password_file = "{work}/hub-mqtt-password"\n'
                 '[git]\nurl = "file:///srv/ef-enroll/fleet.git"\n'
@@ -277,6 +279,11 @@ async def test_first_and_second_enrollment(
     assert status["node"] == NODE and status["state"] == "synced"
     assert status["applied"] == sha
     assert status["labels"] == {"site": 'Zürich "HQ"'}
+    # The identity was made on the node; the hub recorded its recipient from the SSH session.
+    assert (ct.root / "etc/edgefleet/age.key").stat().st_mode & 0o777 == 0o600
+    assert f"age key      {status['recipient']} recorded in {site.work}/hub.db" in out
+    enrolled = select(site.work / "hub.db", Selector(None, {"site": 'Zürich "HQ"'}, False))
+    assert enrolled.recipients == [status["recipient"]]
     assert known.read_text() == f"{site.ip} {site.host_pub}\n"
     assert (ct.root / f"{DEMO_ROOT.lstrip('/')}/motd").read_text() == "enrolled by the hub\n"
     toml = ct.root / "etc/edgefleet/agent.toml"
@@ -294,6 +301,7 @@ async def test_first_and_second_enrollment(
     out = capsys.readouterr().out
     assert f"edgefleet {version} already installed" in out
     assert f"mqtt user    {NODE} unchanged" in out
+    assert f"age key      {status['recipient']} recorded" in out, "keygen kept the identity"
     assert "written" not in out
     assert "agent        already running, nothing changed" in out
     assert json.loads(out[out.index("{") :])["applied"] == sha

@@ -12,6 +12,7 @@ from agent.changeset import Action
 from agent.config import FilesConfig
 from agent.desired import GIT_MODE_EXEC, GIT_MODE_SYMLINK, DesiredFile, DesiredState
 from agent.errors import ApplyError, PlanError
+from agent.render.seal import ContentSeal
 from agent.state import Owned
 from agent.targets.base import ApplyContext
 from agent.targets.files import ORIG_SUFFIX, FilesTarget
@@ -63,7 +64,7 @@ async def converge(target: FilesTarget, inv: Inventory, want: DesiredState) -> d
 
 
 async def test_create_update_delete_with_modes(root: Path) -> None:
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(root.parent))
     inv = Inventory()
     a, b = rel(root, "app/a.conf"), rel(root, "app/run.sh")
     want = desired({a: b"one\n"})
@@ -103,17 +104,19 @@ async def test_create_update_delete_with_modes(root: Path) -> None:
     ["../escape.conf", "./x.conf", "a//b.conf", "x/../../y.conf"],
 )
 async def test_hostile_relative_paths_refused(root: Path, path: str) -> None:
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(root.parent))
     with pytest.raises(PlanError):
         await target.plan(desired({rel(root, "") + "/" + path: b"x"}), {})
 
 
 async def test_outside_allowed_roots_and_no_roots(root: Path, tmp_path: Path) -> None:
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(root.parent))
     with pytest.raises(PlanError, match="outside allowed_roots"):
         await target.plan(desired({"etc/passwd": b"x"}), {})
     with pytest.raises(PlanError, match="no allowed_roots"):
-        await FilesTarget(FilesConfig()).plan(desired({rel(root, "a"): b"x"}), {})
+        await FilesTarget(FilesConfig(), ContentSeal(root.parent)).plan(
+            desired({rel(root, "a"): b"x"}), {}
+        )
     # A prefix match is not containment: /x/root-evil is not under /x/root.
     evil = tmp_path / "root-evil"
     with pytest.raises(PlanError, match="outside allowed_roots"):
@@ -122,7 +125,7 @@ async def test_outside_allowed_roots_and_no_roots(root: Path, tmp_path: Path) ->
 
 
 async def test_symlinks_refused_in_git_and_on_host(root: Path, tmp_path: Path) -> None:
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(root.parent))
     link = desired({rel(root, "link"): b"/etc/shadow"}, mode=GIT_MODE_SYMLINK)
     with pytest.raises(PlanError, match="symlink"):
         await target.plan(link, {})
@@ -138,7 +141,7 @@ async def test_symlinks_refused_in_git_and_on_host(root: Path, tmp_path: Path) -
 
 
 async def test_unmanaged_file_is_kept_before_takeover(root: Path) -> None:
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(root.parent))
     (root / "app.conf").write_bytes(b"hand made\n")
     inv = Inventory()
     await converge(target, inv, desired({rel(root, "app.conf"): b"from git\n"}))
@@ -148,7 +151,7 @@ async def test_unmanaged_file_is_kept_before_takeover(root: Path) -> None:
 
 async def test_adopts_identical_file_without_writing(root: Path) -> None:
     """What a kill -9 between rename and inventory record leaves behind."""
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(root.parent))
     path = root / "same.conf"
     path.write_bytes(b"same\n")
     os.chmod(path, 0o644)
@@ -163,7 +166,7 @@ async def test_adopts_identical_file_without_writing(root: Path) -> None:
 
 
 async def test_drift_detected_and_corrected(root: Path) -> None:
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(root.parent))
     inv = Inventory()
     want = desired({rel(root, "a"): b"a\n", rel(root, "b"): b"b\n", rel(root, "c"): b"c\n"})
     await converge(target, inv, want)
@@ -208,7 +211,7 @@ async def test_full_disk_keeps_old_file(root: Path) -> None:
 async def test_missing_allowed_root_is_created(tmp_path: Path) -> None:
     """A fresh device: the allowed root and its parents do not exist yet."""
     root = tmp_path / "srv" / "app"
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(tmp_path))
     inv = Inventory()
     old = os.umask(0o077)
     try:
@@ -226,14 +229,14 @@ async def test_missing_root_behind_a_planted_symlink_is_refused(tmp_path: Path) 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     root = tmp_path / "x" / "srv" / "app"
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(tmp_path))
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "srv").symlink_to(elsewhere)
     with pytest.raises(PlanError, match="outside allowed_roots"):
         await target.plan(desired({rel(root, "app.conf"): b"x"}), {})
     # Linked before the agent started: still refused.
     with pytest.raises(PlanError, match="outside allowed_roots"):
-        await FilesTarget(FilesConfig(allowed_roots=(root,))).plan(
+        await FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(tmp_path)).plan(
             desired({rel(root, "app.conf"): b"x"}), {}
         )
     assert list(elsewhere.iterdir()) == []
@@ -243,7 +246,7 @@ async def test_symlink_planted_between_plan_and_apply_is_refused(tmp_path: Path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     root = tmp_path / "x" / "srv" / "app"
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(tmp_path))
     want = desired({rel(root, "app.conf"): b"x"})
     plan = await target.plan(want, {})
     (tmp_path / "x").mkdir()
@@ -255,7 +258,7 @@ async def test_symlink_planted_between_plan_and_apply_is_refused(tmp_path: Path)
 
 async def test_regular_file_where_a_directory_is_needed(root: Path) -> None:
     (root / "etc").write_text("a file\n")
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(root.parent))
     with pytest.raises(PlanError, match=f"{root}/etc exists and is not a directory"):
         await target.plan(desired({rel(root, "etc/app.conf"): b"x"}), {})
     with pytest.raises(PlanError, match=f"{root}/etc exists and is not a directory"):
@@ -263,7 +266,7 @@ async def test_regular_file_where_a_directory_is_needed(root: Path) -> None:
 
 
 async def test_drift_of_a_file_whose_directory_became_a_file(root: Path) -> None:
-    target = FilesTarget(FilesConfig(allowed_roots=(root,)))
+    target = FilesTarget(FilesConfig(allowed_roots=(root,)), ContentSeal(root.parent))
     inv = Inventory()
     want = desired({rel(root, "etc/app.conf"): b"v1\n"})
     await converge(target, inv, want)

@@ -23,7 +23,8 @@ def test_example_fleet_toml_is_valid() -> None:
     cfg = load_config(REPO_ROOT / "fleet.toml")
     assert [s.name for s in cfg.stages] == ["canary", "beta", "stable"]
     assert [s.promote_from for s in cfg.stages] == [None, "canary", "beta"]
-    assert cfg.stages[1].window is not None and cfg.stages[1].window.days == (0, 1, 2, 3, 4)
+    assert cfg.stages[1].window is not None
+    assert cfg.stages[1].window.windows[0].days == frozenset(range(5))
     assert cfg.stages[2].gate.min_ready_ratio == 0.95
     assert cfg.stage_for_branch("beta") is cfg.stages[1]
 
@@ -99,9 +100,13 @@ TWO_X = STAGE.format(name="a", branch="x", extra="") + STAGE.format(name="b", br
         (STAGE.format(name="a", branch="a", extra="gate = { soke = 1 }"),
          "stages[0].gate.soke", "unknown key"),
         (STAGE.format(name="a", branch="a", extra="window = '25:00-26:00'"),
-         "stages[0].window", "must look like"),
+         "stages[0].window", "not a time of day"),
         (STAGE.format(name="a", branch="a", extra="window = 'xyz 09:00-10:00'"),
+         "stages[0].window", "unknown day"),
+        (STAGE.format(name="a", branch="a", extra="window = '9-10'"),
          "stages[0].window", "must look like"),
+        (STAGE.format(name="a", branch="a", extra="window = '09:00-10:00'\ntimezone = 'Mars/Base'"),
+         "stages[0].timezone", "unknown time zone"),
     ],
 )  # fmt: skip
 def test_bad_values_name_the_key(text: str, key: str, problem: str) -> None:
@@ -124,9 +129,9 @@ def test_durations_accept_seconds_and_unit_text() -> None:
 
 def test_window_wraps_the_week() -> None:
     cfg = parse(STAGE.format(name="a", branch="a", extra="window = 'Sat-Mon 22:00-23:30'"))
-    window = cfg.stages[0].window
-    assert window is not None
-    assert (window.days, window.start, window.end) == ((5, 6, 0), 1320, 1410)
+    assert cfg.stages[0].window is not None
+    window = cfg.stages[0].window.windows[0]
+    assert (window.days, window.start, window.end) == (frozenset({5, 6, 0}), 1320, 1410)
 
 
 def test_serve_exits_2_on_bad_config(tmp_path: Path) -> None:

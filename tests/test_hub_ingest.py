@@ -42,7 +42,8 @@ def metric(hub: HubProc, name: str) -> float:
         (wire.encode(status_doc("other", 1)), "node_mismatch"),
         (wire.encode(status_doc("n1", "7")), "bad_type"),
         (wire.encode(status_doc("n1", -1)), "bad_type"),
-        (wire.encode(status_doc("n1", 1, state="happy")), "bad_type"),
+        (wire.encode(status_doc("n1", 1, state="x" * 33)), "bad_type"),
+        (wire.encode(status_doc("n1", 1, state="")), "bad_type"),
         (wire.encode(status_doc("n1", 1, labels={"a": 1})), "bad_type"),
         (wire.encode(status_doc("n1", 1, drift=[{"target": "files"}])), "bad_type"),
         (wire.encode(status_doc("n1", 1, heartbeat="30")), "bad_type"),
@@ -124,16 +125,22 @@ def test_counts_per_state_and_stage(
         "s1": ("stable", "synced"),
         "s2": ("stable", "progressing"),
         "x1": ("other", "error"),
+        "d1": ("stable", "deferred"),
+        "u1": ("stable", "hibernating"),  # a newer agent's state: shown, never dropped
     }
     for node, (branch, state) in plan.items():
         publisher.status(status_doc(node, 1, state, branch=branch))
-    hub.wait_for(lambda: summary(hub).get("nodes") == 6)
+    hub.wait_for(lambda: summary(hub).get("nodes") == 8)
     s = summary(hub)
     assert s["states"] == {"synced": 2, "progressing": 1, "failed": 1, "drifted": 1,
-                           "refused": 0, "error": 1, "stale": 0, "offline": 0}  # fmt: skip
+                           "refused": 0, "error": 1, "deferred": 1, "unknown": 1, "stale": 0,
+                           "offline": 0}  # fmt: skip
+    unknown = hub.get("/api/v1/nodes?state=unknown")["nodes"]
+    assert [(n["node"], n["reported_state"]) for n in unknown] == [("u1", "hibernating")]
     assert s["stages"]["canary"]["nodes"] == 2
     assert s["stages"]["canary"]["states"]["failed"] == 1
     assert s["stages"]["stable"]["states"]["synced"] == 1
+    assert s["stages"]["stable"]["states"]["deferred"] == 1
     assert s["unstaged"]["nodes"] == 1
     assert sum(s["states"].values()) == s["nodes"]  # every node in exactly one state
 

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ import pytest
 
 from common import wire
 from hub.leader import LeaseLeadership, NotLeader
+from hub.notify.config import MQTT_SINK
+from hub.notify.deliver import Deliverer
+from hub.store.outbox import OutboxItem
 from hub.store.pg import PgStore
 from tests.testbed.fleetrepo import FleetRepo
 from tests.testbed.gitserver import GitDaemon, GitRemote
@@ -187,6 +191,45 @@ async def test_the_fencing_token_refuses_a_leader_whose_lease_lapsed(pg_database
     finally:
         await store.close()
         await asyncio.sleep(0)
+
+
+async def test_notifications_go_out_from_the_leader_only_and_once(pg_database: str) -> None:
+    """Both replicas run a deliverer on the shared outbox: the one whose lease lapsed
+    (it still believes it leads) is refused by the fencing token before it sends, the
+    leader sends each notification once."""
+    store = await PgStore.open(pg_database)
+    sent: dict[str, list[bytes]] = {"stalled": [], "leader": []}
+    stop = asyncio.Event()
+    try:
+        stalled = LeaseLeadership(store, "http://a", lambda: None, ttl=2.0, clock=lambda: 0.0)
+        leader = LeaseLeadership(store, "http://b", lambda: None, ttl=2.0)
+        await stalled.renew()
+
+        async def leader_leads() -> bool:
+            await leader.renew()
+            return leader.is_leader()
+
+        await until(leader_leads, 10, "the lease to lapse and pass to the other replica")
+        assert stalled.is_leader()  # its own view is stale
+        now = time.time()
+        await store.outbox_add([OutboxItem(f"e{i}", MQTT_SINK, f"n{i}", now, now)
+                                for i in range(2)])  # fmt: skip
+
+        def publisher(name: str) -> Callable[[str, bytes, int, bool], bool]:
+            return lambda _topic, body, _qos, _retain: sent[name].append(body) is None
+
+        tasks = [
+            asyncio.create_task(Deliverer((), store, publisher(name), time.time, lead).run(stop))
+            for name, lead in (("stalled", stalled), ("leader", leader))
+        ]
+        await until(lambda: len(sent["leader"]) == 2, 10, "the leader's deliveries")
+        stop.set()
+        await asyncio.gather(*tasks)
+        assert sent == {"stalled": [], "leader": [b"n0", b"n1"]}
+        assert await store.outbox_due(time.time() + 3600, [MQTT_SINK], 10) == []
+    finally:
+        stop.set()
+        await store.close()
 
 
 def test_a_replica_killed_during_a_burst_loses_nothing(

@@ -9,6 +9,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,12 @@ from common import wire
 from hub.errors import StoreError
 from hub.states import ALL_STATES
 from hub.store import AuditRow, Batch, EventRow, HubStore, Pause, StatusRow, Store
+from hub.store.outbox import OutboxItem
 from hub.store.pg import PgStore
+from hub.store.pgschema import SCHEMA_VERSION as PG_SCHEMA_VERSION
+from hub.store.samples import StateSample
 from hub.store.schema import MIGRATIONS, SCHEMA_VERSION
+from hub.store.waves import ROLLING, WaveRun
 from tests.testbed.hubproc import HubProc
 from tests.testbed.postgres import Postgres
 
@@ -41,8 +46,10 @@ async def test_schema_migrated_once_and_newer_schema_refused(tmp_path: Path) -> 
     assert await store.node_seqs() == {"n1": 1}
     await store.close()
     with contextlib.closing(sqlite3.connect(db)) as conn:
-        # one schema_version row per migration (2: audit, 3: incarnation, 4: soak clocks)
-        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (4,)
+        # one schema_version row per migration (2: rollout audit, 3: event incarnation,
+        # 4: audit on_behalf, notification outbox, state samples, 5: wave runs,
+        # 6: soak clocks)
+        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (6,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         conn.execute("INSERT INTO schema_version VALUES (99)")
         conn.commit()
@@ -141,7 +148,8 @@ async def test_postgres_schema_migrated_once_and_newer_schema_refused(
     assert await store.node_seqs() == {"n1": 1}
     await store.close()
     database = pg_database.rsplit("/", 1)[1]
-    assert postgres.psql("SELECT count(*) FROM schema_version", database).strip() == "2"
+    count = postgres.psql("SELECT count(*) FROM schema_version", database).strip()
+    assert count == str(PG_SCHEMA_VERSION) == "3"
     postgres.psql("INSERT INTO schema_version VALUES (99)", database)
     with pytest.raises(StoreError, match="newer"):
         await PgStore.open(pg_database)
@@ -158,9 +166,13 @@ async def test_postgres_unreachable_is_a_clear_error(postgres: Postgres) -> None
 async def test_rollout_records_round_trip(any_store: HubStore) -> None:
     store = any_store
     audit = AuditRow(1.0, "promote", "beta", "auto", "a" * 40, "b" * 40, "done", True, "ok", "{}")
-    first = await store.add_audit(audit)
+    first = await store.add_audit(audit._replace(on_behalf="cli:alice"))
     assert await store.add_audit(audit._replace(outcome="refused")) == first + 1
-    assert [e.row.outcome for e in await store.history("beta")] == ["refused", "done"]
+    history = await store.history("beta")
+    assert [(e.row.outcome, e.row.on_behalf) for e in history] == [
+        ("refused", None),
+        ("done", "cli:alice"),
+    ]
     assert await store.promotion_origin("beta", "b" * 40) == "a" * 40
     await store.set_pause(Pause("beta", "halt", None, 1.0, "auto", "why"))
     await store.set_pause(Pause("beta", "rollback", "c" * 40, 2.0, "ops", "again"))
@@ -172,6 +184,52 @@ async def test_rollout_records_round_trip(any_store: HubStore) -> None:
     for at, commit in ((1.0, "x"), (2.0, "y"), (3.0, "x")):
         await store.record_head("beta", commit, at)  # a head seen again keeps its first time
     assert await store.head_history("beta") == ["y", "x"]
+
+
+@pytest.mark.both_backends
+async def test_outbox_samples_and_waves_round_trip(any_store: HubStore) -> None:
+    store = any_store
+    await store.outbox_add([OutboxItem("e1", "chat", "one", 1.0, 1.0),
+                            OutboxItem("e2", "chat", "two", 2.0, 2.0),
+                            OutboxItem("e1", "ops", "one", 1.0, 5.0)])  # fmt: skip
+    due = await store.outbox_due(3.0, ["chat", "ops"], 10)
+    assert [(e.item.event_id, e.item.sink) for e in due] == [("e1", "chat"), ("e2", "chat")]
+    await store.outbox_retry(due[0].id, 9.0, "HTTP 503")
+    await store.outbox_delivered(due[1].id, 3.0)
+    assert await store.outbox_due(6.0, ["chat", "ops"], 10) != []
+    again = await store.outbox_due(9.0, ["chat"], 10)
+    assert [(e.item.body, e.attempts) for e in again] == [("one", 1)]
+    assert await store.outbox_prune(1.5) == 2
+    assert await store.outbox_due(9.0, ["chat", "ops"], 10) == []
+
+    await store.add_sample(10.0, {"synced": 3, "failed": 0})
+    await store.add_sample(20.0, {})
+    assert await store.samples(0.0) == [StateSample(10.0, {"synced": 3}), StateSample(20.0, {})]
+    await store.prune_samples(15.0)
+    assert await store.samples(0.0) == [StateSample(20.0, {})]
+
+    run = WaveRun("beta", "c" * 40, None, 0, 1.0, None, ROLLING, "wave w1")
+    await store.save_wave_run(run)
+    await store.save_wave_run(replace(run, holding_since=2.0))
+    assert await store.wave_run("beta") == replace(run, holding_since=2.0)
+    assert await store.wave_run("stable") is None
+    await store.set_wave_members("beta", {"n1": "w1", "n2": "w2"})
+    await store.set_wave_members("beta", {"n3": "w1"})
+    assert await store.wave_members("beta") == {"n3": "w1"}
+
+
+@pytest.mark.both_backends
+async def test_versions_counted_and_a_forgotten_node_gone(any_store: HubStore) -> None:
+    store = any_store
+    now = time.time()
+    versioned = row("v1", 1, "synced", now)._replace(doc='{"version": "1.4.0"}')
+    await store.write_batch(Batch(statuses=[versioned, row("old", 1, "synced", now)]))
+    counts = {(c.branch, c.version): c.nodes for c in await store.version_counts()}
+    assert counts == {("stable", "1.4.0"): 1, ("stable", None): 1}
+    assert [n.version for n in await store.stage_nodes("stable", now)].count("1.4.0") == 1
+    await store.forget_node("v1")
+    assert await store.get_node("v1", now) is None
+    assert await store.get_node("old", now) is not None
 
 
 _DRIVERS = ("sqlite3", "aiosqlite", "asyncpg")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from agent.errors import StateError
 from agent.outbox import META, SEGMENT, Outbox
 from common.wire import EventDoc
+from tests.testbed.tmpfs import small_tmpfs
 
 
 def ev(i: int) -> EventDoc:
@@ -136,13 +136,8 @@ def test_compaction_keeps_pending(tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A real 64 KiB tmpfs so ENOSPC is genuine."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "tiny", "64k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def test_full_disk_raises_state_error_and_loses_nothing(tiny_fs: Path) -> None:

@@ -140,7 +140,9 @@ def test_gate_auto_promotion_halt_rollback_resume(
     nodes.report("c2", "canary", "failed", c0, desired=c1)
     hub.wait_for(lambda: "1 node failed on" in stage(hub, "beta")["gate_status"]["reason"])
     nodes.report("c2", "canary", "synced", c1)
-    hub.wait_for(lambda: stage(hub, "beta")["head"] == c1, timeout=15)
+    # The ref moves before the audit row is written: wait for the row, not the ref.
+    hub.wait_for(lambda: [h["action"] for h in history(hub, "beta")] == ["promote"], timeout=15)
+    assert stage(hub, "beta")["head"] == c1
     assert repo.head("beta") == c1
     assert retained_ref(mosquitto, "beta") == c1
     promo = history(hub, "beta")[0]
@@ -150,7 +152,8 @@ def test_gate_auto_promotion_halt_rollback_resume(
 
     # beta fails on c1 beyond max_failed = 0: halt, auto rollback to c0, paused
     nodes.report("b1", "beta", "failed", c0, desired=c1)
-    hub.wait_for(lambda: repo.head("beta") == c0, timeout=15)
+    hub.wait_for(lambda: history(hub, "beta")[0]["action"] == "rollback", timeout=15)
+    assert repo.head("beta") == c0
     actions = [(h["action"], h["who"], h["to"]) for h in history(hub, "beta")[:3]]
     assert actions == [("rollback", "auto", c0), ("halt", "auto", None), ("promote", "auto", c1)]
     halt = history(hub, "beta")[1]
@@ -166,9 +169,11 @@ def test_gate_auto_promotion_halt_rollback_resume(
     nodes.report("b1", "beta", "synced", c0)
     out = cli(hub, "resume", "beta", "--reason", "fixed the beta hosts")
     assert out.returncode == 0 and "resumed" in out.stdout, out.stderr
-    hub.wait_for(lambda: repo.head("beta") == c1, timeout=15)
+    hub.wait_for(lambda: history(hub, "beta")[0]["action"] == "promote", timeout=15)
+    assert repo.head("beta") == c1
     resumed = next(h for h in history(hub, "beta") if h["action"] == "resume")
-    assert resumed["who"].startswith("cli:") and resumed["reason"] == "fixed the beta hosts"
+    assert resumed["who"] == "admin" and resumed["on_behalf"].startswith("cli:")
+    assert resumed["reason"] == "fixed the beta hosts"
     out = cli(hub, "history", "--stage", "beta")
     assert out.returncode == 0 and out.stdout.count("promote") == 2, out.stdout
 
@@ -201,7 +206,8 @@ def test_manual_promote_force_rollback_and_bad_requests(
     assert out.returncode == 0 and "(forced)" in out.stdout, out.stderr
     assert repo.head("beta") == c1
     forced = history(hub, "beta")[0]
-    assert forced["forced"] and forced["reason"] == "hotfix" and forced["who"].startswith("cli:")
+    assert forced["forced"] and forced["reason"] == "hotfix" and forced["who"] == "admin"
+    assert forced["on_behalf"].startswith("cli:")
 
     # promote stable from beta (gate: min 1 node, soak 0)
     nodes = Nodes(publisher)
@@ -209,7 +215,10 @@ def test_manual_promote_force_rollback_and_bad_requests(
     hub.wait_for(lambda: stage(hub, "stable")["gate_status"]["open"])
     status, body = post(hub, "/api/v1/stages/stable/promote", {"reason": "go", "who": "alice"})
     assert status == 200 and body["to"] == c1, body
-    assert history(hub, "stable")[0]["who"] == "api:alice"
+    assert (history(hub, "stable")[0]["who"], history(hub, "stable")[0]["on_behalf"]) == (
+        "admin",
+        "alice",
+    )
 
     # rollback: to an unrelated commit is refused; default goes to the previous commit
     stray = repo.commit({"other": "x"}, branch="stray")

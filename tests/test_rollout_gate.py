@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hub.config import Gate, Window, parse_config
+from common.windows import parse_schedule
+from hub.config import Gate, parse_config
 from hub.errors import ConfigError
 from hub.gate import duration, evaluate_gate, failed_on
 from hub.store import NodeState
@@ -56,6 +57,15 @@ def test_stale_and_offline_count_against_never_for() -> None:
     assert res.reason == "3/5 nodes applied ccccccc, need 4 (1 stale, 1 offline)"
 
 
+def test_deferred_nodes_hold_the_gate_without_failing_it() -> None:
+    nodes = [node("a"), node("b"), node("c"),
+             node("d", state="deferred", applied=OLD, desired=C),
+             node("e", state="deferred", applied=OLD, desired=C)]  # fmt: skip
+    res = evaluate_gate(GATE, C, nodes, 0.0, now=100.0)
+    assert not res.open and (res.ready, res.failed) == (3, 0)
+    assert res.reason == "3/5 nodes applied ccccccc, need 4 (2 deferred)"
+
+
 def test_failure_closes_and_resets_soak() -> None:
     nodes = [node(f"n{i}") for i in range(5)]
     held = evaluate_gate(GATE, C, nodes, None, now=0.0)
@@ -101,14 +111,30 @@ def _utc(y: int, mo: int, d: int, h: int, mi: int) -> float:
 
 def test_windows() -> None:
     # 2024-01-01 is a Monday
-    office = Window(days=(0, 1, 2, 3, 4), start=9 * 60, end=17 * 60)
+    office = parse_schedule("mon-fri 09:00-17:00", "UTC")
     assert office.contains(_utc(2024, 1, 1, 9, 0))
     assert not office.contains(_utc(2024, 1, 1, 17, 0))
     assert not office.contains(_utc(2024, 1, 6, 10, 0))  # Saturday
-    night = Window(days=(4,), start=22 * 60, end=4 * 60)  # Friday night into Saturday
+    night = parse_schedule("fri 22:00-04:00", "UTC")  # Friday night into Saturday
     assert night.contains(_utc(2024, 1, 5, 23, 0))
     assert night.contains(_utc(2024, 1, 6, 3, 59))
     assert not night.contains(_utc(2024, 1, 7, 3, 0))  # Sunday early: Saturday not listed
+
+
+def test_stage_window_in_its_timezone() -> None:
+    data = tomllib.loads(STAGES.format(window="09:00-17:00") + 'timezone = "Asia/Tokyo"\n')
+    beta = parse_config(data, Path("/etc/edgefleet/fleet.toml")).stages[1]
+    assert beta.window is not None
+    assert beta.window.contains(_utc(2024, 1, 1, 0, 0))  # 09:00 in Tokyo
+    assert not beta.window.contains(_utc(2024, 1, 1, 9, 0))  # 18:00 in Tokyo
+
+
+def test_stage_window_list() -> None:
+    text = STAGES.format(window="X").replace('"X"', '["sat 10:00-12:00", "sun 10:00-12:00"]')
+    beta = parse_config(tomllib.loads(text), Path("/etc/edgefleet/fleet.toml")).stages[1]
+    assert beta.window is not None and beta.window_spec == ("sat 10:00-12:00", "sun 10:00-12:00")
+    assert beta.window.contains(_utc(2024, 1, 7, 11, 0))  # Sunday
+    assert not beta.window.contains(_utc(2024, 1, 5, 11, 0))  # Friday
 
 
 STAGES = """
@@ -129,14 +155,14 @@ def test_config_auto_rollback_and_window() -> None:
     cfg = parse_config(data, Path("/etc/edgefleet/fleet.toml"))
     beta = cfg.stages[1]
     assert beta.auto_rollback and beta.gate.soak == 5 and beta.window is not None
-    assert (beta.window.start, beta.window.end) == (22 * 60, 4 * 60)
+    assert (beta.window.windows[0].start, beta.window.windows[0].end) == (22 * 60, 4 * 60)
 
 
 @pytest.mark.parametrize(
     ("toml", "key", "problem"),
     [
         (STAGES.format(window="10:00-10:00"), "stages[1].window", "empty"),
-        (STAGES.format(window="sat-xyz 10:00-11:00"), "stages[1].window", "must look like"),
+        (STAGES.format(window="sat-xyz 10:00-11:00"), "stages[1].window", "unknown day"),
         ('[[stages]]\nname = "b"\npromote_from = "a"\n[[stages]]\nname = "a"\n',
          "stages[0].promote_from", "must be defined before"),
         ('[[stages]]\nname = "a"\nauto_rollback = "yes"\n', "stages[0].auto_rollback",
@@ -144,7 +170,7 @@ def test_config_auto_rollback_and_window() -> None:
         ('[[stages]]\nname = "a"\ngate = { min_ready_ratio = 1.5 }\n',
          "stages[0].gate.min_ready_ratio", "between 0 and 1"),
         ('[[stages]]\nname = "a"\ngate = { max_failed = -1 }\n', "stages[0].gate.max_failed",
-         "at least 0"),
+         "between 0 and 1000000"),
     ],
 )  # fmt: skip
 def test_stage_validation(toml: str, key: str, problem: str) -> None:

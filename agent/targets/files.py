@@ -22,7 +22,8 @@ from agent.changeset import Action, ChangeSet
 from agent.config import FilesConfig
 from agent.desired import GIT_MODE_SYMLINK, DesiredFile, DesiredState
 from agent.errors import ApplyError, PlanError
-from agent.state import Owned, digest
+from agent.render.seal import ContentSeal
+from agent.state import Owned
 from agent.targets.base import ApplyContext, HealthProblem
 from common.wire import DriftItem
 
@@ -33,10 +34,11 @@ log = logging.getLogger(__name__)
 class FilesTarget:
     name = "files"
 
-    def __init__(self, cfg: FilesConfig) -> None:
+    def __init__(self, cfg: FilesConfig, seal: ContentSeal) -> None:
         self.configured = tuple(Path(os.path.normpath(r)) for r in cfg.allowed_roots)
         # Compare against resolved roots so a symlinked root (/srv -> /data/srv) still works.
         self.roots = tuple(Path(os.path.realpath(r)) for r in self.configured)
+        self.seal = seal
 
     # -- validation ---------------------------------------------------------------------
 
@@ -130,7 +132,7 @@ class FilesTarget:
             have = owned.get(subject)
             if have is None:
                 plan.add(subject, Action.CREATED, self._takeover_detail(host, f))
-            elif have.digest != digest(f.data) or have.meta.get("mode") != f.mode:
+            elif not self.seal.matches(f.data, have.digest) or have.meta.get("mode") != f.mode:
                 plan.add(subject, Action.CONFIGURED)
             else:
                 plan.add(subject, Action.UNCHANGED)
@@ -154,7 +156,7 @@ class FilesTarget:
         for change in plan.of(Action.CREATED, Action.CONFIGURED):
             f = by_host[change.subject]
             await asyncio.to_thread(self._write, change.subject, f, change.action)
-            owned = Owned(digest(f.data), desired.commit, {"mode": f.mode})
+            owned = Owned(self.seal.digest(f), desired.commit, {"mode": f.mode})
             ctx.record(self.name, change.subject, owned)
 
     def _write(self, subject: str, f: DesiredFile, action: Action) -> None:
@@ -215,7 +217,7 @@ class FilesTarget:
                 )
                 continue
             want_mode = have.meta.get("mode")
-            if digest(path.read_bytes()) != have.digest:
+            if not self.seal.matches(path.read_bytes(), have.digest):
                 items.append(
                     DriftItem(
                         target=self.name,
@@ -244,6 +246,10 @@ class FilesTarget:
             if item["target"] != self.name or f is None:
                 continue
             await asyncio.to_thread(self._write, item["subject"], f, Action.CONFIGURED)
+            # Same bytes as recorded, except for a template re-rendered with changed facts
+            # (a kernel upgrade): then the inventory must follow, or the drift never ends.
+            owned = Owned(self.seal.digest(f), desired.commit, {"mode": f.mode})
+            ctx.record(self.name, item["subject"], owned)
 
     def cleanup(self, owned: Mapping[str, Owned]) -> int:
         """Remove temp files a killed agent left next to managed files."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from hub.config import DEFAULT_CONFIG_PATH, HubConfig, MqttSettings, load_config
 from hub.enroll import EnrollError
+from hub.recipients import recipients_database
 
 DESCRIPTION = """\
 Steps, each printed: connect (the host key is checked against known_hosts; with
@@ -67,6 +68,8 @@ class Settings:
     allowed_roots: tuple[str, ...]
     k3s: bool
     wait: float
+    database: Path | None = None
+    """The hub's database (fleet.toml [hub] database): where the node's age recipient is kept."""
 
 
 def add_parser(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -242,4 +245,5 @@ def settings(args: argparse.Namespace) -> Settings:
         allowed_roots=tuple(args.allowed_roots),
         k3s=args.k3s,
         wait=args.wait,
+        database=recipients_database(cfg) if cfg else None,
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from common import wire
 from hub.enroll import EnrollError, say
+from hub.enroll.agekey import enroll_recipient
 from hub.enroll.agentconf import AgentToml, checked_text
 from hub.enroll.options import Settings
 from hub.enroll.ssh import Remote, connect
@@ -80,6 +81,7 @@ class Enrollment:
             changed = await self._install(remote)
             password, creds_changed = await self._credentials(remote, conf)
             changed |= await self._write_files(remote, conf, agent_toml, password)
+            await enroll_recipient(remote, conf, s)
             watch = await StatusWatch.open(s.hub_mqtt, conf.node) if s.wait > 0 else None
             try:
                 restarted = await self._start(remote, changed or creds_changed)

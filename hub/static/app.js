@@ -1,9 +1,17 @@
 // edgefleet dashboard: plain JS, no build step, no external resources.
 "use strict";
 const PAGE = 50;
+const TOKEN_KEY = "edgefleet-token";
+const CHART_EVERY_MS = 60000;
 const $ = (sel) => document.querySelector(sel);
 let offset = 0;
 let refreshTimer = null;
+let stream = null;
+let chartLoaded = 0;
+let chartSamples = null;
+let stateOrder = [];
+// Who is signed in (GET /api/v1/whoami); may_operate lists the stages it may act in.
+let me = { name: null, role: null, may_operate: [], public_read: true };
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -21,11 +29,17 @@ const ago = (ts) => {
 };
 const badge = (state) => el("span", { class: `state ${state}`, "data-state": state }, state);
 
-async function api(path) {
-  const r = await fetch(path, { headers: { Accept: "application/json" } });
-  const body = await r.json();
-  if (!r.ok) throw new Error(body.error || r.statusText);
-  return body;
+// The token stays in this tab (sessionStorage) and goes out only as a bearer header.
+const token = () => sessionStorage.getItem(TOKEN_KEY);
+
+async function api(path, { method = "GET", body } = {}) {
+  const headers = { Accept: "application/json" };
+  if (token()) headers.Authorization = `Bearer ${token()}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const data = await r.json();
+  if (!r.ok) throw new Error(data.error || r.statusText);
+  return data;
 }
 
 // The state names come from the hub (the summary lists every state, in order).
@@ -38,7 +52,10 @@ function fillStateFilter(states) {
 function renderSummary(s) {
   $("#total-nodes").textContent = s.nodes;
   $("#total-synced").textContent = s.states.synced;
-  fillStateFilter(Object.keys(s.states));
+  const first = !stateOrder.length;
+  stateOrder = Object.keys(s.states);
+  if (first && chartSamples) drawChart($("#chart"), $("#chart-legend"), chartSamples, stateOrder);
+  fillStateFilter(stateOrder);
   const box = $("#stages");
   box.replaceChildren();
   const columns = Object.entries(s.stages);
@@ -54,8 +71,19 @@ function renderSummary(s) {
       el("h3", {}, name),
       el("div", { class: "meta" }, `${st.branch || "–"} @ ${short(st.head)} · `,
         el("b", { class: "stage-nodes" }, String(st.nodes)), " nodes"),
-      list));
+      list, ...(st.versions ? [agentVersions(name, st.versions)] : [])));
   }
+}
+
+// Agent versions in a stage (nodes per version), so a half-done agent upgrade shows.
+function agentVersions(stage, versions) {
+  const entries = Object.entries(versions || {}).sort(([a], [b]) => a.localeCompare(b));
+  const box = el("div", { class: "versions" }, "agent: ", ...(entries.length ? [] : ["–"]));
+  entries.forEach(([v, n], i) => {
+    if (i) box.append(", ");
+    box.append(el("span", { class: "version", "data-stage": stage, "data-version": v }, `${v}: ${n}`));
+  });
+  return box;
 }
 
 async function loadDrift() {
@@ -85,7 +113,7 @@ async function loadNodes() {
       el("td", {}, el("a", { href: `#/node/${encodeURIComponent(n.node)}` }, n.node)),
       el("td", {}, n.stage), el("td", {}, badge(n.state)),
       el("td", {}, el("code", {}, short(n.applied))), el("td", {}, el("code", {}, short(n.desired))),
-      el("td", {}, String(n.drift_count)), el("td", {}, ago(n.last_heard))));
+      el("td", {}, String(n.drift_count)), el("td", { class: "version" }, n.version), el("td", {}, ago(n.last_heard))));
   }
   $("#nodes-count").textContent = `${d.nodes.length ? offset + 1 : 0}–${offset + d.nodes.length} of ${d.total}`;
   $("#prev").disabled = offset === 0;
@@ -99,14 +127,22 @@ async function loadNode(name) {
   try { n = await api(`/api/v1/nodes/${encodeURIComponent(name)}`); } catch (e) {
     box.replaceChildren(el("dt", {}, "error"), el("dd", {}, e.message)); return;
   }
+  const actions = $("#node-actions");
+  actions.replaceChildren(...[actionButton("sync", "sync now", n.node, me.may_operate.includes(n.stage))].filter(Boolean));
   const st = n.status || {};
   const rows = [["state", badge(n.state)], ["reported", st.state], ["stage", n.stage], ["branch", n.branch],
     ["applied", el("code", {}, n.applied ?? "–")], ["desired", el("code", {}, n.desired ?? "–")],
     ["last good", el("code", {}, st.last_good ?? "–")], ["reason", st.reason], ["message", st.message],
+    ["deferred until", st.deferred_until ? new Date(st.deferred_until * 1000).toLocaleString() : null],
     ["agent", st.version], ["paths", (st.paths || []).join(", ")],
     ["labels", Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(", ")],
-    ["last heard", ago(n.last_heard)], ["online", n.online ? "yes" : "no"]];
+    ["last heard", ago(n.last_heard)], ["online", n.online ? "yes" : "no"],
+    ["drifted objects", String(n.drift_count)]];
   box.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v || "–")]));
+  const problems = (st.health && st.health.problems) || [];
+  $("#node-health tbody").replaceChildren(...(problems.length ? problems.map((p) => el("tr", { class: "problem" },
+    el("td", {}, p.target), el("td", {}, el("code", {}, p.subject)), el("td", {}, p.reason)))
+    : [el("tr", {}, el("td", { colspan: "3" }, st.health && st.health.ok === false ? "not healthy" : "healthy"))]));
   const drift = $("#node-drift tbody");
   drift.replaceChildren(...(n.drift.length ? n.drift.map((d) => el("tr", {}, el("td", {}, d.target),
     el("td", {}, el("code", {}, d.subject)), el("td", {}, d.kind), el("td", {}, d.detail || "")))
@@ -127,6 +163,14 @@ function gateText(st) {
   return st.blocked && !g.open ? `${text}; ${st.blocked}` : text;
 }
 
+// Waves of a stage: nodes on the candidate / total, state, gate (with soak left).
+function waveList(st) {
+  if (!st.waves || !st.waves.length) return [];
+  return [el("ul", { class: "waves" }, ...st.waves.map((w) =>
+    el("li", { "data-wave": w.name, "data-state": w.state },
+      `${w.name}: ${w.on_candidate}/${w.nodes} on candidate, ${w.state}` + (w.gate ? ` – ${w.gate}` : ""))))];
+}
+
 async function loadRollouts() {
   const [s, h] = await Promise.all([api("/api/v1/stages"), api("/api/v1/history?limit=20")]);
   const gates = $("#gates tbody");
@@ -134,8 +178,11 @@ async function loadRollouts() {
     const state = st.paused ? "paused" : st.gate_status && st.gate_status.open ? "open" : "closed";
     return el("tr", { "data-stage": st.name, "data-gate": state },
       el("td", {}, st.name), el("td", {}, st.promote_from), el("td", {}, st.auto ? "yes" : "no"),
-      el("td", { class: `gate ${state}` }, gateText(st)));
+      el("td", { class: "progress" }, el("progress", { max: String(st.nodes || 1), value: String(st.on_head) }),
+        el("span", { class: "on-head" }, ` ${st.on_head}/${st.nodes} on ${short(st.head)}`)),
+      el("td", { class: `gate ${state}` }, gateText(st), ...waveList(st)), el("td", {}, stageActions(st)));
   }));
+  loadPlans(s.stages);
   const body = $("#history tbody");
   body.replaceChildren();
   if (!h.history.length) body.append(el("tr", {}, el("td", { colspan: "8" }, "no rollout history")));
@@ -143,16 +190,50 @@ async function loadRollouts() {
     body.append(el("tr", { "data-action": r.action },
       el("td", {}, new Date(r.at * 1000).toLocaleString()), el("td", {}, r.stage),
       el("td", {}, r.action), el("td", {}, r.outcome + (r.forced ? " (forced)" : "")),
-      el("td", {}, r.who), el("td", {}, el("code", {}, short(r.from))),
+      el("td", {}, r.on_behalf ? `${r.who} for ${r.on_behalf}` : r.who), el("td", {}, el("code", {}, short(r.from))),
       el("td", {}, el("code", {}, short(r.to))), el("td", {}, r.reason)));
   }
+}
+
+// The latest plan of each pending promotion (a plan of the candidate the gate waits on).
+async function loadPlans(stages) {
+  let box = $("#plans");
+  if (!box) { box = el("div", { id: "plans" }); $("#gates").after(box); }
+  const pending = stages.filter((st) => st.gate_status && st.gate_status.candidate && !st.gate_status.up_to_date);
+  // One read for all stages: a stage without a plan is no error (no 404 in the console).
+  const latest = pending.length ? await api("/api/v1/plans").catch(() => ({ plans: {} })) : { plans: {} };
+  const plans = pending.map((st) => latest.plans[st.name] || null);
+  box.replaceChildren(...plans.filter((p, i) => p && p.to === pending[i].gate_status.candidate).map((p) => {
+    const rows = [
+      ...p.changes.map((c) => el("tr", {}, el("td", {}, c.action), el("td", {}, `${c.target}:${c.subject}`),
+        el("td", {}, String(c.nodes)), el("td", {}, c.examples.join(", ")))),
+      ...p.refused.map((r) => el("tr", { class: "refused" }, el("td", {}, "refused"),
+        el("td", {}, `${r.reason}: ${r.message}`), el("td", {}, "1"), el("td", {}, r.node))),
+    ];
+    return el("div", { class: "plan", "data-stage": p.stage },
+      el("h3", {}, `Plan for ${p.stage}: ${short(p.from)} → ${short(p.to)} `,
+        el("small", {}, `${p.answered}/${p.asked} answered` + (p.silent.length ? `, silent: ${p.silent.join(", ")}` : ""))),
+      el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "action"), el("th", {}, "subject"),
+        el("th", {}, "nodes"), el("th", {}, "examples"))), el("tbody", {}, ...rows)));
+  }));
 }
 
 function route() {
   const m = location.hash.match(/^#\/node\/(.+)$/);
   $("#overview").hidden = !!m;
   $("#node-page").hidden = !m;
-  if (m) loadNode(decodeURIComponent(m[1])); else { loadRollouts(); loadDrift(); loadNodes(); }
+  if (m) loadNode(decodeURIComponent(m[1])); else { loadRollouts(); loadDrift(); loadNodes(); loadChart(); }
+}
+
+async function loadChart() {
+  if (Date.now() - chartLoaded < CHART_EVERY_MS) return;
+  chartLoaded = Date.now();
+  try {
+    chartSamples = (await api(`/api/v1/samples?hours=${CHART.hours}`)).samples;
+    // Until the first summary names the states in order, the samples' own names serve.
+    const order = stateOrder.length ? stateOrder : [...new Set(chartSamples.flatMap((s) => Object.keys(s.states)))];
+    drawChart($("#chart"), $("#chart-legend"), chartSamples, order);
+  } catch (e) { chartLoaded = 0; }
 }
 
 // Tables are refetched at most once a second while summaries stream in.
@@ -161,27 +242,72 @@ function scheduleRefresh() {
   refreshTimer = setTimeout(() => { refreshTimer = null; route(); }, 1000);
 }
 
-function connect() {
-  const es = new EventSource("/api/v1/stream");
+function setLive(on, text) { const l = $("#live"); l.className = `live ${on ? "on" : "off"}`; l.textContent = text; }
+
+// EventSource cannot send a header: a signed-in tab trades its token for a stream ticket
+// (valid 60 s, for opening the stream only) and fetches a new one for every reconnect.
+async function connect() {
+  if (stream) stream.close();
+  let url = "/api/v1/stream";
+  if (token()) {
+    try {
+      url += `?ticket=${encodeURIComponent((await api("/api/v1/stream-ticket", { method: "POST" })).ticket)}`;
+    } catch (e) { setLive(false, "reconnecting"); setTimeout(connect, 5000); return; }
+  }
+  const es = new EventSource(url);
+  stream = es;
   es.addEventListener("summary", (ev) => {
     renderSummary(JSON.parse(ev.data));
     scheduleRefresh();
   });
-  es.onopen = () => { const l = $("#live"); l.className = "live on"; l.textContent = "live"; };
-  es.onerror = () => { const l = $("#live"); l.className = "live off"; l.textContent = "reconnecting"; };
+  es.onopen = () => setLive(true, "live");
+  es.onerror = () => {
+    setLive(false, "reconnecting");
+    if (token()) { es.close(); setTimeout(() => { if (stream === es) connect(); }, 2000); }
+  };
 }
 
-async function init() {
+function renderMe() {
+  $("#signin").hidden = !!me.name;
+  $("#signout").hidden = !me.name;
+  $("#whoami").textContent = me.name ? `${me.name} (${me.role})` : "";
+  $("#whoami").dataset.role = me.role || "";
+}
+
+async function fillStageFilter() {
   const stageSel = $("#filters select[name=stage]");
-  try {
-    const s = await api("/api/v1/stages");
-    for (const st of s.stages) stageSel.append(el("option", { value: st.name }, st.name));
-  } catch (e) { /* the stream shows the hub is unreachable */ }
+  if (stageSel.options.length > 1) return;
+  const s = await api("/api/v1/stages");
+  for (const st of s.stages) stageSel.append(el("option", { value: st.name }, st.name));
+}
+
+async function start() {
+  try { me = await api("/api/v1/whoami"); } catch (e) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    notice(`sign-in failed: ${e.message}`, true);
+    me = await api("/api/v1/whoami");
+  }
+  renderMe();
+  const locked = !me.name && !me.public_read;
+  $("#locked").hidden = !locked;
+  if (locked) { $("#overview").hidden = true; $("#node-page").hidden = true; return; }
+  try { await fillStageFilter(); } catch (e) { /* the stream shows the hub is unreachable */ }
+  route();
+  connect();
+}
+
+function init() {
+  $("#signin").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const t = new FormData(ev.target).get("token").trim();
+    ev.target.reset();
+    if (t) { sessionStorage.setItem(TOKEN_KEY, t); $("#notice").hidden = true; start(); }
+  });
+  $("#signout").addEventListener("click", () => { sessionStorage.removeItem(TOKEN_KEY); location.reload(); });
   $("#filters").addEventListener("submit", (ev) => { ev.preventDefault(); offset = 0; loadNodes(); });
   $("#prev").addEventListener("click", () => { offset = Math.max(0, offset - PAGE); loadNodes(); });
   $("#next").addEventListener("click", () => { offset += PAGE; loadNodes(); });
   window.addEventListener("hashchange", route);
-  route();
-  connect();
+  start();
 }
 init();

@@ -18,6 +18,7 @@ from hub.store.db import Db
 from hub.store.filelock import DatabaseLock
 from hub.store.interface import HubStore, IngestStore, NodeQueries, RolloutRecords, RolloutStore
 from hub.store.nodes import SqliteNodes
+from hub.store.outbox import SqliteOutbox
 from hub.store.rollouts import SqliteRollouts
 from hub.store.rows import (
     AuditEntry,
@@ -32,7 +33,10 @@ from hub.store.rows import (
     Pause,
     StateCount,
     StatusRow,
+    VersionCount,
 )
+from hub.store.samples import SqliteSamples
+from hub.store.waves import SqliteWaves
 
 __all__ = [
     "AuditEntry",
@@ -53,10 +57,11 @@ __all__ = [
     "StateCount",
     "StatusRow",
     "Store",
+    "VersionCount",
 ]
 
 
-class Store(SqliteNodes, SqliteRollouts, HubStore):
+class Store(SqliteNodes, SqliteRollouts, SqliteOutbox, SqliteSamples, SqliteWaves, HubStore):
     """The SQLite store. Open with :meth:`open`; close with :meth:`close`.
 
     Open, it holds the database's :class:`DatabaseLock`: a second hub is refused."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+from hub.store.outbox import NotifyOutbox
 from hub.store.rows import (
     AuditEntry,
     AuditRow,
@@ -23,7 +24,10 @@ from hub.store.rows import (
     NodeState,
     Pause,
     StateCount,
+    VersionCount,
 )
+from hub.store.samples import SampleStore
+from hub.store.waves import WaveRecords
 
 
 class IngestStore(Protocol):
@@ -43,6 +47,11 @@ class IngestStore(Protocol):
         """Incarnation of each node's stored status, for agents that send one."""
         ...
 
+    async def forget_node(self, node: str) -> None:
+        """Delete the node's row (its events stay); never concurrent with a batch on
+        SQLite (one writer)."""
+        ...
+
     async def restale(self, stale_after: float) -> None:
         """Recompute every node's stale deadline for a (possibly new) ``stale_after``."""
         ...
@@ -60,6 +69,10 @@ class NodeQueries(Protocol):
 
     async def label_counts(self, key: str, now: float) -> list[LabelCount]:
         """Nodes per (value of label ``key``, effective state)."""
+        ...
+
+    async def version_counts(self) -> list[VersionCount]:
+        """Nodes per (branch, agent version they report), stale and offline included."""
         ...
 
     async def stage_nodes(self, branch: str, now: float) -> list[NodeState]:
@@ -144,7 +157,16 @@ class RolloutStore(NodeQueries, RolloutRecords, GateClocks, Protocol):
     """What the rollout engine reads and writes."""
 
 
-class HubStore(IngestStore, NodeQueries, RolloutRecords, GateClocks, Protocol):
+class HubStore(
+    IngestStore,
+    NodeQueries,
+    RolloutRecords,
+    GateClocks,
+    NotifyOutbox,
+    SampleStore,
+    WaveRecords,
+    Protocol,
+):
     """Everything, for the service that opens one store and hands it around."""
 
     async def close(self) -> None: ...

@@ -30,6 +30,7 @@ from hub.store.rows import (
     NodeRow,
     NodeState,
     StateCount,
+    VersionCount,
 )
 
 # Parameters: StatusRow's fields in order (?1 node ... ?13 live).
@@ -65,7 +66,8 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
 _NODE_COLUMNS = (
     f"node, branch, {EFFECTIVE_STATE_SQL}, state, applied, desired, "
-    "json_extract(doc, '$.labels'), drift_count, online, last_heard, observed_at, seq"
+    "json_extract(doc, '$.labels'), drift_count, online, last_heard, observed_at, seq, "
+    "json_extract(doc, '$.version')"
 )
 
 
@@ -102,6 +104,10 @@ class SqliteNodes(Db, IngestStore, NodeQueries):
             return 0
         cur = await self._w.executemany(_INSERT_EVENT, batch.events)
         return max(cur.rowcount, 0)
+
+    async def forget_node(self, node: str) -> None:
+        # Through the writer and its lock: never concurrent with an ingest batch.
+        await self._write("DELETE FROM nodes WHERE node = ?", (node,), f"forgetting node {node}")
 
     async def node_seqs(self) -> dict[str, int]:
         async with self._w.execute("SELECT node, seq FROM nodes") as cur:
@@ -157,10 +163,17 @@ class SqliteNodes(Db, IngestStore, NodeQueries):
         )
         return [LabelCount(None if v is None else str(v), st, n) for v, st, n in rows]
 
+    async def version_counts(self) -> list[VersionCount]:
+        rows = await self._all(
+            "SELECT branch, json_extract(doc, '$.version') AS v, count(*) FROM nodes "
+            "GROUP BY branch, v"
+        )
+        return [VersionCount(b, None if v is None else str(v), n) for b, v, n in rows]
+
     async def stage_nodes(self, branch: str, now: float) -> list[NodeState]:
         rows = await self._all(
-            f"SELECT node, {EFFECTIVE_STATE_SQL}, state, applied, desired "  # noqa: S608
-            "FROM nodes WHERE branch = :branch",
+            f"SELECT node, {EFFECTIVE_STATE_SQL}, state, applied, desired, "  # noqa: S608
+            "json_extract(doc, '$.version') FROM nodes WHERE branch = :branch",
             {"now": now, "branch": branch},
         )
         return [NodeState(*r) for r in rows]

@@ -1,9 +1,11 @@
 """``edgefleet-hub migrate``: copy a SQLite hub's database into PostgreSQL.
 
-Nodes, events, audit, pauses and stage heads go over in one PostgreSQL transaction, so
-an interrupted copy leaves the target empty and can simply be run again. A target that
-already holds hub data is refused: merging two fleets' histories is not a copy. The
-source is first brought to the current schema (as the upgraded hub would at start).
+Nodes, events, audit, pauses, stage heads, the notification outbox, state samples and
+wave runs go over in one PostgreSQL transaction, so an interrupted copy leaves the
+target empty and can simply be run again. A target that already holds hub data is
+refused: merging two fleets' histories is not a copy. The source is first brought to
+the current schema (as the upgraded hub would at start). Enrolled age recipients stay
+behind (not supported with PostgreSQL yet).
 """
 
 from __future__ import annotations
@@ -45,9 +47,17 @@ TABLES: Final = (
     Table("events", ("node", "seq", "at", "type", "commit_sha", "details", "received",
                      "incarnation"), "id"),
     Table("audit", ("id", "at", "action", "stage", "who", "from_commit", "to_commit",
-                    "outcome", "forced", "reason", "evidence"), "id", _forced_as_bool),
+                    "outcome", "forced", "reason", "evidence", "on_behalf"), "id",
+          _forced_as_bool),
     Table("stage_pause", ("stage", "kind", "commit_sha", "at", "who", "reason"), "stage"),
     Table("stage_heads", ("stage", "commit_sha", "seen_at"), "stage, seen_at"),
+    # Outbox ids are not copied either: delivery order is id order, kept as for events.
+    Table("notify_outbox", ("event_id", "sink", "body", "created", "attempts", "next_at",
+                            "delivered", "last_error"), "id"),
+    Table("state_samples", ("at", "state", "nodes"), "at, state"),
+    Table("wave_runs", ("stage", "candidate", "origin", "wave", "moved_at", "holding_since",
+                        "state", "reason"), "stage"),
+    Table("wave_members", ("stage", "node", "wave"), "stage, node"),
 )  # fmt: skip
 
 

@@ -97,3 +97,20 @@ class PgDb:
             return await self._pool.fetchval(sql, *params)
         except (*DbErrors, *BindErrors) as err:
             raise StoreError(f"{what} failed: {err}") from err
+
+    async def _many(
+        self,
+        sql: str,
+        rows: Sequence[Sequence[object]],
+        what: str,
+        first: tuple[str, Sequence[object]] | None = None,
+    ) -> None:
+        """``first`` (a statement and its parameters, if any), then ``sql`` once per
+        row: one transaction, all or none."""
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                if first is not None:
+                    await conn.execute(first[0], *first[1])
+                await conn.executemany(sql, rows)
+        except (*DbErrors, *BindErrors) as err:
+            raise StoreError(f"{what} failed: {err}") from err

@@ -32,6 +32,7 @@ from hub.store.rows import (
     NodeRow,
     NodeState,
     StateCount,
+    VersionCount,
 )
 
 _WINDOW = stale_window_sql("$10::float8", "$8::float8", larger="greatest")
@@ -76,7 +77,7 @@ ON CONFLICT DO NOTHING
 """
 _NODE_COLUMNS = (
     f"node, branch, {EFFECTIVE_STATE_SQL}, state, applied, desired, "
-    "doc -> 'labels', drift_count, online, last_heard, observed_at, seq"
+    "doc -> 'labels', drift_count, online, last_heard, observed_at, seq, doc ->> 'version'"
 )
 
 
@@ -94,6 +95,9 @@ class PgNodes(PgDb, IngestStore, NodeQueries):
             # A value PostgreSQL cannot take must fail the batch, not the ingest task.
             raise StoreError(f"writing a batch of {len(batch)} messages failed: {err}") from err
         return inserted, len(batch.events)
+
+    async def forget_node(self, node: str) -> None:
+        await self._write("DELETE FROM nodes WHERE node = $1", (node,), f"forgetting node {node}")
 
     async def node_seqs(self) -> dict[str, int]:
         return {r[0]: r[1] for r in await self._all("SELECT node, seq FROM nodes")}
@@ -143,10 +147,16 @@ class PgNodes(PgDb, IngestStore, NodeQueries):
         )
         return [LabelCount(v, st, n) for v, st, n in rows]
 
+    async def version_counts(self) -> list[VersionCount]:
+        rows = await self._all(
+            "SELECT branch, doc ->> 'version' AS v, count(*) FROM nodes GROUP BY branch, v"
+        )
+        return [VersionCount(b, v, n) for b, v, n in rows]
+
     async def stage_nodes(self, branch: str, now: float) -> list[NodeState]:
         rows = await self._named(
-            f"SELECT node, {EFFECTIVE_STATE_SQL}, state, applied, desired "  # noqa: S608
-            "FROM nodes WHERE branch = :branch",
+            f"SELECT node, {EFFECTIVE_STATE_SQL}, state, applied, desired, "  # noqa: S608
+            "doc ->> 'version' FROM nodes WHERE branch = :branch",
             {"now": now, "branch": branch},
         )
         return [NodeState(*r) for r in rows]

@@ -34,7 +34,8 @@ class PgRollouts(PgDb, RolloutRecords, GateClocks):
         return int(
             await self._write(
                 "INSERT INTO audit (at, action, stage, who, from_commit, to_commit, outcome, "
-                "forced, reason, evidence) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+                "forced, reason, evidence, on_behalf) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
                 "RETURNING id",
                 row,
                 "writing the audit log",
@@ -86,7 +87,7 @@ class PgRollouts(PgDb, RolloutRecords, GateClocks):
     async def history(self, stage: str | None = None, limit: int = 100) -> list[AuditEntry]:
         rows = await self._all(
             "SELECT id, at, action, stage, who, from_commit, to_commit, outcome, forced, "
-            "reason, evidence FROM audit WHERE $1::text IS NULL OR stage = $1 "
+            "reason, evidence, on_behalf FROM audit WHERE $1::text IS NULL OR stage = $1 "
             "ORDER BY id DESC LIMIT $2",
             (stage, limit),
         )

@@ -99,6 +99,45 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "INSERT INTO leader_lease (name, holder, api_url, token, expires_at) "
         "VALUES ('hub', '', '', 0, 0)",
     ),
+    (
+        # As SQLite's migrations 4 and 5: the audit's on-behalf note, the notification
+        # outbox, state samples, wave runs and members.
+        "ALTER TABLE audit ADD COLUMN on_behalf text",
+        """CREATE TABLE notify_outbox (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            event_id text NOT NULL,
+            sink text NOT NULL,
+            body text NOT NULL,
+            created double precision NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            next_at double precision NOT NULL,
+            delivered double precision,
+            last_error text
+        )""",
+        "CREATE INDEX notify_outbox_due ON notify_outbox(next_at) WHERE delivered IS NULL",
+        """CREATE TABLE state_samples (
+            at double precision NOT NULL,
+            state text NOT NULL,
+            nodes bigint NOT NULL,
+            PRIMARY KEY (at, state)
+        )""",
+        """CREATE TABLE wave_runs (
+            stage text PRIMARY KEY,
+            candidate text NOT NULL,
+            origin text,
+            wave integer NOT NULL,
+            moved_at double precision NOT NULL,
+            holding_since double precision,
+            state text NOT NULL,
+            reason text NOT NULL
+        )""",
+        """CREATE TABLE wave_members (
+            stage text NOT NULL,
+            node text NOT NULL,
+            wave text NOT NULL,
+            PRIMARY KEY (stage, node)
+        )""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

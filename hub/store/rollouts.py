@@ -31,7 +31,7 @@ class SqliteRollouts(Db, RolloutRecords, GateClocks):
     async def add_audit(self, row: AuditRow) -> int:
         return await self._write(
             "INSERT INTO audit (at, action, stage, who, from_commit, to_commit, outcome, "
-            "forced, reason, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "forced, reason, evidence, on_behalf) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row,
             "writing the audit log",
         )
@@ -79,7 +79,7 @@ class SqliteRollouts(Db, RolloutRecords, GateClocks):
         where = "WHERE stage = :stage" if stage is not None else ""
         rows = await self._all(
             "SELECT id, at, action, stage, who, from_commit, to_commit, outcome, forced, "  # noqa: S608
-            f"reason, evidence FROM audit {where} ORDER BY id DESC LIMIT :limit",
+            f"reason, evidence, on_behalf FROM audit {where} ORDER BY id DESC LIMIT :limit",
             {"stage": stage, "limit": limit},
         )
         return audit_entries(rows)

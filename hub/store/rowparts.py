@@ -30,7 +30,7 @@ def node_row(r: Sequence[Any]) -> NodeRow:
     return NodeRow(
         node=r[0], branch=r[1], state=r[2], reported=r[3], applied=r[4], desired=r[5],
         labels=labels if isinstance(labels, dict) else {}, drift_count=r[7],
-        online=bool(r[8]), last_heard=r[9], observed_at=r[10], seq=r[11],
+        online=bool(r[8]), last_heard=r[9], observed_at=r[10], seq=r[11], version=r[12],
     )  # fmt: skip
 
 
@@ -54,6 +54,7 @@ def audit_entries(rows: Iterable[Sequence[Any]]) -> list[AuditEntry]:
     """Rows of (id, AuditRow's columns) as entries; ``forced`` may come as 0/1."""
     return [
         AuditEntry(id_, AuditRow(at, action, stage, who, from_, to, outcome, bool(forced),
-                                 reason, evidence))
-        for id_, at, action, stage, who, from_, to, outcome, forced, reason, evidence in rows
+                                 reason, evidence, on_behalf))
+        for id_, at, action, stage, who, from_, to, outcome, forced, reason, evidence,
+        on_behalf in rows
     ]  # fmt: skip

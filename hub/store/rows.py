@@ -90,6 +90,17 @@ class NodeState:
     """What the node last said, however old (a failure stays evidence)."""
     applied: str | None
     desired: str | None
+    version: str | None = None
+    """The agent version it reports (None: its status has none)."""
+
+
+@dataclass(frozen=True)
+class VersionCount:
+    """Nodes of one branch (None: never reported one) reporting one agent version."""
+
+    branch: str | None
+    version: str | None
+    nodes: int
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,8 @@ class NodeRow:
     last_heard: float
     observed_at: float | None
     seq: int
+    version: str | None = None
+    """The agent version it reports."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +160,8 @@ class AuditRow(NamedTuple):
     reason: str
     evidence: str
     """JSON: the gate evaluation or failure counts behind the decision."""
+    on_behalf: str | None = None
+    """What the caller said about itself ("cli:alice"); ``who`` is the authenticated user."""
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,53 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX events_received ON events(received)",
     ),
     (
+        # The audit's who is the authenticated user; what the caller said about itself
+        # ("cli:alice") is kept beside it.
+        "ALTER TABLE audit ADD COLUMN on_behalf TEXT",
+        # Notifications waiting for (or done with) delivery, one row per event and sink:
+        # delivered at least once, across receiver outages and hub restarts.
+        """CREATE TABLE notify_outbox (
+            id INTEGER PRIMARY KEY,
+            event_id TEXT NOT NULL,
+            sink TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL,
+            delivered REAL,
+            last_error TEXT
+        )""",
+        "CREATE INDEX notify_outbox_due ON notify_outbox(next_at) WHERE delivered IS NULL",
+        # Fleet state counts over time, for the dashboard's chart (pruned after 48 h).
+        """CREATE TABLE state_samples (
+            at REAL NOT NULL,
+            state TEXT NOT NULL,
+            nodes INTEGER NOT NULL,
+            PRIMARY KEY (at, state)
+        ) WITHOUT ROWID""",
+    ),
+    (
+        # A promotion into a stage with waves, one row per stage (the latest run): which
+        # wave holds the candidate now and since when its gate holds (the soak clock).
+        """CREATE TABLE wave_runs (
+            stage TEXT PRIMARY KEY,
+            candidate TEXT NOT NULL,
+            origin TEXT,
+            wave INTEGER NOT NULL,
+            moved_at REAL NOT NULL,
+            holding_since REAL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL
+        ) WITHOUT ROWID""",
+        # Each node's wave, fixed when the run starts (a relabel counts at the next one).
+        """CREATE TABLE wave_members (
+            stage TEXT NOT NULL,
+            node TEXT NOT NULL,
+            wave TEXT NOT NULL,
+            PRIMARY KEY (stage, node)
+        ) WITHOUT ROWID""",
+    ),
+    (
         # Since when each stage's gate holds for its candidate: the soak clock survives
         # a hub restart (and, on PostgreSQL, a change of leader).
         """CREATE TABLE gate_holding (

@@ -18,10 +18,12 @@ BUILD_DEB = REPO / "packaging" / "build-deb"
 BUILD_TIMEOUT = 600
 
 
-def build_deb(out: Path, version: str | None = None) -> Path:
+def build_deb(out: Path, version: str | None = None, extras: str | None = None) -> Path:
     env = dict(os.environ)
     if version is not None:
         env["EDGEFLEET_VERSION"] = version
+    if extras is not None:
+        env["EDGEFLEET_EXTRAS"] = extras
     done = subprocess.run(
         [str(BUILD_DEB), "--out", str(out)],
         env=env,

@@ -14,9 +14,11 @@ import secrets
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+from tests.testbed.mosquitto import Mosquitto, free_port
 from tests.testbed.nspawn import NspawnContainer
 
 
@@ -70,6 +72,19 @@ class EdgeNet:
     def down(self) -> None:
         with contextlib.suppress(RuntimeError):
             ip("link", "del", self.bridge)
+
+
+@contextlib.contextmanager
+def bridge_broker(directory: Path, net: EdgeNet) -> Iterator[tuple[Mosquitto, str]]:
+    """mosquitto on loopback (for the test) and on the bridge; yields it and the URL the
+    containers use."""
+    port = free_port()
+    broker = Mosquitto(directory, extra=f"listener {port} {net.host_ip}\nallow_anonymous true\n")
+    broker.start()
+    try:
+        yield broker, f"mqtt://{net.host_ip}:{port}"
+    finally:
+        broker.stop()
 
 
 @contextlib.contextmanager

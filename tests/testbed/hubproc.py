@@ -135,10 +135,16 @@ class HubProc:
     git_extra: str = ""
     """Extra [git] lines (webhook_secret_file...)."""
     token: str | None = "s3cret-token"
+    hub_extra: str = ""
+    """Extra [hub] lines (public_read, public_url...)."""
+    extra: str = ""
+    """Extra tables at the end ([[users]], [[notify]]...)."""
     mqtt_extra: str = ""
     """Extra [mqtt] lines (username, password_file, ca_file, protocol...)."""
     database: str | None = None
     """``[hub] database``; default: hub.db in ``directory``."""
+    database_dir: Path | None = None
+    """Where hub.db lives (default: ``directory``), e.g. a small tmpfs for a full disk."""
     port: int = field(default_factory=free_port)
     client_id: str = field(default_factory=lambda: f"hub-test-{uuid.uuid4().hex[:8]}")
     proc: subprocess.Popen[bytes] | None = None
@@ -163,7 +169,7 @@ class HubProc:
         self.directory.mkdir(parents=True, exist_ok=True)
         hub = [
             f'listen = "127.0.0.1:{self.port}"',
-            f'database = "{self.database or self.directory / "hub.db"}"',
+            f'database = "{self.database or (self.database_dir or self.directory) / "hub.db"}"',
             f"heartbeat = {self.heartbeat}",
         ]
         if self.stale_after is not None:
@@ -171,6 +177,8 @@ class HubProc:
         if self.token is not None:
             self.token_file.write_text(self.token + "\n")
             hub.append(f'token_file = "{self.token_file}"')
+        if self.hub_extra:
+            hub.append(self.hub_extra)
         git = (
             f'[git]\nurl = "{self.git_url}"\ninterval = {self.git_interval}\n{self.git_extra}\n'
             if (self.git_url)
@@ -180,7 +188,7 @@ class HubProc:
             "[hub]\n" + "\n".join(hub) + "\n\n"
             f'[mqtt]\nurl = "{self.broker.url}"\nclient_id = "{self.client_id}"\n'
             f"{self.mqtt_extra}\n"
-            + git + self.stages
+            + git + self.stages + "\n" + self.extra
         )  # fmt: skip
 
     def start(self, wait: bool = True) -> None:

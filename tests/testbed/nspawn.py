@@ -80,6 +80,8 @@ class NspawnContainer:
     """Host PID of the container's PID 1 (systemd)."""
     proc: subprocess.Popen[bytes]
     log: Path
+    netns: str | None = None
+    binds_ro: tuple[Path, ...] = ()
 
     @property
     def root(self) -> Path:
@@ -207,7 +209,6 @@ def boot(
     base.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(base)], check=True)
     proc: subprocess.Popen[bytes] | None = None
-    cgroups = _cgroup_dirs(name)
     log = base.parent / f"{name}.console.log"
     try:
         for d in ("upper", "work", "merged"):
@@ -225,47 +226,81 @@ def boot(
             check=True,
         )
         _prepare_root(base / "merged")
-        for cg in cgroups:
-            cg.mkdir(parents=True, exist_ok=True)
-        # Join the cgroups in the shell that execs nspawn: two containers at the cgroup
-        # root collide, and preexec_fn is not safe with threads.
-        join = "; ".join(f"echo $$ > {cg}/cgroup.procs" for cg in cgroups)
-        nspawn = [
-            "systemd-nspawn",
-            "--quiet",
-            "--register=no",
-            "--keep-unit",
-            "--console=read-only",
-            *([f"--network-namespace-path=/run/netns/{netns}"] if netns else ["--private-network"]),
-            *(f"--bind-ro={b}" for b in (*binds_ro, *_code_binds(binds_ro))),
-            "-D",
-            str(base / "merged"),
-            "-M",
-            name,
-            "-b",
-        ]
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                ["sh", "-c", f'{join}; exec "$@"', "sh", *nspawn],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        leader = _wait_leader(proc, log)
-        container = NspawnContainer(name=name, base=base, leader=leader, proc=proc, log=log)
-        state = subprocess.run(
-            [*container.systemctl_prefix, "is-system-running", "--wait"],
-            capture_output=True,
-            text=True,
-            timeout=BOOT_TIMEOUT,
-            check=False,
-        ).stdout.strip()
-        if state not in ("running", "degraded"):
-            raise RuntimeError(f"container {name} is {state!r}: {log.read_text()[-2000:]}")
+        proc = _launch(name, base, log, netns, tuple(binds_ro))
+        container = NspawnContainer(
+            name, base, _wait_leader(proc, log), proc, log, netns, tuple(binds_ro)
+        )
+        _wait_running(container)
         return container
     except BaseException:
         _cleanup(name, base, proc)
         raise
+
+
+def reboot(container: NspawnContainer) -> None:
+    """Power the container off and boot it again on the same disk, as a host reboots:
+    what it wrote under /etc and /var stays, its /run and /tmp start empty."""
+    _power_off(container.name, container.proc)
+    container.proc = _launch(
+        container.name, container.base, container.log, container.netns, container.binds_ro
+    )
+    container.leader = _wait_leader(container.proc, container.log)
+    _wait_running(container)
+
+
+def power_cut_and_boot(container: NspawnContainer) -> None:
+    """As :func:`reboot`, but without the orderly poweroff: SIGKILL to the container's
+    PID 1 (the kernel then kills its whole PID namespace at once), as a power cut would."""
+    os.kill(container.leader, signal.SIGKILL)
+    container.proc.wait(STOP_TIMEOUT)
+    reboot(container)
+
+
+def _launch(
+    name: str, base: Path, log: Path, netns: str | None, binds_ro: tuple[Path, ...]
+) -> subprocess.Popen[bytes]:
+    """Start systemd-nspawn booting ``base/merged``; the console goes to ``log``."""
+    cgroups = _cgroup_dirs(name)
+    for cg in cgroups:
+        cg.mkdir(parents=True, exist_ok=True)
+    # Join the cgroups in the shell that execs nspawn: two containers at the cgroup
+    # root collide, and preexec_fn is not safe with threads.
+    join = "; ".join(f"echo $$ > {cg}/cgroup.procs" for cg in cgroups)
+    nspawn = [
+        "systemd-nspawn",
+        "--quiet",
+        "--register=no",
+        "--keep-unit",
+        "--console=read-only",
+        *([f"--network-namespace-path=/run/netns/{netns}"] if netns else ["--private-network"]),
+        *(f"--bind-ro={b}" for b in (*binds_ro, *_code_binds(binds_ro))),
+        "-D",
+        str(base / "merged"),
+        "-M",
+        name,
+        "-b",
+    ]
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            ["sh", "-c", f'{join}; exec "$@"', "sh", *nspawn],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _wait_running(container: NspawnContainer) -> None:
+    state = subprocess.run(
+        [*container.systemctl_prefix, "is-system-running", "--wait"],
+        capture_output=True,
+        text=True,
+        timeout=BOOT_TIMEOUT,
+        check=False,
+    ).stdout.strip()
+    if state not in ("running", "degraded"):
+        raise RuntimeError(
+            f"container {container.name} is {state!r}: {container.log.read_text()[-2000:]}"
+        )
 
 
 def _wait_leader(proc: subprocess.Popen[bytes], log: Path) -> int:
@@ -281,6 +316,15 @@ def _wait_leader(proc: subprocess.Popen[bytes], log: Path) -> int:
 
 
 def _cleanup(name: str, base: Path, proc: subprocess.Popen[bytes] | None) -> None:
+    _power_off(name, proc)
+    for mount in sorted(_mounts_under(base), key=len, reverse=True):
+        subprocess.run(["umount", mount], check=True)
+    with contextlib.suppress(OSError):
+        base.rmdir()
+
+
+def _power_off(name: str, proc: subprocess.Popen[bytes] | None) -> None:
+    """Stop the container's systemd and whatever it left in its cgroups."""
     if proc is not None and proc.poll() is None:
         # nspawn turns SIGTERM into an orderly poweroff of the container's systemd.
         proc.send_signal(signal.SIGTERM)
@@ -303,10 +347,6 @@ def _cleanup(name: str, base: Path, proc: subprocess.Popen[bytes] | None) -> Non
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-    for mount in sorted(_mounts_under(base), key=len, reverse=True):
-        subprocess.run(["umount", mount], check=True)
-    with contextlib.suppress(OSError):
-        base.rmdir()
 
 
 def shutdown(container: NspawnContainer) -> None:

@@ -1,0 +1,34 @@
+"""Enrollment step: the node's age identity, made on the node, its recipient recorded here.
+
+The identity never leaves the host: ``edgefleet-agent keygen`` creates it there (or
+prints the existing one's recipient), over the SSH session whose host key was checked,
+so the recipient recorded in the hub's database is one the operator can trust for
+``edgefleet-hub recipients`` (see :mod:`hub.recipients`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+
+from hub.enroll import EnrollError, say
+from hub.enroll.agentconf import AgentToml
+from hub.enroll.options import Settings
+from hub.enroll.ssh import Remote
+from hub.recipients import RECIPIENT, Enrolled, record
+
+
+async def enroll_recipient(remote: Remote, conf: AgentToml, settings: Settings) -> str:
+    """Run keygen on the host (idempotent) and record its recipient; returns it."""
+    out = await remote.sh(f"edgefleet-agent keygen --config {shlex.quote(str(conf.path))}")
+    lines = out.strip().splitlines()
+    recipient = lines[-1].strip() if lines else ""
+    if RECIPIENT.fullmatch(recipient) is None:
+        raise EnrollError(f"{settings.target}: keygen printed no age recipient: {out[-200:]!r}")
+    if settings.database is None:
+        say("age key", f"{recipient} (not recorded: no fleet.toml, so no hub database)")
+        return recipient
+    entry = Enrolled(conf.node, recipient, settings.branch, dict(settings.labels))
+    await asyncio.to_thread(record, settings.database, entry)
+    say("age key", f"{recipient} recorded in {settings.database}")
+    return recipient
