@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from hub.store.pgdb import PgDb
-from hub.store.samples import SampleStore, StateSample
+from hub.store.samples import SampleStore, StateSample, grouped_samples
 
 
 class PgSamples(PgDb, SampleStore):
@@ -25,12 +25,7 @@ class PgSamples(PgDb, SampleStore):
         rows = await self._all(
             "SELECT at, state, nodes FROM state_samples WHERE at >= $1 ORDER BY at", (since,)
         )
-        out: dict[float, dict[str, int]] = {}
-        for at, state, nodes in rows:
-            states = out.setdefault(at, {})
-            if state:
-                states[state] = nodes
-        return [StateSample(at, states) for at, states in out.items()]
+        return grouped_samples(rows)
 
     async def prune_samples(self, before: float) -> None:
         await self._write(

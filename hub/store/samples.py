@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from hub.errors import StoreError
 from hub.store.db import Db
@@ -16,6 +16,17 @@ class StateSample:
     at: float
     states: dict[str, int]
     """Nodes per effective state at ``at`` (states with no node left out)."""
+
+
+def grouped_samples(rows: Iterable[Sequence[Any]]) -> list[StateSample]:
+    """Rows of (at, state, nodes), in ``at`` order, as one sample per ``at`` (the empty
+    state only marks a sample of an empty fleet)."""
+    out: dict[float, dict[str, int]] = {}
+    for at, state, nodes in rows:
+        states = out.setdefault(at, {})
+        if state:
+            states[state] = nodes
+    return [StateSample(at, states) for at, states in out.items()]
 
 
 class SampleStore(Protocol):
@@ -48,12 +59,7 @@ class SqliteSamples(Db, SampleStore):
         rows = await self._all(
             "SELECT at, state, nodes FROM state_samples WHERE at >= ? ORDER BY at", (since,)
         )
-        out: dict[float, dict[str, int]] = {}
-        for at, state, nodes in rows:
-            states = out.setdefault(at, {})
-            if state:
-                states[state] = nodes
-        return [StateSample(at, states) for at, states in out.items()]
+        return grouped_samples(rows)
 
     async def prune_samples(self, before: float) -> None:
         await self._write(
