@@ -48,8 +48,8 @@ async def test_schema_migrated_once_and_newer_schema_refused(tmp_path: Path) -> 
     with contextlib.closing(sqlite3.connect(db)) as conn:
         # one schema_version row per migration (2: rollout audit, 3: event incarnation,
         # 4: audit on_behalf, notification outbox, state samples, 5: wave runs,
-        # 6: soak clocks)
-        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (6,)
+        # 6: agent version column, 7: soak clocks)
+        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (7,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         conn.execute("INSERT INTO schema_version VALUES (99)")
         conn.commit()

@@ -165,15 +165,14 @@ class SqliteNodes(Db, IngestStore, NodeQueries):
 
     async def version_counts(self) -> list[VersionCount]:
         rows = await self._all(
-            "SELECT branch, json_extract(doc, '$.version') AS v, count(*) FROM nodes "
-            "GROUP BY branch, v"
+            "SELECT branch, agent_version, count(*) FROM nodes GROUP BY branch, agent_version"
         )
         return [VersionCount(b, None if v is None else str(v), n) for b, v, n in rows]
 
     async def stage_nodes(self, branch: str, now: float) -> list[NodeState]:
         rows = await self._all(
             f"SELECT node, {EFFECTIVE_STATE_SQL}, state, applied, desired, "  # noqa: S608
-            "json_extract(doc, '$.version') FROM nodes WHERE branch = :branch",
+            "agent_version FROM nodes WHERE branch = :branch",
             {"now": now, "branch": branch},
         )
         return [NodeState(*r) for r in rows]

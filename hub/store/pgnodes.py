@@ -77,7 +77,7 @@ ON CONFLICT DO NOTHING
 """
 _NODE_COLUMNS = (
     f"node, branch, {EFFECTIVE_STATE_SQL}, state, applied, desired, "
-    "doc -> 'labels', drift_count, online, last_heard, observed_at, seq, doc ->> 'version'"
+    "doc -> 'labels', drift_count, online, last_heard, observed_at, seq, agent_version"
 )
 
 
@@ -149,14 +149,14 @@ class PgNodes(PgDb, IngestStore, NodeQueries):
 
     async def version_counts(self) -> list[VersionCount]:
         rows = await self._all(
-            "SELECT branch, doc ->> 'version' AS v, count(*) FROM nodes GROUP BY branch, v"
+            "SELECT branch, agent_version, count(*) FROM nodes GROUP BY branch, agent_version"
         )
         return [VersionCount(b, v, n) for b, v, n in rows]
 
     async def stage_nodes(self, branch: str, now: float) -> list[NodeState]:
         rows = await self._named(
             f"SELECT node, {EFFECTIVE_STATE_SQL}, state, applied, desired, "  # noqa: S608
-            "doc ->> 'version' FROM nodes WHERE branch = :branch",
+            "agent_version FROM nodes WHERE branch = :branch",
             {"now": now, "branch": branch},
         )
         return [NodeState(*r) for r in rows]

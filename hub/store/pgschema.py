@@ -100,9 +100,13 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "VALUES ('hub', '', '', 0, 0)",
     ),
     (
-        # As SQLite's migrations 4 and 5: the audit's on-behalf note, the notification
-        # outbox, state samples, wave runs and members.
+        # As SQLite's migrations 4 to 6: the audit's on-behalf note, the notification
+        # outbox, state samples, wave runs and members, the agent version per node
+        # (version counts from an index, without reading every document).
         "ALTER TABLE audit ADD COLUMN on_behalf text",
+        "ALTER TABLE nodes ADD COLUMN agent_version text "
+        "GENERATED ALWAYS AS (doc ->> 'version') STORED",
+        "CREATE INDEX nodes_versions ON nodes(branch, agent_version)",
         """CREATE TABLE notify_outbox (
             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             event_id text NOT NULL,

