@@ -268,6 +268,7 @@ class Ingest:
                         r.node, r.branch, r.state, status.seq, r.applied, r.desired,
                         r.drift_total, status.heartbeat, heard, self._stale_after,
                         status.observed_at, stored_status_json(status, payload), live,
+                        r.version,
                     )
                 )  # fmt: skip
                 seqs.append(_Stored(r.node, status.seq, status.incarnation))

@@ -222,7 +222,9 @@ async def test_outbox_samples_and_waves_round_trip(any_store: HubStore) -> None:
 async def test_versions_counted_and_a_forgotten_node_gone(any_store: HubStore) -> None:
     store = any_store
     now = time.time()
-    versioned = row("v1", 1, "synced", now)._replace(doc='{"version": "1.4.0"}')
+    versioned = row("v1", 1, "synced", now)._replace(
+        doc='{"version": "1.4.0"}', agent_version="1.4.0"
+    )
     await store.write_batch(Batch(statuses=[versioned, row("old", 1, "synced", now)]))
     counts = {(c.branch, c.version): c.nodes for c in await store.version_counts()}
     assert counts == {("stable", "1.4.0"): 1, ("stable", None): 1}

@@ -33,16 +33,18 @@ from hub.store.rows import (
     VersionCount,
 )
 
-# Parameters: StatusRow's fields in order (?1 node ... ?13 live).
+# Parameters: StatusRow's fields in order (?1 node ... ?13 live, ?14 agent_version).
 _UPSERT_STATUS = f"""
 INSERT INTO nodes (node, branch, state, seq, applied, desired, drift_count, online,
-    heartbeat, last_heard, stale_at, observed_at, doc)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?9 + {stale_window_sql("?10", "?8")}, ?11, ?12)
+    heartbeat, last_heard, stale_at, observed_at, doc, agent_version)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?9 + {stale_window_sql("?10", "?8")}, ?11, ?12,
+    ?14)
 ON CONFLICT(node) DO UPDATE SET
     branch = excluded.branch, state = excluded.state, seq = excluded.seq,
     applied = excluded.applied, desired = excluded.desired,
     drift_count = excluded.drift_count, heartbeat = excluded.heartbeat,
     observed_at = excluded.observed_at, doc = excluded.doc,
+    agent_version = excluded.agent_version,
     online = CASE WHEN ?13 THEN 1 ELSE nodes.online END,
     last_heard = max(nodes.last_heard, ?9),
     stale_at = max(nodes.last_heard, ?9) + {stale_window_sql("?10", "?8")}

@@ -216,7 +216,9 @@ class PgNodes(PgDb, IngestStore, NodeQueries):
 async def _write_rows(conn: Any, batch: Batch) -> int:
     # Node order: two replicas' transactions lock shared rows in the same order.
     if batch.statuses:
-        await conn.executemany(_UPSERT_STATUS, sorted(batch.statuses, key=lambda s: s.node))
+        # agent_version is a generated column here: StatusRow's last field is no parameter.
+        rows = [s[:-1] for s in sorted(batch.statuses, key=lambda s: s.node)]
+        await conn.executemany(_UPSERT_STATUS, rows)
     if batch.heartbeats:
         await conn.executemany(_HEARTBEAT, sorted(batch.heartbeats, key=lambda h: h[2]))
     if batch.onlines:

@@ -29,6 +29,8 @@ class StatusRow(NamedTuple):
     doc: str
     live: bool
     """False for a retained message replayed by the broker (it proves nothing about now)."""
+    agent_version: str | None = None
+    """The agent's version as reported (``doc``'s ``version``), for counts per stage."""
 
 
 class EventRow(NamedTuple):
