@@ -28,6 +28,7 @@ from common.durations import DurationError, parse_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 REPORT_GRACE = 5.0
+DRY_RUN_FAILED = ("refused", "failed", "error")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -149,7 +150,9 @@ async def _sync(cfg: AgentConfig, dry_run: bool) -> int:
         for item in agent.reconciler.drift:
             print(f"  drift {item['kind']:<9} {item['target']}:{item['subject']} {item['detail']}")
         if dry_run:
-            return EXIT_OK
+            # A commit this node would refuse (or could not read) fails the check, so a
+            # dry run can gate a change in CI.
+            return EXIT_FAILED if outcome.state in DRY_RUN_FAILED else EXIT_OK
         return EXIT_OK if outcome.state == "synced" else EXIT_FAILED
     finally:
         if agent.reporter is not None:
