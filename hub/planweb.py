@@ -1,7 +1,7 @@
 """HTTP side of fleet-wide plans: ``POST /api/v1/stages/{stage}/plan`` (an operator of
 the stage, or admin; body ``{"commit", "sample", "timeout"}``) runs a plan and answers
-it; ``GET`` the same path (a read) answers the latest plan of the stage (404 before the
-first)."""
+it; ``GET`` the same path (a read) answers the latest plan of the stage (204 before the
+first: the dashboard asks for every pending promotion, and a 404 is a browser error)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ async def latest_plan(request: web.Request) -> web.Response:
     name = _stage_name(request)
     result = request.app[PLANNER].latest.get(name)
     if result is None:
-        raise BadRequest(f"no plan of stage {name} yet", status=404)
+        return web.Response(status=204)
     return web.json_response(result)
 
 

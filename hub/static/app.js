@@ -37,6 +37,7 @@ async function api(path, { method = "GET", body } = {}) {
   if (token()) headers.Authorization = `Bearer ${token()}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  if (r.status === 204) return null;  // e.g. no plan of a stage yet
   const data = await r.json();
   if (!r.ok) throw new Error(data.error || r.statusText);
   return data;
