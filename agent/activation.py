@@ -74,7 +74,8 @@ def _load_memory(path: Path) -> Memory:
         memory = Memory(doc["staged"], None if window is None else tuple(window), doc["timezone"])
         for spec in memory.window or ():
             parse_window(spec)
-        zone(memory.timezone)
+        if memory.window:  # a zone is only read (and zoneinfo loaded) for a window
+            zone(memory.timezone)
     except FileNotFoundError:
         return Memory()
     except (OSError, ValueError, KeyError, TypeError, WindowError) as err:

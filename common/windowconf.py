@@ -20,7 +20,8 @@ def read_window(sec: Section, default_tz: str | None) -> tuple[tuple[str, ...], 
     ) or ()
     tz_name = sec.text("timezone", default_tz)
     try:
-        zone(tz_name)
+        if tz_name is not None or specs:  # the host's zone is only read for a window
+            zone(tz_name)
     except WindowError as err:
         raise sec.err("timezone", str(err)) from err
     try:

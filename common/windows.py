@@ -15,7 +15,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _SPEC = re.compile(
@@ -75,6 +74,9 @@ def parse_window(spec: str) -> Window:
 
 def zone(name: str | None) -> tzinfo:
     """The named IANA zone, or (None) the host's /etc/localtime, else UTC."""
+    # zoneinfo (and the sysconfig data it reads) costs the agent ~1 MB RSS: only a
+    # node with a window pays it.
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
     if name is None:
         try:
             with _LOCALTIME.open("rb") as f:

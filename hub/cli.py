@@ -221,6 +221,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    node = urllib.parse.quote(args.node, safe="")
+    body = {"reason": args.reason, "who": f"cli:{_user()}"}
+    data = api_client(args).call("DELETE", f"/api/v1/nodes/{node}", body=body)
+    print(json.dumps(data, indent=2) if args.json else f"forgot {data['node']} (events kept)")
+    return 0
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -326,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--override", metavar="REASON",
                    help="apply now despite the node's locks and window (audited)")  # fmt: skip
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("forget", parents=[client], help="remove a node from the hub (audited)")
+    p.add_argument("node")
+    p.add_argument("--reason", default="forgotten", help="recorded in the audit log")
+    p.set_defaults(func=cmd_forget)
 
     p = sub.add_parser("history", parents=[client], help="rollout audit log, newest first")
     p.add_argument("--stage", help="only this stage")

@@ -165,6 +165,11 @@ class Ingest:
         self._lives = await self._store.node_incarnations()
         await self._store.restale(self._stale_after)
 
+    def forget(self, node: str) -> None:
+        """Drop what is known of a forgotten node: whatever it sends next is new."""
+        self._seqs.pop(node, None)
+        self._lives.pop(node, None)
+
     def submit(self, msg: Message) -> None:
         try:
             self._accept(msg)
@@ -194,6 +199,9 @@ class Ingest:
             raise Rejected("too_large", f"{len(msg.payload)} bytes > {wire.MAX_PAYLOAD}")
         if not node:
             raise Rejected("bad_topic", "not edgefleet/v1/node/<node>/(status|online|events)")
+        if not msg.payload and kind != "events":  # a retained message cleared (forget)
+            self._ack(msg.mid, msg.qos)
+            return
         now = time.time()
         pending = self._pending
         if kind == "status":

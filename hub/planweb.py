@@ -1,7 +1,7 @@
 """HTTP side of fleet-wide plans: ``POST /api/v1/stages/{stage}/plan`` (an operator of
 the stage, or admin; body ``{"commit", "sample", "timeout"}``) runs a plan and answers
-it; ``GET`` the same path (a read) answers the latest plan of the stage (204 before the
-first: the dashboard asks for every pending promotion, and a 404 is a browser error)."""
+it; ``GET`` the same path (a read) answers the latest plan of the stage (404 before the
+first)."""
 
 from __future__ import annotations
 
@@ -64,11 +64,17 @@ async def latest_plan(request: web.Request) -> web.Response:
     name = _stage_name(request)
     result = request.app[PLANNER].latest.get(name)
     if result is None:
-        return web.Response(status=204)
+        raise BadRequest(f"no plan of stage {name} yet", status=404)
     return web.json_response(result)
+
+
+async def latest_plans(request: web.Request) -> web.Response:
+    """Every stage's latest plan at once (the dashboard: no per-stage 404s)."""
+    return web.json_response({"plans": request.app[PLANNER].latest})
 
 
 def add_plan_routes(app: web.Application, planner: Planner) -> None:
     app[PLANNER] = planner
+    app.router.add_get("/api/v1/plans", latest_plans)
     app.router.add_post("/api/v1/stages/{stage}/plan", run_plan)
     app.router.add_get("/api/v1/stages/{stage}/plan", latest_plan)

@@ -12,8 +12,8 @@ encrypts for the enrolled Berlin nodes only. A node whose reported recipient dif
 from the recorded one is flagged on stderr; nodes never enrolled are listed (selected on
 what they report) only with ``--unverified``.
 
-Plain sqlite3: it runs where enroll runs (next to the hub's database), without the
-server stack. The table is created here, independent of the store's migrations.
+The table lives in the hub's database (hub/store/recipients.py); both commands run
+where the database is, without the server.
 """
 
 from __future__ import annotations
@@ -21,30 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sqlite3
 import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hub.config import DEFAULT_CONFIG_PATH, load_config
-from hub.errors import HubError
+from hub.store.recipients import RecipientsError, read_recipients, record_recipient
 
-SCHEMA = """CREATE TABLE IF NOT EXISTS enrolled_recipients (
-    node TEXT PRIMARY KEY,
-    recipient TEXT NOT NULL,
-    branch TEXT NOT NULL,
-    labels TEXT NOT NULL,
-    enrolled_at REAL NOT NULL
-) WITHOUT ROWID"""
 RECIPIENT = re.compile(r"age1[02-9ac-hj-np-z]{58}")
 """An X25519 age recipient: bech32, human part ``age``."""
-
-
-class RecipientsError(HubError):
-    """The database cannot be read or written, or a recipient is malformed."""
 
 
 @dataclass(frozen=True)
@@ -63,49 +50,11 @@ class Listing:
     """Mismatches and unverified nodes, for stderr."""
 
 
-def _connect(database: Path, write: bool) -> sqlite3.Connection:
-    try:
-        if write:
-            database.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(database, timeout=5.0, isolation_level=None)
-        else:
-            db = sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, timeout=5.0)
-        db.execute("PRAGMA busy_timeout=5000")
-    except sqlite3.Error as err:
-        raise RecipientsError(f"cannot open database {database}: {err}") from err
-    return db
-
-
 def record(database: Path, entry: Enrolled) -> None:
     """Remember what enrollment verified; a re-enrollment replaces the node's entry."""
     if RECIPIENT.fullmatch(entry.recipient) is None:
         raise RecipientsError(f"{entry.node}: {entry.recipient!r} is not an age recipient")
-    db = _connect(database, write=True)
-    try:
-        db.execute(SCHEMA)
-        db.execute(
-            "INSERT OR REPLACE INTO enrolled_recipients VALUES (?, ?, ?, ?, ?)",
-            (
-                entry.node,
-                entry.recipient,
-                entry.branch,
-                json.dumps(dict(entry.labels), sort_keys=True),
-                time.time(),
-            ),
-        )
-    except sqlite3.Error as err:
-        raise RecipientsError(f"cannot record the recipient in {database}: {err}") from err
-    finally:
-        db.close()
-
-
-def _rows(db: sqlite3.Connection, sql: str) -> list[tuple[Any, ...]]:
-    try:
-        return db.execute(sql).fetchall()
-    except sqlite3.OperationalError as err:
-        if "no such table" in str(err):  # nothing enrolled / nothing reported yet
-            return []
-        raise
+    record_recipient(database, entry.node, entry.recipient, entry.branch, entry.labels)
 
 
 def _labels(raw: str | None) -> dict[str, str]:
@@ -133,21 +82,7 @@ def select(database: Path, want: Selector) -> Listing:
     """Recorded recipients of matching nodes; see the module docstring."""
     if not database.exists():
         raise RecipientsError(f"database {database} does not exist (no node enrolled yet)")
-    db = _connect(database, write=False)
-    try:
-        enrolled = _rows(db, "SELECT node, recipient, branch, labels FROM enrolled_recipients")
-        reported = {
-            r[0]: r[1:]
-            for r in _rows(
-                db,
-                "SELECT node, branch, json_extract(doc, '$.labels'), "
-                "json_extract(doc, '$.recipient') FROM nodes",
-            )
-        }
-    except sqlite3.Error as err:
-        raise RecipientsError(f"cannot read {database}: {err}") from err
-    finally:
-        db.close()
+    enrolled, reported = read_recipients(database)
     out, warnings = [], []
     for node, recipient, branch, labels in sorted(enrolled):
         if not _matches(branch, _labels(labels), want):

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from hub.config import HubConfig
 from hub.fleet import Fleet
+from hub.forget import Forgetter
 from hub.gitwatch import GitWatch
 from hub.ingest import TOPICS, Ingest
 from hub.mqtt import HubMqtt, Message
@@ -88,6 +89,7 @@ async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
     ctx.refresh_git = gitwatch.refresh
     ctx.audit = store.add_audit
     ctx.samples = store
+    ctx.forget = Forgetter(cfg, store, mqtt.publish, ingest.forget).forget
     app = make_app(ctx)
     add_plan_routes(app, planner)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)

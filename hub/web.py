@@ -28,6 +28,7 @@ from hub.auth import AUTH, Authenticator, read_guard, stream_ticket, whoami
 from hub.config import HubConfig, Stage
 from hub.errors import HubError, RolloutRefused
 from hub.fleet import Fleet
+from hub.forget import ForgetRefused
 from hub.ingest import IngestCounters
 from hub.metrics import prometheus_text
 from hub.rollout import Rollout
@@ -46,6 +47,7 @@ _MAX_LIMIT = 1000
 
 Publish = Callable[[str, bytes, int, bool], bool]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Forget = Callable[[str, str, str, str | None], Awaitable[dict[str, Any]]]
 
 
 @dataclass
@@ -61,6 +63,7 @@ class WebContext:
     audit: Callable[[AuditRow], Awaitable[int]] | None = None
     """Writes the rollout audit log (sync overrides are recorded there)."""
     samples: SampleStore | None = None
+    forget: Forget | None = None
 
 
 CTX: web.AppKey[WebContext] = web.AppKey("ctx", WebContext)
@@ -329,6 +332,20 @@ async def sync_node(request: web.Request) -> web.Response:
     return web.json_response({"node": name, **cmd, "published": True}, status=202)
 
 
+async def forget_node(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    user = request.app[AUTH].require_user(request)
+    if user.role != "admin":  # it removes a node from every gate's evidence
+        raise web.HTTPForbidden(reason=f"user {user.name} (role {user.role}) may not forget nodes")
+    name, body = _node_name(request), await json_body(request)
+    assert ctx.forget is not None  # wired by the service
+    reason, note = _text(body, "reason", "forgotten"), _on_behalf(request, body)
+    try:
+        return web.json_response(await ctx.forget(name, user.name, reason, note))
+    except ForgetRefused as err:
+        raise BadRequest(str(err), err.status) from None
+
+
 async def metrics(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     text = prometheus_text(ctx.counters, ctx.mqtt_ready(), await ctx.fleet.summary())
@@ -378,6 +395,7 @@ def make_app(ctx: WebContext) -> web.Application:
     app.router.add_get("/api/v1/nodes", nodes)
     app.router.add_get("/api/v1/nodes/{node}", node)
     app.router.add_post("/api/v1/nodes/{node}/sync", sync_node)
+    app.router.add_delete("/api/v1/nodes/{node}", forget_node)
     app.router.add_get("/api/v1/drift", drift)
     app.router.add_get("/api/v1/stages", stages)
     app.router.add_post("/api/v1/stages/{stage}/promote", promote)

@@ -2,7 +2,8 @@
 
 A real mosquitto runs the shipped edgefleet.conf (paths and port rewritten for the test)
 with the shipped edgefleet.acl unchanged. Node credentials may publish only their own
-topics and read their commands and the ref notifications; the hub reads every node.
+topics and read their commands and the ref notifications; the hub reads every node and
+may clear a node's retained status and online flag (forget).
 """
 
 from __future__ import annotations
@@ -71,14 +72,22 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 class Client:
     """A paho MQTT 5 client over TLS with a username; messages land in an asyncio queue."""
 
-    def __init__(self, broker: Broker, user: str, password: str | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        user: str,
+        password: str | None = None,
+        client_id: str | None = None,
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.messages: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self.connected: asyncio.Future[ReasonCode] = self.loop.create_future()
         self.subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._lock = threading.Lock()
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"acl-test-{user}", protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"acl-test-{user}",
+            protocol=mqtt.MQTTv5,
         )
         self.client.username_pw_set(user, USERS.get(user) if password is None else password)
         self.client.tls_set_context(ssl.create_default_context(cafile=str(broker.tls.ca)))
@@ -225,3 +234,32 @@ async def test_bad_credentials_are_refused(broker: Broker, user: str, password: 
         assert reason.getName() in ("Not authorized", "Bad user name or password")
     finally:
         client.close()
+
+
+async def test_hub_clears_a_nodes_retained_status_and_online(
+    broker: Broker, clients: dict[str, Client]
+) -> None:
+    """What ``edgefleet-hub forget`` publishes: empty retained messages on a node's topics.
+    Another node cannot do the same to it."""
+    hub, a, b = clients["hub"], clients["node-a"], clients["node-b"]
+    await a.publish(wire.status_topic("node-a"), b'{"last": "words"}', retain=True)
+    await a.publish(wire.online_topic("node-a"), b"0", retain=True)
+    await b.publish(wire.status_topic("node-a"), b"", retain=True)  # refused by the ACL
+    before = Client(broker, "hub", client_id="acl-test-hub-before")
+    try:
+        await before.subscribe(wire.status_topic("node-a"))
+        assert await before.next() == (wire.status_topic("node-a"), b'{"last": "words"}')
+        await hub.publish(wire.status_topic("node-a"), b"", retain=True)
+        await hub.publish(wire.online_topic("node-a"), b"", retain=True)
+        assert await before.next() == (wire.status_topic("node-a"), b"")
+    finally:
+        before.close()
+    after = Client(broker, "hub", client_id="acl-test-hub-after")
+    try:
+        await after.subscribe(wire.status_topic("node-a"), wire.online_topic("node-a"))
+        # Anything still retained would arrive before this live message.
+        await a.publish(wire.status_topic("node-a"), b'{"fresh": true}')
+        assert await after.next() == (wire.status_topic("node-a"), b'{"fresh": true}')
+        assert after.messages.empty()
+    finally:
+        after.close()

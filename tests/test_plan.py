@@ -150,7 +150,8 @@ def test_plan_api_bad_requests(hub_factory: Callable[..., HubProc]) -> None:
         return hub.request("POST", f"/api/v1/stages/{stage}/plan", auth, json.dumps(body).encode())
 
     assert post("beta", {}, auth=None)[0] == 401
-    assert hub.request("GET", "/api/v1/stages/beta/plan") == (204, "")  # no plan yet
+    assert hub.request("GET", "/api/v1/stages/beta/plan")[0] == 404
+    assert hub.request("GET", "/api/v1/plans")[1] == {"plans": {}}
     for body, status, words in [
         ({"sample": "0"}, 400, "sample"),
         ({"sample": True}, 400, "sample"),

@@ -37,7 +37,6 @@ async function api(path, { method = "GET", body } = {}) {
   if (token()) headers.Authorization = `Bearer ${token()}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  if (r.status === 204) return null;  // e.g. no plan of a stage yet
   const data = await r.json();
   if (!r.ok) throw new Error(data.error || r.statusText);
   return data;
@@ -182,8 +181,9 @@ async function loadPlans(stages) {
   let box = $("#plans");
   if (!box) { box = el("div", { id: "plans" }); $("#gates").after(box); }
   const pending = stages.filter((st) => st.gate_status && st.gate_status.candidate && !st.gate_status.up_to_date);
-  const plans = await Promise.all(pending.map((st) =>
-    api(`/api/v1/stages/${encodeURIComponent(st.name)}/plan`).catch(() => null)));
+  // One read for all stages: a stage without a plan is no error (no 404 in the console).
+  const latest = pending.length ? await api("/api/v1/plans").catch(() => ({ plans: {} })) : { plans: {} };
+  const plans = pending.map((st) => latest.plans[st.name] || null);
   box.replaceChildren(...plans.filter((p, i) => p && p.to === pending[i].gate_status.candidate).map((p) => {
     const rows = [
       ...p.changes.map((c) => el("tr", {}, el("td", {}, c.action), el("td", {}, `${c.target}:${c.subject}`),

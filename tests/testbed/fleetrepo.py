@@ -93,15 +93,21 @@ class FleetRepo:
             git(self.work, "checkout", "-q", "-b", branch)
         else:
             git(self.work, "checkout", "-q", "--orphan", branch)
+        removed, added = [], []
         for rel, content in files.items():
             path = self.work / rel
             if content is None:
-                git(self.work, "rm", "-q", "-r", "--", rel)
+                removed.append(rel)
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content.encode() if isinstance(content, str) else content)
             os.chmod(path, 0o755 if rel in executable else 0o644)
-            git(self.work, "add", "--", rel)
+            added.append(rel)
+        # One git call each, however many files (the fault campaign commits hundreds).
+        if removed:
+            git(self.work, "rm", "-q", "-r", "--", *removed)
+        if added:
+            git(self.work, "add", "--", *added)
         args = ["commit", "-q", "--allow-empty", "-m", message]
         if sign is not None:
             args = [

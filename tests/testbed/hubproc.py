@@ -141,6 +141,8 @@ class HubProc:
     """Extra tables at the end ([[users]], [[notify]]...)."""
     mqtt_extra: str = ""
     """Extra [mqtt] lines (username, password_file, ca_file, protocol...)."""
+    database_dir: Path | None = None
+    """Where hub.db lives (default: ``directory``), e.g. a small tmpfs for a full disk."""
     port: int = field(default_factory=free_port)
     client_id: str = field(default_factory=lambda: f"hub-test-{uuid.uuid4().hex[:8]}")
     proc: subprocess.Popen[bytes] | None = None
@@ -165,7 +167,7 @@ class HubProc:
         self.directory.mkdir(parents=True, exist_ok=True)
         hub = [
             f'listen = "127.0.0.1:{self.port}"',
-            f'database = "{self.directory / "hub.db"}"',
+            f'database = "{(self.database_dir or self.directory) / "hub.db"}"',
             f"heartbeat = {self.heartbeat}",
         ]
         if self.stale_after is not None:
