@@ -77,6 +77,7 @@ def zone(name: str | None) -> tzinfo:
     # zoneinfo (and the sysconfig data it reads) costs the agent ~1 MB RSS: only a
     # node with a window pays it.
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
+
     if name is None:
         try:
             with _LOCALTIME.open("rb") as f:
