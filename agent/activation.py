@@ -28,6 +28,7 @@ from agent.config import AgentConfig
 from agent.desired import DesiredState
 from agent.errors import FetchError
 from agent.inhibit import Lock, scan
+from agent.sourcewrap import SourceWrapper
 from common.windows import Schedule, WindowError, parse_schedule, parse_window, zone
 
 if TYPE_CHECKING:
@@ -224,15 +225,16 @@ class ActivationGate:
         return None
 
 
-class PrestagedSource:
+class PrestagedSource(SourceWrapper):
     """The pipeline's Git source, falling back to the staged commit when Git is down.
 
     Without it a node whose lock is released while Git is unreachable would wait for
-    Git, although the commit it held back is verified and complete in its cache.
+    Git, although the commit it held back is verified and complete in its cache (the
+    rest is the cache, which works offline: passed through).
     """
 
     def __init__(self, source: Source, gate: ActivationGate) -> None:
-        self.source = source
+        super().__init__(source)
         self.gate = gate
         self._offline = False
 
@@ -249,22 +251,3 @@ class PrestagedSource:
             return staged
         self._offline = False
         return head
-
-    # The rest is the cache, which works offline: passed through.
-    async def fetch(self, want: str | None = None) -> str:
-        return await self.source.fetch(want)
-
-    def has_commit(self, sha: str) -> bool:
-        return self.source.has_commit(sha)
-
-    def tree_ids(self, commit: str) -> dict[str, str | None]:
-        return self.source.tree_ids(commit)
-
-    def read_desired(self, commit: str) -> DesiredState:
-        return self.source.read_desired(commit)
-
-    def signed_payload(self, commit: str) -> tuple[bytes, bytes | None]:
-        return self.source.signed_payload(commit)
-
-    async def is_ancestor(self, ancestor: str, descendant: str) -> bool:
-        return await self.source.is_ancestor(ancestor, descendant)

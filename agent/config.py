@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
-from urllib.parse import urlsplit
 
 from agent.activationconf import ActivationConfig, parse_activation
 from agent.errors import ConfigError
@@ -171,7 +170,7 @@ def _git(root: Section) -> GitConfig:
     url = sec.text("url")
     if url is None:
         raise sec.err("url", "is required (where the fleet repository lives)")
-    scheme = urlsplit(url).scheme
+    scheme = sec.url("url", url).scheme
     is_scp = scheme == "" and ":" in url and "@" in url.split(":", 1)[0]
     if scheme not in _GIT_SCHEMES and not is_scp:
         raise sec.err("url", f"unsupported scheme {scheme or url!r}; use {', '.join(_GIT_SCHEMES)}")

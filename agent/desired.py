@@ -19,7 +19,7 @@ from agent.config import HEALTH_TIMEOUT_MAX
 from agent.errors import SourceError
 from agent.render.requires import check_requires
 from common.durations import HOUR
-from common.tomlconf import Section
+from common.tomlconf import Section, shown
 from common.windows import WindowError, parse_window, zone
 
 OPTIONS_FILE = "edgefleet.toml"
@@ -134,7 +134,7 @@ def _unit(origin: str, name: str, raw: Any) -> UnitOptions:
     raw = dict(raw)
     state = raw.pop("state", "started")
     if state not in ("started", "stopped"):
-        raise _err(origin, f"{key}.state", f"must be 'started' or 'stopped', got {state!r}")
+        raise _err(origin, f"{key}.state", f"must be 'started' or 'stopped', got {shown(state)}")
     enable = raw.pop("enable", None)
     if enable is not None and not isinstance(enable, bool):
         raise _err(origin, f"{key}.enable", "must be true or false")
@@ -193,7 +193,8 @@ def parse_options(origin: str, raw: bytes) -> Options:
     """Parse one path's edgefleet.toml; SourceError names path, key and problem."""
     try:
         data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+    # ValueError: UnicodeDecodeError, TOMLDecodeError, an integer of over 4300 digits
+    except ValueError as err:
         raise _err(origin, "(syntax)", f"invalid TOML: {err}") from err
     except RecursionError as err:  # tomllib recurses per nesting level
         raise _err(origin, "(syntax)", "nested too deeply") from err

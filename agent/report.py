@@ -56,6 +56,7 @@ class Reporter:
         on_ref: Callable[[str], None],
         on_cmd: Callable[[dict[str, Any]], None],
         backoff: Backoff | None = None,
+        on_wave: Callable[[bytes], None] | None = None,
     ) -> None:
         """``backoff``: the reconnect policy (default 1 s doubling to 60 s)."""
         self.cfg = cfg
@@ -63,6 +64,7 @@ class Reporter:
         self.branch = branch
         self.on_ref = on_ref
         self.on_cmd = on_cmd
+        self.on_wave = on_wave
         self.outbox = Outbox(state_dir / "outbox", cfg.outbox_max)
         self._seq = StatusSeq(state_dir / "status-seq.json")
         self.incarnation = load_incarnation(state_dir)
@@ -84,6 +86,7 @@ class Reporter:
             "events": wire.events_topic(node),
             "cmd": wire.cmd_topic(node),
             "ref": wire.ref_topic(branch),
+            "wave": wire.wave_topic(node),
         }
 
     # -- public API -------------------------------------------------------------------
@@ -186,6 +189,8 @@ class Reporter:
                 log.warning("ignoring malformed ref notification on %s", topic)
                 return
             self._dispatch(self.on_ref, commit)
+        elif topic == self._topics["wave"] and self.on_wave is not None:
+            self._dispatch(self.on_wave, payload)
         elif topic == self._topics["cmd"]:
             try:
                 cmd = json.loads(payload)
@@ -251,7 +256,8 @@ class Reporter:
             "" if self._down_reason is None else ", recovered",
         )
         self._down_reason = None
-        conn.client.subscribe([(self._topics["ref"], 1), (self._topics["cmd"], 1)])
+        topics = ["ref", "cmd"] + (["wave"] if self.on_wave is not None else [])
+        conn.client.subscribe([(self._topics[t], 1) for t in topics])
         conn.publish(self._topics["online"], b"1", retain=True, seq=None)
         self._connected.set()
         self._status_dirty = self._status is not None

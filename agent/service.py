@@ -34,6 +34,7 @@ from agent.source import GitSource
 from agent.state import StateStore
 from agent.targets.base import Target
 from agent.targets.files import FilesTarget
+from agent.waveref import WaveSource
 from common.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -103,14 +104,17 @@ class Agent:
         self.reporter: Reporter | None = None
         if with_reporter and cfg.mqtt.url:
             self.reporter = Reporter(
-                cfg.mqtt, cfg.node, cfg.git.branch, cfg.state_dir, self._on_ref, self._on_cmd
-            )
+                cfg.mqtt, cfg.node, cfg.git.branch, cfg.state_dir, self._on_ref, self._on_cmd,
+                on_wave=self._on_wave,
+            )  # fmt: skip
         checker = SignatureChecker(cfg.trust)
         checker.check_config()
         self.activation = ActivationGate(cfg, self._activation_event)
+        rendering = RenderingSource(self.source, NodeFacts.of(cfg))
+        self.waves = WaveSource(rendering, self.source, cfg.git.branch, self._wave_event)
         self.reconciler = Reconciler(
             cfg,
-            PrestagedSource(RenderingSource(self.source, NodeFacts.of(cfg)), self.activation),
+            PrestagedSource(self.waves, self.activation),
             checker,
             self.targets,
             self.store,
@@ -130,6 +134,13 @@ class Agent:
             log.info("ref notification: %s is at %s", self.cfg.git.branch, commit[:12])
             self.hint = commit
             self.wake.set()
+
+    def _on_wave(self, payload: bytes) -> None:
+        if self.waves.set_wave(payload):
+            self.wake.set()
+
+    def _wave_event(self, head: str, why: str) -> None:
+        self.reconciler._event("wave", head or None, following="branch", reason=why)
 
     def _on_cmd(self, cmd: dict[str, Any]) -> None:
         op = cmd.get("op")

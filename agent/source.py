@@ -86,6 +86,12 @@ class GitSource:
         """The branch head on the server: ls-remote of only ``refs/heads/<branch>``."""
         return await self._network("ls-remote", self._ls_remote)
 
+    async def remote_refs(self, refs: Iterable[str]) -> dict[str, str]:
+        """ls-remote of exactly ``refs`` (full names, e.g. a wave ref and the branch)."""
+        names = [Ref(r.encode()) for r in refs]
+        found = await self._network("ls-remote", self._remote.refs, "ls-remote", names)
+        return {r.decode(): sha.decode("ascii") for r, sha in found.items() if r in names}
+
     async def fetch(self, want: str | None = None) -> str:
         """Depth-1 fetch into the cache; returns the commit now local and under the ref.
 

@@ -9,7 +9,7 @@ other load on a shared machine); the load average around the run. Run from the
 repository root:
 
     .venv/bin/python bench/bench_ingest.py [--messages 100000] [--nodes 10000]
-        [--protocol 5|3.1.1]
+        [--protocol 5|3.1.1] [--payload agent|legacy]
 
 ``--protocol 3.1.1`` runs the broker with ``max_inflight_messages 0``: MQTT 3.1.1 has
 no receive maximum, and with acks sent after each commit mosquitto's default of 20
@@ -40,16 +40,26 @@ import sys, time, json, threading
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from common import wire
+from common.status import NodeReport, Status, encode_status
 port, n, nodes, first = (int(a) for a in sys.argv[1:5])
+legacy = sys.argv[5] == "legacy"
 docs = []
 for i in range(first, first + n):
     node = f"bench-{i % nodes:06d}"
-    docs.append((wire.status_topic(node), wire.encode({
-        "schema": 1, "node": node, "seq": i // nodes + 1, "state": "synced",
-        "branch": "stable", "labels": {"site": f"s{i % 17}"}, "paths": ["common"],
-        "desired": "a" * 40, "applied": "a" * 40, "last_good": "a" * 40,
-        "reason": "", "message": "", "drift": [], "resources": {"files": 3},
-        "health": {}, "version": "0.1.0", "observed_at": time.time(), "heartbeat": 30})))
+    if legacy:  # an agent from before the typed contract: sorted keys, fields missing
+        payload = wire.encode({
+            "schema": 1, "node": node, "seq": i // nodes + 1, "state": "synced",
+            "branch": "stable", "labels": {"site": f"s{i % 17}"}, "paths": ["common"],
+            "desired": "a" * 40, "applied": "a" * 40, "last_good": "a" * 40,
+            "reason": "", "message": "", "drift": [], "resources": {"files": 3},
+            "health": {}, "version": "0.1.0", "observed_at": time.time(), "heartbeat": 30})
+    else:  # what today's agent sends: the one builder's encoding
+        payload = encode_status(Status(
+            NodeReport(node, "synced", labels={"site": f"s{i % 17}"}, version="0.1.0",
+                       branch="stable", paths=("common",), desired="a" * 40,
+                       applied="a" * 40, last_good="a" * 40, resources={"files": 3}),
+            i // nodes + 1, time.time(), 30.0, "bench-incarnation"))
+    docs.append((wire.status_topic(node), payload))
 c = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
 c.max_inflight_messages_set(1000)
 c.max_queued_messages_set(0)
@@ -92,12 +102,13 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return main, total
 
 
-def publish(port: int, n: int, nodes: int, publishers: int) -> tuple[float, float]:
+def publish(port: int, n: int, nodes: int, publishers: int, payload: str) -> tuple[float, float]:
     """Run ``publishers`` processes sharing the N messages; returns (start, end) times."""
     per = n // publishers
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", PUBLISHER, str(port), str(per), str(nodes), str(k * per)],
+            [sys.executable, "-c", PUBLISHER, str(port), str(per), str(nodes), str(k * per),
+             payload],
             stdout=subprocess.PIPE, text=True, cwd=ROOT,
         )
         for k in range(publishers)
@@ -171,6 +182,11 @@ def main() -> None:
         "both drain them (measures the consumers, not the publisher); live: consumers "
         "connected while the publishers send",
     )  # fmt: skip
+    parser.add_argument(
+        "--payload", choices=("agent", "legacy"), default="agent",
+        help="agent: statuses as today's agent encodes them (common.status); legacy: as "
+        "agents before the typed contract did (sorted keys, no drift_total, heartbeat 30)",
+    )  # fmt: skip
     args = parser.parse_args()
     n = args.messages - args.messages % args.publishers
     sub_cmd = ["mosquitto_sub", "-q", "1", "-c", "-i", "bench-sub", "-C", str(n),
@@ -193,7 +209,9 @@ def main() -> None:
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
                 hub.stop()
-                pub_start, pub_end = publish(broker.port, n, args.nodes, args.publishers)
+                pub_start, pub_end = publish(
+                    broker.port, n, args.nodes, args.publishers, args.payload
+                )
                 t0 = time.time()
                 sub = subprocess.Popen(sub_cmd, stdout=subprocess.DEVNULL)
                 hub.start(wait=False)
@@ -204,7 +222,9 @@ def main() -> None:
                 time.sleep(0.5)  # let mosquitto_sub subscribe (it has no readiness signal)
                 assert hub.proc is not None
                 cpu_start = cpu_seconds(hub.proc.pid)
-                pub_start, pub_end = publish(broker.port, n, args.nodes, args.publishers)
+                pub_start, pub_end = publish(
+                    broker.port, n, args.nodes, args.publishers, args.payload
+                )
                 t0 = hub_start = pub_start
                 drain = wait_both(hub, sub, n, up=(pub_start, cpu_start))
                 sub_done, hub_done = drain.sub_done, drain.hub_done
@@ -213,8 +233,8 @@ def main() -> None:
             broker.stop()
     sub_rate = n / (sub_done - t0)
     hub_rate = n / (hub_done - hub_start)
-    print(f"### Hub ingest ({args.mode}, MQTT {args.protocol}): {n:,} QoS1 status messages, "
-          f"{args.nodes:,} nodes\n")  # fmt: skip
+    print(f"### Hub ingest ({args.mode}, MQTT {args.protocol}): {n:,} QoS1 status messages "
+          f"({args.payload}), {args.nodes:,} nodes\n")  # fmt: skip
     print("| who | seconds | messages/s |")
     print("|---|---:|---:|")
     print(f"| publishers ({args.publishers} paho processes) | {pub_end - pub_start:.2f} "

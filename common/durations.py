@@ -38,8 +38,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         try:
             seconds = float(value)
-        except OverflowError:  # an int beyond float range
-            seconds = math.inf
+        except OverflowError:  # an int beyond float range; repr fails past 4300 digits
+            raise DurationError("must be a finite duration, got a huge integer") from None
     elif isinstance(value, str):
         seconds = _parse_text(value)
     else:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import difflib
 import math
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from common.durations import DAY, DurationError, parse_duration
 
@@ -39,8 +40,25 @@ def load_toml(path: Path, error: ErrorFactory) -> dict[str, Any]:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as err:
         raise error(str(path), "(file)", "is not UTF-8 text") from err
-    except tomllib.TOMLDecodeError as err:
+    except ValueError as err:  # TOMLDecodeError, or an integer literal of over 4300 digits
         raise error(str(path), "(syntax)", f"invalid TOML: {err}") from err
+    except RecursionError as err:  # tomllib recurses per nesting level
+        raise error(str(path), "(syntax)", "nested too deeply") from err
+
+
+def shown(value: object) -> str:
+    """repr for a message: TOML integers are unbounded, and repr refuses past 4300 digits."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"a {type(value).__name__} holding a huge integer"
+
+
+def _number_text(value: float) -> str:
+    try:
+        return f"{value:.15g}"
+    except OverflowError:
+        return "an integer beyond float range"
 
 
 class Section:
@@ -79,7 +97,7 @@ class Section:
         if isinstance(value, bool) and bool not in kinds:
             raise self.err(key, f"must be {what}, got a boolean")
         if not isinstance(value, kind):
-            raise self.err(key, f"must be {what}, got {type(value).__name__} {value!r}")
+            raise self.err(key, f"must be {what}, got {type(value).__name__} {shown(value)}")
         return cast(T, value)
 
     def text(self, key: str, default: str | None = None) -> str | None:
@@ -98,9 +116,10 @@ class Section:
         value = self._take(key, (int, float), "a number")
         if value is None:
             return default
-        # nan compares false with every bound, so it would pass a range check unseen.
-        if not math.isfinite(value):
-            raise self.err(key, f"must be a finite number, got {value}")
+        # nan compares false with every bound, so it would pass a range check unseen; an
+        # integer beyond float range is no finite number either.
+        if abs(value) > sys.float_info.max or not math.isfinite(value):
+            raise self.err(key, f"must be a finite number, got {_number_text(value)}")
         self._check_range(key, value, minimum, maximum)
         return float(value)
 
@@ -144,7 +163,7 @@ class Section:
             if maximum is not None
             else f"at least {minimum:.15g}{unit}"
         )
-        raise self.err(key, f"must be {bound}, got {value:.15g}")
+        raise self.err(key, f"must be {bound}, got {_number_text(value)}")
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.text(key)
@@ -169,9 +188,20 @@ class Section:
 
     def file(self, key: str) -> Path | None:
         path = self.path_value(key)
-        if path is not None and not path.is_file():
+        try:
+            missing = path is not None and not path.is_file()
+        except OSError as err:  # is_file() only hides "not found": too long, no permission...
+            raise self.err(key, f"file {path} cannot be checked: {err.strerror}") from err
+        if missing:
             raise self.err(key, f"file {path} does not exist or is not a regular file")
         return path
+
+    def url(self, key: str, url: str) -> SplitResult:
+        """``url`` (the value of ``key``) split; an unbalanced [IPv6] host is an error."""
+        try:
+            return urlsplit(url)
+        except ValueError as err:
+            raise self.err(key, f"{url!r} is not a URL: {err}") from err
 
     def dir(self, key: str, default: Path) -> Path:
         return self.path_value(key) or default
@@ -237,7 +267,7 @@ def mqtt_connection(sec: Section, default_url: str | None = None) -> dict[str, A
     """The validated broker connection keys of an [mqtt] table, as constructor kwargs."""
     url = sec.text("url", default_url)
     if url is not None:
-        parts = urlsplit(url)
+        parts = sec.url("url", url)
         if parts.scheme not in MQTT_SCHEMES or not parts.hostname:
             raise sec.err("url", f"{url!r} must look like mqtt://host:1883 or mqtts://host:8883")
         try:

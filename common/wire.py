@@ -65,6 +65,11 @@ def cmd_topic(node: str) -> str:
     return f"{PREFIX}/node/{node}/cmd"
 
 
+def wave_topic(node: str) -> str:
+    """Retained, from the hub: the wave ref this node follows (``{"ref": ...}``)."""
+    return f"{PREFIX}/node/{node}/wave"
+
+
 def ref_topic(branch: str) -> str:
     return f"{PREFIX}/ref/{branch}"
 

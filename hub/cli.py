@@ -140,6 +140,15 @@ def show_stages(data: Any) -> str:
     ]  # fmt: skip
     return table(
         ["STAGE", "BRANCH", "HEAD", "FROM", "AUTO", "NODES", "SYNCED", "NOT SYNCED", "GATE"], rows
+    ) + "".join(_wave_lines(s) for s in data["stages"] if s.get("waves"))
+
+
+def _wave_lines(stage: Any) -> str:
+    """Per wave of a stage: nodes on the candidate / total, state, gate and soak left."""
+    return f"\n{stage['name']} waves:" + "".join(
+        f"\n  {w['name']}: {w['on_candidate']}/{w['nodes']} on candidate, {w['state']}"
+        + (f"; {w['gate']}" if w["gate"] else "")
+        for w in stage["waves"]
     )
 
 

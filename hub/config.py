@@ -24,6 +24,7 @@ from common.windows import Schedule, parse_schedule
 from hub.errors import ConfigError
 from hub.notify.config import Sink, parse_sinks
 from hub.users import User, parse_users
+from hub.waveconf import Wave, parse_waves
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgefleet/fleet.toml")
 
@@ -140,6 +141,9 @@ class Stage:
     auto_rollback: bool = False
     """When this stage's nodes fail on its head beyond ``gate.max_failed``, move the
     branch back to its previous promoted commit (besides halting the pipeline)."""
+    waves: tuple[Wave, ...] = ()
+    """``[[stages.waves]]``: a promotion moves these waves' refs one after the other,
+    the stage branch last (:mod:`hub.waves`)."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,7 @@ def _listen(sec: Section) -> tuple[str, int]:
     if raw is None:
         return ("127.0.0.1", 8080)
     host, sep, port = raw.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise sec.err("listen", f"{raw!r} must look like 127.0.0.1:8080")
     return (host.strip("[]") or "0.0.0.0", int(port))
 
@@ -231,7 +235,7 @@ def _git(root: Section) -> GitSettings:
     sec = root.table("git")
     url = sec.text("url")
     if url is not None:
-        scheme = urlsplit(url).scheme
+        scheme = sec.url("url", url).scheme
         is_scp = scheme == "" and ":" in url and "@" in url.split(":", 1)[0]
         if scheme not in _GIT_SCHEMES and not is_scp:
             raise sec.err(
@@ -281,9 +285,12 @@ def _stage(sec: Section) -> Stage:
         window=parse_schedule(window_spec, timezone) if window_spec else None,
         window_spec=window_spec,
         auto_rollback=sec.flag("auto_rollback", False),
+        waves=parse_waves(sec),
     )
     if stage.auto and stage.promote_from is None:
         raise sec.err("auto", "needs promote_from (the stage to promote from)")
+    if stage.waves and stage.promote_from is None:
+        raise sec.err("waves", "need promote_from (waves split a promotion)")
     sec.done()
     return stage
 

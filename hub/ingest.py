@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from common import wire
-from common.status import ContractError, Status, details_json, status_json
+from common.canonical import stored_status_json
+from common.status import ContractError, Status, details_json
 from common.strict import parse_event, parse_status
 from hub.errors import HubError, StoreError
 from hub.mqtt import Message
@@ -118,7 +119,7 @@ class _LogLimiter:
 
 @dataclass
 class _Pending:
-    statuses: dict[str, tuple[Status, bool, float]] = field(default_factory=dict)
+    statuses: dict[str, tuple[Status, bytes, bool, float]] = field(default_factory=dict)
     onlines: dict[str, tuple[int, bool, float]] = field(default_factory=dict)
     events: list[EventRow] = field(default_factory=list)
     acks: list[tuple[int, int]] = field(default_factory=list)
@@ -212,7 +213,7 @@ class Ingest:
                 or status.seq >= old[0].seq
                 or _new_life(old[0].incarnation, status.incarnation)
             ):
-                pending.statuses[node] = (status, not msg.retain, now)
+                pending.statuses[node] = (status, msg.payload, not msg.retain, now)
             else:
                 self.counters.status_out_of_order += 1
         elif kind == "online":
@@ -255,7 +256,7 @@ class Ingest:
         pending, self._pending = self._pending, _Pending()
         batch = Batch(events=pending.events)
         seqs: list[_Stored] = []
-        for status, live, received in pending.statuses.values():
+        for status, payload, live, received in pending.statuses.values():
             heard = received
             r = status.report
             known = self._seqs.get(r.node, -1)
@@ -266,7 +267,7 @@ class Ingest:
                     StatusRow(
                         r.node, r.branch, r.state, status.seq, r.applied, r.desired,
                         r.drift_total, status.heartbeat, heard, self._stale_after,
-                        status.observed_at, status_json(status), live,
+                        status.observed_at, stored_status_json(status, payload), live,
                     )
                 )  # fmt: skip
                 seqs.append(_Stored(r.node, status.seq, status.incarnation))

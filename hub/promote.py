@@ -103,10 +103,19 @@ class StageGit:
                 f"push, not {_short(new)}: someone else moved it"
             )
 
+    def refs_under(self, prefix: str) -> dict[str, str]:
+        """The server's refs under ``prefix`` (``refs/...``) and their commits."""
+        try:
+            found = self._remote.refs("ls-remote", [prefix.encode()])
+        except GitError as err:
+            raise PromoteError(f"listing {prefix} failed: {err}") from err
+        return {ref.decode(): sha.decode() for ref, sha in found.items()}
+
     def update(self, branch: str, old: str | None, new: str) -> None:
-        """Set ``branch`` from ``old`` to ``new`` on the server; raises BranchMoved when
-        it is not at ``old`` any more (checked twice: advertised and under the lock)."""
-        ref = f"refs/heads/{branch}".encode()
+        """Set ``branch`` (a branch name, or any full ``refs/...`` name such as a wave's
+        ref) from ``old`` to ``new`` on the server; raises BranchMoved when it is not at
+        ``old`` any more (checked twice: advertised and under the lock)."""
+        ref = (branch if branch.startswith("refs/") else f"refs/heads/{branch}").encode()
         seen: list[bytes | None] = []
 
         def update_refs(refs: dict[bytes, bytes]) -> dict[bytes, bytes]:

@@ -29,6 +29,7 @@ from hub.plan import PlanJson, plan_evidence, refusal_summary
 from hub.promote import StageGit
 from hub.shapes import AuditJson, PauseJson, PromoteJson, ResumeJson, RollbackJson, StageRollout
 from hub.store import AuditRow, NodeState, Pause, RolloutStore
+from hub.waves import Announce, Waves, WaveStore, pause_after_rollback
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class Rollout:
         clock: Callable[[], float] = time.time,
         tick: float = 0.5,
         audited: Audited | None = None,
+        wave_store: WaveStore | None = None,
+        announce: Announce | None = None,
     ) -> None:
         self._cfg = cfg
         self._store = store
@@ -83,6 +86,11 @@ class Rollout:
         retried (or re-audited) until either moves."""
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._waves = (
+            Waves(wave_store, git, clock, self._audit, moved, announce)
+            if wave_store is not None and git is not None
+            else None
+        )
         self.planner: PlanCall | None = None
         """For gates with ``require_plan``; without it such a gate never opens."""
 
@@ -144,6 +152,8 @@ class Rollout:
                 elif blocked and gate.open:
                     status["reason"] = f"gate open, but {blocked}"
                 info["gate_status"] = status
+            if stage.waves and self._waves is not None:
+                info["waves"] = await self._waves.status(stage)
             out[stage.name] = info
         return out
 
@@ -178,10 +188,16 @@ class Rollout:
                 self._auto_failed.pop(stage.name, None)
             if head is not None:
                 await self._check_halt(stage, head)
+        for stage in self._cfg.stages:
+            if stage.waves and self._waves is not None:
+                async with self._lock:
+                    await self._waves.tick(stage)
         pauses = await self._store.pauses()
         for stage in self._cfg.stages:
             if stage.promote_from is None:
                 continue
+            if stage.waves and self._waves is not None and await self._waves.active(stage):
+                continue  # the running waves finish (or halt) first
             gate = await self.evaluate(stage, track=True)
             if not (stage.auto and gate.open and gate.candidate is not None):
                 continue
@@ -284,6 +300,8 @@ class Rollout:
         current = self._heads().get(stage.branch)
         if current == gate.candidate:
             raise RolloutRefused(f"{name} is at {gate.candidate[:7]} already", gate.evidence())
+        if self._waves is not None and await self._waves.active(stage):
+            raise RolloutRefused(f"the waves of {name} are rolling: roll back first")
         if not force:
             blocked = blocked_by(self._cfg, stage, await self._store.pauses())
             if blocked:
@@ -331,7 +349,8 @@ class Rollout:
                 if isinstance(err, RolloutRefused):
                     raise
                 raise RolloutRefused(str(err), evidence) from err
-            self._moved(stage.branch, candidate)
+            if not stage.waves or self._waves is None:
+                self._moved(stage.branch, candidate)
             await self._audit("promote", stage, who, expected, candidate, "done", reason,
                               evidence, forced, on_behalf)  # fmt: skip
         log.info("promoted %s: %s -> %s by %s%s", stage.name, _short(expected), candidate[:12],
@@ -359,7 +378,10 @@ class Rollout:
                 f"{candidate[:7]} does not descend from {stage.branch} head "
                 f"{expected[:7]}: not a fast-forward (promotion never rewrites history)"
             )
-        await asyncio.to_thread(git.update, stage.branch, expected, candidate)
+        if stage.waves and self._waves is not None:
+            await self._waves.start(stage, expected, candidate)
+        else:
+            await asyncio.to_thread(git.update, stage.branch, expected, candidate)
 
     async def _previous(self, stage: Stage, head: str) -> str | None:
         """The commit ``stage`` had before ``head``: the promotion's origin, else the
@@ -386,6 +408,10 @@ class Rollout:
             head = fresh.get(stage.branch)
             if head is None:
                 raise RolloutRefused(f"branch {stage.branch} does not exist")
+            waves = self._waves
+            running = await waves.active(stage) if waves is not None else None
+            if waves is not None and running is not None and to is None:
+                return await waves.rollback(stage, running, head, who, reason, pause, on_behalf)
             target = to or await self._previous(stage, head)
             if target is None:
                 raise RolloutRefused(f"no previous commit of {name} is known; name one with --to")
@@ -405,12 +431,10 @@ class Rollout:
                                   f"{reason}: {err}", evidence, on_behalf=on_behalf)  # fmt: skip
                 raise RolloutRefused(str(err), evidence) from err
             self._moved(stage.branch, target)
+            if self._waves is not None:
+                await self._waves.move_all(stage, target)
             if pause:
-                current = (await self._store.pauses()).get(stage.name)
-                if current is None or current.kind != "halt":
-                    await self._store.set_pause(
-                        Pause(stage.name, "rollback", target, self._clock(), who, reason)
-                    )
+                await pause_after_rollback(self._store, stage, target, who, reason, self._clock())
             await self._audit("rollback", stage, who, head, target, "done", reason, evidence,
                               on_behalf=on_behalf)  # fmt: skip
         log.warning("rolled back %s: %s -> %s by %s (%s)", name, head[:12], target[:12], who,
@@ -426,6 +450,8 @@ class Rollout:
             raise RolloutRefused(f"stage {name} is not paused")
         await self._store.clear_pause(name)
         self._auto_failed.pop(name, None)
+        if self._waves is not None:
+            await self._waves.resume(stage)
         await self._audit("resume", stage, who, None, None, "done", reason,
                           {"lifted": _pause_json(pause)}, on_behalf=on_behalf)  # fmt: skip
         log.info("resumed %s (was paused: %s) by %s", name, pause.reason, who)

@@ -8,6 +8,7 @@ from the broker (anything still unacknowledged is redelivered to the next hub ru
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from hub.rollout import Rollout
 from hub.sampler import StateSampler
 from hub.sse import Updates
 from hub.store import Store
+from hub.waves import announce_wave
 from hub.web import WebContext, make_app
 
 log = logging.getLogger(__name__)
@@ -68,8 +70,9 @@ async def _serve(cfg: HubConfig, store: Store, stop: asyncio.Event) -> None:
     )
     notifier = Notifier(cfg, store, mqtt.publish)
     rollout = Rollout(
-        cfg, store, stage_git, lambda: gitwatch.heads, gitwatch.moved, audited=notifier.audited
-    )
+        cfg, store, stage_git, lambda: gitwatch.heads, gitwatch.moved, audited=notifier.audited,
+        wave_store=store, announce=functools.partial(announce_wave, mqtt.publish),
+    )  # fmt: skip
     rollout.planner = planner.plan
 
     def on_commit() -> None:

@@ -113,6 +113,8 @@ class StageRollout(TypedDict, total=False):
     in_window: bool
     gate_status: dict[str, Any] | None
     """The gate evaluation (free-form evidence, as audited) plus ``up_to_date``."""
+    waves: list[dict[str, Any]]
+    """Stages with waves: name, nodes, on_candidate, gate, soak_left, state per wave."""
 
 
 class GateConfigJson(TypedDict):

@@ -189,6 +189,21 @@ async def test_node_reads_its_commands_and_refs_only(clients: dict[str, Client])
     assert a.messages.empty()
 
 
+async def test_only_the_hub_tells_a_node_its_wave(clients: dict[str, Client]) -> None:
+    hub, a, b = clients["hub"], clients["node-a"], clients["node-b"]
+    assert not (await a.subscribe(wire.wave_topic("node-a"), wire.wave_topic("node-b")))[
+        0
+    ].is_failure
+    assert not (await b.subscribe(wire.wave_topic("node-b")))[0].is_failure
+    # b cannot point a at another ref; the hub's retained messages reach each node alone.
+    await b.publish(wire.wave_topic("node-a"), b'{"ref": "forged"}', retain=True)
+    await hub.publish(wire.wave_topic("node-b"), b'{"ref": "b"}', retain=True)
+    await hub.publish(wire.wave_topic("node-a"), b'{"ref": "a"}', retain=True)
+    assert await b.next() == (wire.wave_topic("node-b"), b'{"ref": "b"}')
+    assert await a.next() == (wire.wave_topic("node-a"), b'{"ref": "a"}')
+    assert a.messages.empty()
+
+
 async def test_hub_reads_every_node(clients: dict[str, Client]) -> None:
     hub = clients["hub"]
     assert not (await hub.subscribe("edgefleet/v1/node/#"))[0].is_failure

@@ -36,8 +36,8 @@ async def test_schema_migrated_once_and_newer_schema_refused(tmp_path: Path) -> 
     await store.close()
     with contextlib.closing(sqlite3.connect(db)) as conn:
         # one schema_version row per migration (2: rollout audit, 3: event incarnation,
-        # 4: audit on_behalf, notification outbox, state samples)
-        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (4,)
+        # 4: audit on_behalf, notification outbox, state samples, 5: wave runs)
+        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (5,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         conn.execute("INSERT INTO schema_version VALUES (99)")
         conn.commit()

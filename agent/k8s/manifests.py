@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ import yaml
 from agent.desired import DesiredFile
 from agent.errors import PlanError
 from agent.state import digest
+from common.tomlconf import shown
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "edgefleet"
@@ -166,7 +168,10 @@ def _documents(where: str, data: bytes, alias_budget: _AliasBudget) -> Iterator[
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise PlanError(f"{where}: not UTF-8 text") from err
-    loader = _BoundedLoader(text, alias_budget)
+    try:
+        loader = _BoundedLoader(text, alias_budget)
+    except yaml.YAMLError as err:  # the reader refuses control characters up front
+        raise PlanError(f"{where}: invalid YAML: {err}") from err
     try:
         yield from _checked(where, loader)
     finally:
@@ -182,6 +187,8 @@ def _checked(where: str, loader: _BoundedLoader) -> Iterator[Manifest]:
             doc = loader.get_data()
         except yaml.YAMLError as err:
             raise PlanError(f"{where}: document {index}: invalid YAML: {err}") from err
+        except ValueError as err:  # a scalar its tag cannot hold: 2024-13-45, 5000 digits
+            raise PlanError(f"{where}: document {index}: invalid YAML value: {err}") from err
         except RecursionError as err:
             raise PlanError(f"{where}: document {index}: nested too deeply") from err
         if doc is not None:
@@ -205,7 +212,43 @@ def _check(origin: str, doc: Any) -> Manifest:
         raise bad("metadata.name is required (generateName is not supported)")
     if "namespace" in meta and not isinstance(meta["namespace"], str):
         raise bad("metadata.namespace must be a string")
+    if problem := _not_json(doc):
+        raise bad(problem)
     return Manifest(body=doc, origin=origin)
+
+
+_JSON_SCALARS = (str, int, bool, type(None))
+
+
+def _not_json(doc: Obj) -> str | None:
+    """Why ``doc`` is no JSON object (what the API server takes), else None.
+
+    YAML has more: dates (``release: 2024-01-01``), binary, non-string keys (``on:`` is
+    true), .nan, .inf, integers of any size; they would fail later, in the digest or the
+    API call, with no file or line. Iterative; aliases may repeat nodes, but their
+    expansion is bounded (MAX_ALIAS_NODES).
+    """
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    return f"key {shown(key)} under {path or '.'} is not a string (quote it)"
+                stack.append((f"{path}.{key}", item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return f"{path} is {value}, not a finite number"
+        elif isinstance(value, int) and not -(2**63) <= value < 2**63:
+            return f"{path} is an integer beyond 64 bits"
+        elif not isinstance(value, _JSON_SCALARS):
+            return (
+                f"{path} is a YAML {type(value).__name__}, which JSON cannot carry "
+                "(quote it to make it a string)"
+            )
+    return None
 
 
 def desired_body(manifest: Manifest, namespace: str, node: str, commit: str) -> Obj:

@@ -152,6 +152,14 @@ function gateText(st) {
   return st.blocked && !g.open ? `${text}; ${st.blocked}` : text;
 }
 
+// Waves of a stage: nodes on the candidate / total, state, gate (with soak left).
+function waveList(st) {
+  if (!st.waves || !st.waves.length) return [];
+  return [el("ul", { class: "waves" }, ...st.waves.map((w) =>
+    el("li", { "data-wave": w.name, "data-state": w.state },
+      `${w.name}: ${w.on_candidate}/${w.nodes} on candidate, ${w.state}` + (w.gate ? ` – ${w.gate}` : ""))))];
+}
+
 async function loadRollouts() {
   const [s, h] = await Promise.all([api("/api/v1/stages"), api("/api/v1/history?limit=20")]);
   const gates = $("#gates tbody");
@@ -161,7 +169,7 @@ async function loadRollouts() {
       el("td", {}, st.name), el("td", {}, st.promote_from), el("td", {}, st.auto ? "yes" : "no"),
       el("td", { class: "progress" }, el("progress", { max: String(st.nodes || 1), value: String(st.on_head) }),
         el("span", { class: "on-head" }, ` ${st.on_head}/${st.nodes} on ${short(st.head)}`)),
-      el("td", { class: `gate ${state}` }, gateText(st)), el("td", {}, stageActions(st)));
+      el("td", { class: `gate ${state}` }, gateText(st), ...waveList(st)), el("td", {}, stageActions(st)));
   }));
   loadPlans(s.stages);
   const body = $("#history tbody");

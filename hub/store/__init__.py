@@ -33,6 +33,7 @@ from hub.store.rows import (
     VersionCount,
 )
 from hub.store.samples import SqliteSamples
+from hub.store.waves import SqliteWaves
 
 __all__ = [
     "AuditEntry",
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 
-class Store(SqliteNodes, SqliteRollouts, SqliteOutbox, SqliteSamples, HubStore):
+class Store(SqliteNodes, SqliteRollouts, SqliteOutbox, SqliteSamples, SqliteWaves, HubStore):
     """The SQLite store. Open with :meth:`open`; close with :meth:`close`."""
 
     @classmethod

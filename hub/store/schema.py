@@ -131,6 +131,27 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (at, state)
         ) WITHOUT ROWID""",
     ),
+    (
+        # A promotion into a stage with waves, one row per stage (the latest run): which
+        # wave holds the candidate now and since when its gate holds (the soak clock).
+        """CREATE TABLE wave_runs (
+            stage TEXT PRIMARY KEY,
+            candidate TEXT NOT NULL,
+            origin TEXT,
+            wave INTEGER NOT NULL,
+            moved_at REAL NOT NULL,
+            holding_since REAL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL
+        ) WITHOUT ROWID""",
+        # Each node's wave, fixed when the run starts (a relabel counts at the next one).
+        """CREATE TABLE wave_members (
+            stage TEXT NOT NULL,
+            node TEXT NOT NULL,
+            wave TEXT NOT NULL,
+            PRIMARY KEY (stage, node)
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
