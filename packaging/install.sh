@@ -20,6 +20,7 @@ set -eu
 src=$(cd "$(dirname "$0")/.." && pwd)
 prefix=/opt/edgefleet
 units=/etc/systemd/system
+tmpfiles=/usr/lib/tmpfiles.d/edgefleet.conf
 python=${PYTHON:-python3}
 extras=${EDGEFLEET_EXTRAS-k3s}
 wheelhouse=${WHEELHOUSE:-}
@@ -58,7 +59,7 @@ if [ -n "$uninstall" ]; then
         systemctl disable --now edgefleet-agent.service edgefleet-hub.service 2>/dev/null || true
     fi
     rm -rf "$prefix" "$units/edgefleet-agent.service" "$units/edgefleet-hub.service" \
-        /usr/local/bin/edgefleet-agent /usr/local/bin/edgefleet-hub
+        /usr/local/bin/edgefleet-agent /usr/local/bin/edgefleet-hub "$tmpfiles"
     if [ -n "$purge" ]; then
         rm -rf /etc/edgefleet /var/lib/edgefleet /var/lib/edgefleet-hub
     fi
@@ -115,10 +116,14 @@ install -d -m 0700 /var/lib/edgefleet
 install -m 0644 "$src/packaging/agent.toml.example" /etc/edgefleet/agent.toml.example
 if command -v systemd-sysusers >/dev/null; then
     systemd-sysusers - <"$src/packaging/sysusers.conf"
-elif ! id edgefleet-hub >/dev/null 2>&1; then
-    useradd --system --user-group --home-dir /var/lib/edgefleet-hub \
-        --shell /usr/sbin/nologin edgefleet-hub
+else
+    id edgefleet-hub >/dev/null 2>&1 || useradd --system --user-group \
+        --home-dir /var/lib/edgefleet-hub --shell /usr/sbin/nologin edgefleet-hub
+    getent group edgefleet-inhibit >/dev/null || groupadd --system edgefleet-inhibit
 fi
+install -D -m 0644 "$src/packaging/tmpfiles.conf" "$tmpfiles"
+# /run/edgefleet/inhibit now, not only from the next boot.
+if command -v systemd-tmpfiles >/dev/null; then systemd-tmpfiles --create "$tmpfiles"; fi
 
 if booted; then systemctl daemon-reload; fi
 if [ -e /etc/edgefleet/agent.toml ]; then

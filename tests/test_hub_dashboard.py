@@ -182,3 +182,23 @@ async def test_dashboard_runs_under_its_security_headers(
     # the stylesheet applied (a CSP block would leave the page unstyled)
     assert await page.eval("getComputedStyle(document.body).margin") != "8px"
     assert page.errors() == []
+
+
+async def test_dashboard_shows_agent_versions(
+    hub_factory: Callable[..., HubProc], publisher: Publisher, browser: Callable[[str], Any]
+) -> None:
+    hub = hub_factory()
+    publisher.status(status_doc("pi-01", 1, branch="stable"))
+    publisher.status(status_doc("pi-02", 1, branch="stable", version="0.2.0"))
+    publisher.status(status_doc("pi-03", 1, branch="stable", version="0.2.0"))
+    hub.wait_for(lambda: hub.get("/api/v1/summary")["nodes"] == 3)
+
+    page = await browser(hub.url + "/")
+    version = "document.querySelector('.version[data-stage=stable][data-version=\"{}\"]')"
+    await page.wait(f"{version.format('0.2.0')}?.textContent === '0.2.0: 2'")
+    assert await page.eval(f"{version.format('0.1.0')}.textContent") == "0.1.0: 1"
+    await page.wait("document.querySelectorAll('#nodes tbody tr').length === 3")
+    cell = "document.querySelector('tr[data-node=\"{}\"] td.version').textContent"
+    assert await page.eval(cell.format("pi-01")) == "0.1.0"
+    assert await page.eval(cell.format("pi-02")) == "0.2.0"
+    assert page.errors() == []

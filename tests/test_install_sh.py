@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import __version__
 from tests.testbed.fleetrepo import FleetRepo
 from tests.testbed.nspawn import NspawnContainer, container_at, require_nspawn
 from tests.testbed.wait import wait_until
@@ -139,7 +140,7 @@ def test_offline_install_upgrade_failed_upgrade_uninstall(bed: InstallBed) -> No
     out = _ok(bed.install("--wheelhouse", str(bed.wheelhouse)))
     assert "stays off until /etc/edgefleet/agent.toml exists" in out
     for prog in ("/usr/local/bin/edgefleet-agent", "/opt/edgefleet/bin/edgefleet-agent"):
-        assert ct.run(prog, "--version").strip() == "edgefleet-agent 0.1.0"
+        assert ct.run(prog, "--version").strip() == f"edgefleet-agent {__version__}"
     assert ct.run("edgefleet-hub", "--help").startswith("usage: edgefleet-hub")
     for unit in ("edgefleet-agent.service", "edgefleet-hub.service"):
         installed = root / "etc/systemd/system" / unit
@@ -149,6 +150,8 @@ def test_offline_install_upgrade_failed_upgrade_uninstall(bed: InstallBed) -> No
     assert (root / "var/lib/edgefleet").stat().st_mode & 0o777 == 0o700
     assert (root / "etc/edgefleet/agent.toml.example").is_file()
     assert ct.run("id", "-u", "edgefleet-hub").strip().isdigit()
+    owner = ct.run("stat", "-c", "%U %G %a", "/run/edgefleet/inhibit").split()
+    assert owner == ["root", "edgefleet-inhibit", "1770"]
     # The venv was built as venv.new and moved: nothing may still name the build path.
     assert not (root / "opt/edgefleet/venv.new").exists()
     venv = root / VENV.lstrip("/")
@@ -196,11 +199,11 @@ def test_offline_install_upgrade_failed_upgrade_uninstall(bed: InstallBed) -> No
         done = bed.install(wheelhouse=broken)
         assert done.returncode != 0, done.stdout
         assert "No matching distribution found for" in done.stderr, done.stderr
-        missing_edgefleet = "found for edgefleet[k3s]==0.1.0" in done.stderr
+        missing_edgefleet = f"found for edgefleet[k3s]=={__version__}" in done.stderr
         assert missing_edgefleet == (broken == bed.empty), done.stderr
         assert not (root / "opt/edgefleet/venv.new").exists()
         assert venv.stat().st_ino == venv_inode
-        assert ct.run("edgefleet-agent", "--version").strip() == "edgefleet-agent 0.1.0"
+        assert ct.run("edgefleet-agent", "--version").strip() == f"edgefleet-agent {__version__}"
         assert bed.unit("edgefleet-agent") == ("enabled", "active")
         assert ct.show("edgefleet-agent", "MainPID")["MainPID"] == pid
     assert config.read_text() == AGENT_CONFIG
@@ -218,6 +221,7 @@ def test_offline_install_upgrade_failed_upgrade_uninstall(bed: InstallBed) -> No
         "etc/systemd/system/multi-user.target.wants/edgefleet-agent.service",
         "usr/local/bin/edgefleet-agent",
         "usr/local/bin/edgefleet-hub",
+        "usr/lib/tmpfiles.d/edgefleet.conf",
         "etc/edgefleet",
         "var/lib/edgefleet",
     ):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import __version__
 from common import wire
 from tests.testbed.debpkg import build_deb, deb_field
 from tests.testbed.edgenet import EdgeNet, bridge_broker
@@ -29,7 +30,7 @@ NODE = "pkg-node"
 
 
 def test_deb_metadata_and_contents(edgefleet_deb: Path) -> None:
-    assert edgefleet_deb.name.startswith("edgefleet_0.1.0_")
+    assert edgefleet_deb.name.startswith(f"edgefleet_{__version__}_")
     assert deb_field(edgefleet_deb, "Package") == "edgefleet"
     depends = deb_field(edgefleet_deb, "Depends")
     assert "python3.11" in depends and "systemd" in depends
@@ -46,6 +47,7 @@ def test_deb_metadata_and_contents(edgefleet_deb: Path) -> None:
         "/lib/systemd/system/edgefleet-hub.service",
         "/etc/edgefleet/agent.toml.example",
         "/usr/lib/sysusers.d/edgefleet.conf",
+        "/usr/lib/tmpfiles.d/edgefleet.conf",
         "/usr/share/doc/edgefleet/examples/mosquitto/edgefleet.acl",
     ):
         assert expected in paths, expected
@@ -137,6 +139,24 @@ async def _status(
         ) from err
 
 
+def _check_inhibit_dir(ct: NspawnContainer) -> None:
+    """/run/edgefleet/inhibit exists; members of edgefleet-inhibit may drop a lock there,
+    other local users may not (a lock holds back every update)."""
+    assert ct.run("stat", "-c", "%U %G %a", "/run/edgefleet/inhibit").split() == [
+        "root", "edgefleet-inhibit", "1770"
+    ]  # fmt: skip
+    for user, groups in (("inhibit-app", "edgefleet-inhibit"), ("other-app", "users")):
+        if ct.run("id", "-u", user, check=False) == "":
+            ct.run("useradd", "--system", "--groups", groups, user)
+    lock = 'echo \'{"reason": "busy", "expires": null}\' > /run/edgefleet/inhibit/$(id -un).json'
+    ct.run("runuser", "-u", "inhibit-app", "--", "sh", "-c", lock)
+    refused = ct.run("runuser", "-u", "other-app", "--", "sh", "-c", f"{lock} || echo refused")
+    assert refused.strip().endswith("refused")
+    # /run is the container's own tmpfs: look from inside.
+    assert ct.run("ls", "/run/edgefleet/inhibit").split() == ["inhibit-app.json"]
+    ct.run("rm", "/run/edgefleet/inhibit/inhibit-app.json")
+
+
 @pytest.mark.timeout(400)
 async def test_install_configure_upgrade_remove_purge(
     edgefleet_deb: Path,
@@ -157,8 +177,14 @@ async def _lifecycle(ct: NspawnContainer, broker: Mosquitto, mqtt_url: str, deb:
     assert _unit_state(ct) == ("disabled", "inactive")
     assert (ct.root / "var/lib/edgefleet").is_dir()
     assert (ct.root / "var/lib/edgefleet").stat().st_mode & 0o777 == 0o700
-    assert ct.run("/usr/bin/edgefleet-agent", "--version").strip() == "edgefleet-agent 0.1.0"
+    version = ct.run("/usr/bin/edgefleet-agent", "--version").strip()
+    assert version == f"edgefleet-agent {__version__}"
     assert ct.run("id", "-u", "edgefleet-hub").strip().isdigit()
+    _check_inhibit_dir(ct)
+    # At boot systemd-tmpfiles-setup.service runs this over every tmpfiles.d entry.
+    ct.run("rm", "-r", "/run/edgefleet")
+    ct.run("systemd-tmpfiles", "--create")
+    _check_inhibit_dir(ct)
 
     # -- configure: a signed commit in a repo the container sees at /srv/ef-test --------
     repo = FleetRepo(ct.root / "srv/ef-test")
@@ -187,10 +213,10 @@ async def _lifecycle(ct: NspawnContainer, broker: Mosquitto, mqtt_url: str, deb:
         example = etc / "agent.toml.example"
         example.write_text(example.read_text() + "# local note\n")
         pid_before = ct.show("edgefleet-agent", "MainPID")["MainPID"]
-        new = build_deb(ct.base.parent / "dist2", version="0.1.0+upgrade1")
+        new = build_deb(ct.base.parent / "dist2", version=f"{__version__}+upgrade1")
         _dpkg(ct, "-i", _copy_in(ct, new))
         status = ct.run("dpkg-query", "-W", "-f=${Version} ${db:Status-Abbrev}", "edgefleet")
-        assert status.split() == ["0.1.0+upgrade1", "ii"]
+        assert status.split() == [f"{__version__}+upgrade1", "ii"]
         assert (etc / "agent.toml").read_text() == config
         assert (etc / "agent.toml").stat().st_mode & 0o777 == 0o600
         assert example.read_text().endswith("# local note\n")

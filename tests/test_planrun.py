@@ -116,3 +116,27 @@ async def test_refusals_are_answered_not_remembered(
     # A plan's refusal is not remembered: the real reconcile of that commit checks it.
     git(fleet_repo.work, "push", "-q", "--force", "origin", f"{unsigned}:refs/heads/stable")
     assert (await agent.sync_once()).reason == "Untrusted"
+
+
+async def test_template_error_is_a_refusal_naming_the_file(
+    agent: Agent, setup: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey
+) -> None:
+    c1 = fleet_repo.commit({app(setup): "v1\n"}, sign=signing_key)
+    assert (await agent.sync_once()).state == "synced"
+    outcome = agent.reconciler.outcome
+    broken = f"common/files{setup.root}/broken.conf.j2"
+    c2 = fleet_repo.commit(
+        {app(setup): "v2\n", broken: "port = {{ missing }}\n"}, sign=signing_key, push=False
+    )
+    git(fleet_repo.work, "push", "-q", "origin", f"{c2}:refs/pull/2/head")
+
+    answer = await runner(agent).answer(PlanRequest("p1", c2, "refs/pull/2/head"))
+    assert answer.refused is not None and answer.refused.reason == "InvalidCommit"
+    assert "broken.conf.j2 line 1: UndefinedError: 'missing' is undefined" in (
+        answer.refused.message
+    )
+    assert answer.changes == ()
+    assert (setup.root / "app.conf").read_text() == "v1\n"
+    assert not (setup.root / "broken.conf").exists()
+    assert agent.reconciler.state.applied == c1
+    assert agent.reconciler.outcome is outcome

@@ -322,6 +322,29 @@ async def test_drift_detected_and_corrected(
     assert ct.show(u["extra"], "Environment")["Environment"] == ""
 
 
+async def test_rerendered_unit_corrected_once_then_no_drift(
+    target: SystemdTarget, systemd_container: NspawnContainer, tag: str
+) -> None:
+    """A template unit whose facts changed since apply (a kernel upgrade) renders new bytes
+    for the same commit; when drift (here a hand edit) has it rewritten, correction records
+    the new bytes' digest, so the next check finds no drift."""
+    unit = f"{tag}-rendered.service"
+    inv = Inventory()
+    await sync(target, inv, desired_state({unit: sleeper("kernel 6.1")}))
+    (systemd_container.unit_dir / unit).write_text(sleeper("edited by hand"))
+    rerendered = desired_state({unit: sleeper("kernel 6.6")})
+
+    drift = await target.drift(rerendered, inv.owned)
+    assert [(d["subject"], d["kind"]) for d in drift] == [(unit, "modified")]
+    await target.correct(drift, rerendered, inv.ctx(rerendered.commit))
+    assert (systemd_container.unit_dir / unit).read_text() == sleeper("kernel 6.6")
+    assert await target.drift(rerendered, inv.owned) == []
+    assert systemd_container.show(unit, "ActiveState", "Description") == {
+        "ActiveState": "active",
+        "Description": "edgefleet test kernel 6.6",
+    }
+
+
 async def test_drift_ignores_unmanaged_units(
     target: SystemdTarget, systemd_container: NspawnContainer, tag: str
 ) -> None:

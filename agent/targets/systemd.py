@@ -417,6 +417,13 @@ class SystemdTarget:
             await sc.daemon_reload()
         await sc.verb("restart", restart)
         await sc.verb("start", start)
+        # Same bytes as recorded, except for a template re-rendered with changed facts:
+        # then the inventory must follow, or the unit drifts again on every check. Recorded
+        # after the restart, so a failed one is retried as drift.
+        for subject in rewrite:
+            f = units[subject]
+            meta = self._meta(desired, subject, f)
+            ctx.record(self.name, subject, Owned(digest(f.data), desired.commit, meta))
         if restart or start:
             await self._remember_restarts(desired, units)
 

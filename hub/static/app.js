@@ -71,8 +71,19 @@ function renderSummary(s) {
       el("h3", {}, name),
       el("div", { class: "meta" }, `${st.branch || "–"} @ ${short(st.head)} · `,
         el("b", { class: "stage-nodes" }, String(st.nodes)), " nodes"),
-      list));
+      list, ...(st.versions ? [agentVersions(name, st.versions)] : [])));
   }
+}
+
+// Agent versions in a stage (nodes per version), so a half-done agent upgrade shows.
+function agentVersions(stage, versions) {
+  const entries = Object.entries(versions || {}).sort(([a], [b]) => a.localeCompare(b));
+  const box = el("div", { class: "versions" }, "agent: ", ...(entries.length ? [] : ["–"]));
+  entries.forEach(([v, n], i) => {
+    if (i) box.append(", ");
+    box.append(el("span", { class: "version", "data-stage": stage, "data-version": v }, `${v}: ${n}`));
+  });
+  return box;
 }
 
 async function loadDrift() {
@@ -102,7 +113,7 @@ async function loadNodes() {
       el("td", {}, el("a", { href: `#/node/${encodeURIComponent(n.node)}` }, n.node)),
       el("td", {}, n.stage), el("td", {}, badge(n.state)),
       el("td", {}, el("code", {}, short(n.applied))), el("td", {}, el("code", {}, short(n.desired))),
-      el("td", {}, String(n.drift_count)), el("td", {}, ago(n.last_heard))));
+      el("td", {}, String(n.drift_count)), el("td", { class: "version" }, n.version), el("td", {}, ago(n.last_heard))));
   }
   $("#nodes-count").textContent = `${d.nodes.length ? offset + 1 : 0}–${offset + d.nodes.length} of ${d.total}`;
   $("#prev").disabled = offset === 0;
