@@ -28,6 +28,7 @@ from common.durations import DurationError, parse_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 REPORT_GRACE = 5.0
+DRY_RUN_FAILED = ("refused", "failed", "error")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,45 +58,38 @@ def _parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser(
-        "run",
-        parents=[common],
-        help="run as a daemon: poll Git, reconcile, correct drift, report (until SIGTERM)",
-    )
-    s = sub.add_parser(
-        "sync",
-        parents=[common],
-        help="one full reconcile, then one drift check; exit 0 when the node ends synced",
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        # The one-line summary is also the command's own --help description.
+        return sub.add_parser(name, parents=[common], help=text, description=text)
+
+    command("run", "run as a daemon: poll Git, reconcile, correct drift, report (until SIGTERM)")
+    s = command(
+        "sync", "one full reconcile, then one drift check; exit 0 when the node ends synced"
     )
     s.add_argument("--once", action="store_true", help="run once and exit (the default)")
     s.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the ChangeSet of the remote head, apply nothing",
+        help="print the ChangeSet of the remote head, apply nothing; exit 1 if the node "
+        "would refuse it",
     )
-    st = sub.add_parser(
-        "status", parents=[common], help="show this node's local state (no network)"
-    )
+    st = command("status", "show this node's local state (no network)")
     st.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.add_parser(
+    command(
         "verify",
-        parents=[common],
-        help="check config, Git access and the signature of the current head",
+        "check config, Git access, rendering and the signature of the current head "
+        "(sync --dry-run also checks where files would land)",
     )
-    sub.add_parser(
+    command(
         "keygen",
-        parents=[common],
-        help="create this node's age identity ([secrets] identity) if missing; print its recipient",
+        "create this node's age identity ([secrets] identity) if missing; print its recipient",
     )
-    sub.add_parser(
-        "prepare-roots",
-        parents=[common],
-        help="create missing allowed roots (0755) before the unit's sandbox needs them",
+    command(
+        "prepare-roots", "create missing allowed roots (0755) before the unit's sandbox needs them"
     )
-    i = sub.add_parser(
-        "inhibit",
-        parents=[common],
-        help="hold back updates with a lock (--reason), lift it (--release), or list locks",
+    i = command(
+        "inhibit", "hold back updates with a lock (--reason), lift it (--release), or list locks"
     )
     what = i.add_mutually_exclusive_group()
     what.add_argument("--reason", help="why updates must wait (shown on the hub)")
@@ -149,7 +143,9 @@ async def _sync(cfg: AgentConfig, dry_run: bool) -> int:
         for item in agent.reconciler.drift:
             print(f"  drift {item['kind']:<9} {item['target']}:{item['subject']} {item['detail']}")
         if dry_run:
-            return EXIT_OK
+            # A commit this node would refuse (or could not read) fails the check, so a
+            # dry run can gate a change in CI.
+            return EXIT_FAILED if outcome.state in DRY_RUN_FAILED else EXIT_OK
         return EXIT_OK if outcome.state == "synced" else EXIT_FAILED
     finally:
         if agent.reporter is not None:
@@ -220,6 +216,11 @@ def _inhibit(cfg: AgentConfig, args: argparse.Namespace) -> int:
     dirs = (act.inhibit_dir, act.persistent_inhibit_dir)
     if not NAME_RE.match(args.name):
         print(f"edgefleet-agent: --name {args.name!r}: use letters, digits, '.', '_', '-'",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    if args.reason is None and not args.release and (args.ttl or args.persistent):
+        # Without --reason this would only list the locks and silently take no lock.
+        print("edgefleet-agent: --ttl and --persistent need --reason (to take a lock)",
               file=sys.stderr)  # fmt: skip
         return EXIT_CONFIG
     if args.release:

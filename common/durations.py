@@ -56,6 +56,11 @@ def _parse_text(text: str) -> float:
     compact = text.strip()
     if not compact or len(compact) > _MAX_TEXT or not compact.isascii():
         raise DurationError(problem)
+    if re.fullmatch(r"\d+(?:\.\d+)?", compact):  # "30": the unit is what is missing
+        raise DurationError(
+            f'{text!r} is not a duration: text needs a unit ("{compact}s"), '
+            f"or write the seconds as a number without quotes ({compact})"
+        )
     match = _DURATION_RE.fullmatch(compact)
     if match is None or not any(match.groupdict().values()):
         raise DurationError(problem)

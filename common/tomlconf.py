@@ -8,6 +8,7 @@ the hub may import this module (like common.wire) without pulling in the agent.
 
 from __future__ import annotations
 
+import difflib
 import math
 import sys
 import tomllib
@@ -77,6 +78,11 @@ class Section:
         """True: a relative path is taken from the config file's directory; False: refused."""
 
     def err(self, key: str, problem: str) -> Exception:
+        if key not in self.data and problem.startswith("is required"):
+            # A required key that is missing is often one that is misspelt: name it.
+            near = difflib.get_close_matches(key, [str(k) for k in self.data], n=1, cutoff=0.75)
+            if near:
+                problem += f" (is {self.prefix + near[0]!r} a misspelling?)"
         return self.error(str(self.path), self.prefix + key, problem)
 
     def _child(self, prefix: str, data: Mapping[str, Any]) -> Section:
@@ -226,7 +232,7 @@ class Section:
     def done(self) -> None:
         if self.data:
             key = sorted(self.data)[0]
-            raise self.err(key, "unknown key (check the spelling; see docs/design.md)")
+            raise self.err(key, "unknown key (check the spelling; see docs/reference.md)")
 
 
 # -- the [mqtt] table both files share --------------------------------------------------

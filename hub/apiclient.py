@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.config import DEFAULT_CONFIG_PATH, load_config, read_secret
-from hub.errors import ApiClientError
+from hub.errors import ApiClientError, ConfigError
 
 
 class ApiClient:
@@ -79,6 +79,10 @@ def api_client(args: argparse.Namespace) -> ApiClient:
     if url is None or token_file is None:
         path = args.config or (DEFAULT_CONFIG_PATH if url is None else None)
         if path is not None:
+            if args.config is None and not path.exists():
+                # A newcomer's first `edgefleet-hub status`: say how to point it at a hub.
+                raise ConfigError(str(path), "(file)", "does not exist: give --config "
+                                  "FLEET_TOML, or --url URL (and --token-file FILE)")  # fmt: skip
             cfg = load_config(path)
             url = url or cfg.hub.api_url
             token_file = token_file or cfg.hub.token_file

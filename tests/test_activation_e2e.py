@@ -242,6 +242,10 @@ def test_inhibit_command(tmp_path: Path, fleet_repo: FleetRepo) -> None:
                 ["--reason", " "]):  # fmt: skip
         run = setup.cli("inhibit", *bad)
         assert run.returncode == 2 and "Traceback" not in run.stderr, (bad, run.stderr)
+    for no_reason in (["--ttl", "600"], ["--persistent", "--name", "x"]):
+        run = setup.cli("inhibit", *no_reason)
+        assert run.returncode == 2 and "need --reason" in run.stderr, (no_reason, run.stderr)
+    assert not (tmp_path / "inhibit-persistent" / "x.json").exists()
     assert setup.cli("inhibit", "--release", "--name", "drive").returncode == 0
     missing = setup.cli("inhibit", "--release", "--name", "drive")
     assert missing.returncode == 1 and "no lock named drive" in missing.stderr

@@ -80,6 +80,16 @@ def test_dry_run_prints_changes_and_applies_nothing(
     assert status(agent)["applied"] is None
 
 
+def test_dry_run_of_a_commit_the_node_would_refuse_exits_1(
+    agent: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey
+) -> None:
+    fleet_repo.commit({"common/files/opt/elsewhere/x.conf": "x\n"}, sign=signing_key)
+    done = agent.cli("sync", "--once", "--dry-run")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "refused" in done.stdout and "outside allowed_roots" in done.stdout
+    assert status(agent)["applied"] is None
+
+
 def test_unsigned_and_untrusted_commits_are_refused(
     agent: AgentSetup, fleet_repo: FleetRepo, signing_key: SigningKey, tmp_path: Path
 ) -> None:

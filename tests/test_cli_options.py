@@ -54,6 +54,17 @@ def bad_config(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize(
+    ("command", "summary"),
+    [("keygen", "age identity"), ("prepare-roots", "allowed roots"), ("verify", "signature")],
+)
+def test_agent_command_help_says_what_the_command_does(command: str, summary: str) -> None:
+    done = _cli("agent.cli", [command, "--help"])
+    assert done.returncode == 0, done.stderr
+    description = done.stdout.split("\n\n")[1]  # after the usage block
+    assert summary in description, done.stdout
+
+
 @pytest.mark.parametrize("command", AGENT_COMMANDS, ids=lambda c: c[0])
 def test_agent_takes_config_and_verbose_on_either_side(
     command: list[str], bad_config: Path

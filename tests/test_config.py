@@ -180,6 +180,19 @@ def test_cli_exit_code_2_and_nothing_applied(tmp_path: Path) -> None:
     assert not target.exists()
 
 
+def test_cli_names_a_misspelt_required_key(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace("paths =", "pahts ="))
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "--config", str(path), "status"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "git.paths: is required" in done.stderr
+    assert "(is 'git.pahts' a misspelling?)" in done.stderr
+
+
 def test_cli_config_that_is_a_directory_exits_2(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "agent.cli", "--config", str(tmp_path), "status"],

@@ -66,6 +66,15 @@ def test_refuses_text_that_is_no_duration(value: str) -> None:
         parse_duration(value)
 
 
+def test_a_quoted_number_is_told_to_add_a_unit_or_drop_the_quotes() -> None:
+    with pytest.raises(DurationError) as info:
+        parse_duration("30")
+    assert str(info.value) == (
+        "'30' is not a duration: text needs a unit (\"30s\"), "
+        "or write the seconds as a number without quotes (30)"
+    )
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 10**400])
 def test_refuses_non_finite_numbers(value: float) -> None:
     with pytest.raises(DurationError, match="finite"):

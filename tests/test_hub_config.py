@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from hub.config import load_config, parse_config
+from hub.config import DEFAULT_CONFIG_PATH, load_config, parse_config
 from hub.errors import ConfigError
 from tests.testbed.hubproc import REPO_ROOT
 
@@ -172,6 +172,17 @@ def test_client_commands_refuse_bad_input_without_a_traceback(
     assert done.returncode in (1, 2)
     assert "Traceback" not in done.stderr
     assert message in done.stderr
+
+
+@pytest.mark.skipif(DEFAULT_CONFIG_PATH.exists(), reason="this host has a fleet.toml")
+def test_client_command_without_config_or_url_says_how_to_reach_a_hub() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "status"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"{DEFAULT_CONFIG_PATH}: (file): does not exist: give --config" in done.stderr
+    assert "--url URL" in done.stderr
 
 
 def test_token_file_that_is_not_text_is_a_clear_error(tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ async def sign_in(page: Page, token: str, shown: str) -> None:
         "document.querySelector('#signin button').click()"
     )
     await page.wait(f"document.querySelector('#whoami').textContent === '{shown}'")
+    # Signed in, the token field is gone (its flex layout once kept it on screen).
+    assert await page.eval("getComputedStyle(document.querySelector('#signin')).display") == "none"
 
 
 def button(action: str, target: str) -> str:

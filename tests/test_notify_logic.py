@@ -78,6 +78,7 @@ def test_sinks_filter_by_event_stage_and_drift_threshold() -> None:
         ('name = "ops"\nurl = "http://x"\nevents = ["boom"]', "events", "unknown event"),
         ('name = "ops"\nurl = "http://x"\nstages = ["prod"]', "stages", "prod"),
         ('name = "mqtt"\nurl = "http://x"', "name", "not 'mqtt'"),
+        ('name = "Oncall"\nurl = "http://x"', "name", "got 'Oncall'"),
         ('name = "ops"\nurl = "http://x"\nformat = "xml"', "format", "one of"),
         ('name = "ops"\nurl = "http://x"\nmax_backoff = "0s"', "max_backoff", "between"),
     ],

@@ -55,7 +55,8 @@ def _sink(sec: Section, stage_names: tuple[str, ...]) -> Sink:
     name = sec.text("name")
     if name is None or not _NAME_RE.match(name) or name == MQTT_SINK:
         raise sec.err(
-            "name", f"is required: lowercase letters, digits, '-' or '_', not {MQTT_SINK!r}"
+            "name",
+            f"is required: lowercase letters, digits, '-' or '_', not {MQTT_SINK!r}; got {name!r}",
         )
     url = sec.text("url")
     if url is None or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
