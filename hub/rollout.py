@@ -28,7 +28,8 @@ from hub.gate import GateResult, blocked_by, evaluate_gate, failed_on
 from hub.leader import Leadership, NotLeader
 from hub.plan import PlanJson, plan_evidence, refusal_summary
 from hub.promote import StageGit
-from hub.shapes import AuditJson, PauseJson, PromoteJson, ResumeJson, RollbackJson, StageRollout
+from hub.rolloutview import audit_history, pause_json, stage_status
+from hub.shapes import AuditJson, PromoteJson, ResumeJson, RollbackJson, StageRollout
 from hub.store import AuditRow, NodeState, Pause, RolloutStore
 from hub.waves import Announce, Waves, WaveStore, pause_after_rollback
 
@@ -126,35 +127,9 @@ class Rollout:
 
     async def status(self) -> dict[str, StageRollout]:
         """Per stage: gate (if it has a source), pause, what blocks auto promotion."""
-        pauses = await self._store.pauses()
-        heads = self._heads()
-        now = self._clock()
-        out: dict[str, StageRollout] = {}
-        for stage in self._cfg.stages:
-            pause = pauses.get(stage.name)
-            blocked = blocked_by(self._cfg, stage, pauses)
-            info: StageRollout = {
-                "auto_rollback": stage.auto_rollback,
-                "paused": None if pause is None else _pause_json(pause),
-                "blocked": blocked,
-                "in_window": stage.window is None or stage.window.contains(now),
-                "gate_status": None,
-            }
-            if stage.promote_from is not None:
-                gate = await self.evaluate(stage)
-                status = gate.evidence()
-                candidate = gate.candidate or ""
-                up_to_date = bool(candidate) and heads.get(stage.branch) == candidate
-                status["up_to_date"] = up_to_date
-                if up_to_date:
-                    status["reason"] = f"{stage.name} is at {candidate[:7]} already"
-                elif blocked and gate.open:
-                    status["reason"] = f"gate open, but {blocked}"
-                info["gate_status"] = status
-            if stage.waves and self._waves is not None:
-                info["waves"] = await self._waves.status(stage)
-            out[stage.name] = info
-        return out
+        return await stage_status(
+            self._cfg, self._store, self._heads(), self._clock(), self.evaluate, self._waves
+        )
 
     # -- the loop -------------------------------------------------------------------
 
@@ -458,25 +433,13 @@ class Rollout:
         if self._waves is not None:
             await self._waves.resume(stage)
         await self._audit("resume", stage, who, None, None, "done", reason,
-                          {"lifted": _pause_json(pause)}, on_behalf=on_behalf)  # fmt: skip
+                          {"lifted": pause_json(pause)}, on_behalf=on_behalf)  # fmt: skip
         log.info("resumed %s (was paused: %s) by %s", name, pause.reason, who)
         self._wake.set()
-        return {"stage": name, "resumed": True, "was": _pause_json(pause)}
+        return {"stage": name, "resumed": True, "was": pause_json(pause)}
 
     async def history(self, stage: str | None = None, limit: int = 100) -> list[AuditJson]:
-        return [
-            {"id": e.id, "at": e.row.at, "action": e.row.action, "stage": e.row.stage,
-             "who": e.row.who, "on_behalf": e.row.on_behalf, "from": e.row.from_commit,
-             "to": e.row.to_commit,
-             "outcome": e.row.outcome, "forced": e.row.forced, "reason": e.row.reason,
-             "evidence": json.loads(e.row.evidence)}
-            for e in await self._store.history(stage, limit)
-        ]  # fmt: skip
-
-
-def _pause_json(p: Pause) -> PauseJson:
-    return {"stage": p.stage, "kind": p.kind, "commit": p.commit, "at": p.at, "who": p.who,
-            "reason": p.reason}  # fmt: skip
+        return await audit_history(self._store, stage, limit)
 
 
 def _short(sha: str | None) -> str:
