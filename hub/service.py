@@ -32,7 +32,6 @@ from hub.sampler import StateSampler
 from hub.sse import Updates
 from hub.store import HubStore
 from hub.store.factory import open_store
-from hub.store.pglease import PgLease
 from hub.waves import announce_wave
 from hub.web import WebContext, make_app
 
@@ -168,6 +167,10 @@ def leadership(
     cfg: HubConfig, store: HubStore, on_elected: Callable[[], None], on_refresh: Callable[[], None]
 ) -> Leadership:
     """Replicas on PostgreSQL compete for the lease; a SQLite hub leads alone."""
-    if isinstance(store, PgLease):
-        return LeaseLeadership(store, cfg.hub.api_url, on_elected, on_refresh)
-    return Leadership()
+    if cfg.hub.database_url is None:
+        return Leadership()
+    # Imported here: asyncpg is the optional [postgres] extra, a SQLite hub runs without it.
+    from hub.store.pglease import PgLease  # noqa: PLC0415
+
+    assert isinstance(store, PgLease)
+    return LeaseLeadership(store, cfg.hub.api_url, on_elected, on_refresh)
