@@ -124,6 +124,22 @@ def publish(port: int, n: int, nodes: int, publishers: int, payload: str) -> tup
     return min(starts), max(ends)
 
 
+def sub_command(port: int, n: int, client_id: str = "bench-sub") -> list[str]:
+    """mosquitto_sub -q 1 on every status topic, with a persistent session under
+    ``client_id``, exiting after ``n`` messages: the reference consumer."""
+    return ["mosquitto_sub", "-p", str(port), "-q", "1", "-c", "-i", client_id,
+            "-C", str(n), "-t", "edgefleet/v1/node/+/status"]  # fmt: skip
+
+
+def open_session(sub_cmd: list[str]) -> None:
+    """Create ``sub_command``'s persistent session and subscription, then exit: the
+    broker queues what is published until it comes back."""
+    subprocess.run(
+        [*sub_cmd[:-4], "-W", "1", *sub_cmd[-2:]], check=False,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 class Drain(NamedTuple):
     sub_done: float
     hub_up: float
@@ -189,8 +205,6 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     n = args.messages - args.messages % args.publishers
-    sub_cmd = ["mosquitto_sub", "-q", "1", "-c", "-i", "bench-sub", "-C", str(n),
-               "-t", "edgefleet/v1/node/+/status"]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         extra = "max_queued_messages 0\n"
@@ -198,16 +212,13 @@ def main() -> None:
             extra += "max_inflight_messages 0\n"
         broker = Mosquitto(root / "mosquitto", extra=extra)
         broker.start()
-        sub_cmd[1:1] = ["-p", str(broker.port)]
+        sub_cmd = sub_command(broker.port, n)
         hub = HubProc(root / "hub", broker, token=None, mqtt_extra=f'protocol = "{args.protocol}"')
         load_before = os.getloadavg()[0]
         try:
             hub.start()  # creates the hub's persistent session and subscription
             if args.mode == "drain":
-                subprocess.run(  # creates mosquitto_sub's persistent session, then exits
-                    [*sub_cmd[:-4], "-W", "1", *sub_cmd[-2:]], check=False,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )  # fmt: skip
+                open_session(sub_cmd)
                 hub.stop()
                 pub_start, pub_end = publish(
                     broker.port, n, args.nodes, args.publishers, args.payload

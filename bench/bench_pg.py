@@ -3,18 +3,28 @@ latency at fleet scale, leader failover time.
 
 A real PostgreSQL 15 (a private cluster, as the tests run it: ``fsync=off``), a real
 mosquitto, real hub processes on one database and a shared subscription, and
-``mosquitto_sub -q 1`` on the same stream as the reference. Ingest is live: publishers
-send N QoS1 status messages while every consumer is connected; a run ends when the
-replicas' ``/metrics`` add up to N committed. Run from the repository root (as root:
-initdb runs as ``postgres``):
+``mosquitto_sub -q 1`` on the same stream as the reference. Ingest runs two ways:
 
-    .venv/bin/python bench/bench_pg.py [--messages 60000] [--nodes 10000] [--fleet 100000]
+- live: publishers send N QoS1 status messages while every consumer is connected (the
+  publishers set the pace);
+- drain: the replicas' and mosquitto_sub's persistent sessions are created, the
+  consumers stop, N messages are published and queued by the broker, then all
+  consumers start at once: the replicas' rate is counted from the moment every
+  replica's API is up (Python start-up excluded) over the messages committed after it.
+
+A run ends when the replicas' ``/metrics`` add up to N committed. CPU per committed
+message is read from /proc for each replica and for the PostgreSQL server (postmaster
+and backends). Run from the repository root (as root: initdb runs as ``postgres``):
+
+    .venv/bin/python bench/bench_pg.py [--messages 60000] [--nodes 10000]
+        [--fleet 100000 --fleet 1000000] [--part live|drain|reads|failover ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -23,11 +33,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_ingest import committed, cpu_seconds, publish
+from bench.bench_ingest import committed, cpu_seconds, open_session, publish, sub_command
 from bench.bench_summary import timed_get
 from hub.store import Batch, StatusRow
 from hub.store.pg import PgStore
@@ -35,47 +47,130 @@ from tests.testbed.hubproc import HubProc
 from tests.testbed.mosquitto import Mosquitto
 from tests.testbed.postgres import Postgres
 
+POLL = 0.1
+"""Seconds between /metrics polls: each poll also computes a summary on that replica."""
 
-def ingest(root: Path, pg: Postgres, replicas: int, n: int, nodes: int) -> str:
+
+class Mark(NamedTuple):
+    """The replicas and the database server at one moment."""
+
+    at: float
+    committed: list[int]
+    cpu: list[float]
+    """CPU seconds of each replica process."""
+    server_cpu: float
+
+
+def server_cpu(pg: Postgres) -> float:
+    """CPU seconds of the PostgreSQL server: the postmaster and its children."""
+    master = int((pg.directory / "data" / "postmaster.pid").read_text().split()[0])
+    total = cpu_seconds(master)[1]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError):  # a backend may exit meanwhile
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == master:
+                total += cpu_seconds(int(stat.parent.name))[1]
+    return total
+
+
+def mark(hubs: list[HubProc], pg: Postgres) -> Mark:
+    pids = [h.proc.pid for h in hubs if h.proc]
+    return Mark(time.time(), [committed(h) for h in hubs], [cpu_seconds(p)[1] for p in pids],
+                server_cpu(pg))  # fmt: skip
+
+
+def exit_time(proc: subprocess.Popen[bytes]) -> Future[float]:
+    """The wall time ``proc`` exits at, taken by a thread that waits for it (the
+    replicas are polled less often than mosquitto_sub needs)."""
+
+    def wait() -> float:
+        proc.wait()
+        return time.time()
+
+    return ThreadPoolExecutor(1).submit(wait)
+
+
+def until_committed(hubs: list[HubProc], pg: Postgres, n: int) -> Mark:
+    """Poll until the replicas committed ``n`` in all; that moment."""
+    deadline = time.time() + 600
+    while sum((end := mark(hubs, pg)).committed) < n:
+        if time.time() > deadline:
+            raise SystemExit(f"timed out at {sum(end.committed)} of {n} committed")
+        time.sleep(POLL)
+    return end
+
+
+def row(replicas: int, begin: Mark, end: Mark, sub_rate: float) -> str:
+    n = sum(end.committed) - sum(begin.committed)
+    rate = n / (end.at - begin.at)
+    msgs = [e - b for b, e in zip(begin.committed, end.committed, strict=True)]
+    cpu = [(e - b) / max(m, 1) * 1e6 for b, e, m in zip(begin.cpu, end.cpu, msgs, strict=True)]
+    server = (end.server_cpu - begin.server_cpu) / max(n, 1) * 1e6
+    return (f"| {replicas} | {rate:,.0f} | {sub_rate:,.0f} | {rate / sub_rate:.2f} | "
+            f"{', '.join(f'{m:,}' for m in msgs)} | {', '.join(f'{c:.0f}' for c in cpu)} | "
+            f"{server:.0f} |")  # fmt: skip
+
+
+def live(root: Path, pg: Postgres, replicas: int, n: int, nodes: int) -> str:
     # A broker per run: the stopped replicas' persistent sessions of an earlier run would
     # stay in the shared group and take their share of the messages.
-    broker = Mosquitto(root / f"mosquitto-{replicas}", extra="max_queued_messages 0\n")
+    broker = Mosquitto(root / f"live-{replicas}", extra="max_queued_messages 0\n")
     broker.start()
     url = pg.new_database()
-    hubs = [HubProc(root / f"ingest{replicas}-{k}", broker, token=None, database=url)
+    hubs = [HubProc(root / f"live{replicas}-{k}", broker, token=None, database=url)
             for k in range(replicas)]  # fmt: skip
-    for hub in hubs:
-        hub.start()
-    sub = subprocess.Popen(
-        ["mosquitto_sub", "-p", str(broker.port), "-q", "1", "-C", str(n),
-         "-t", "edgefleet/v1/node/+/status"], stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    time.sleep(0.5)  # mosquitto_sub has no readiness signal
     try:
-        cpu0 = [cpu_seconds(h.proc.pid)[1] for h in hubs if h.proc]
-        start, _end = publish(broker.port, n, nodes, 2)
-        sub_done = hub_done = None
-        while sub_done is None or hub_done is None:
-            if sub_done is None and sub.poll() is not None:
-                sub_done = time.time()
-            if hub_done is None and sum(committed(h) for h in hubs) >= n:
-                hub_done = time.time()
-                cpu1 = [cpu_seconds(h.proc.pid)[1] for h in hubs if h.proc]
-                shares = [committed(h) for h in hubs]
-            time.sleep(0.01)
+        for hub in hubs:
+            hub.start()
+        sub = subprocess.Popen(sub_command(broker.port, n), stdout=subprocess.DEVNULL)
+        sub_end = exit_time(sub)
+        time.sleep(0.5)  # mosquitto_sub has no readiness signal
+        begin = mark(hubs, pg)
+        start, _end = publish(broker.port, n, nodes, 2, "agent")
+        end = until_committed(hubs, pg, n)
+        sub_rate = n / (sub_end.result(600) - start)
     finally:
         for hub in hubs:
             hub.stop()
         broker.stop()
-    hub_rate, sub_rate = n / (hub_done - start), n / (sub_done - start)
-    per_msg = ", ".join(
-        f"{(c1 - c0) / max(s, 1) * 1e6:.0f}" for c0, c1, s in zip(cpu0, cpu1, shares, strict=True)
-    )
-    return (f"| {replicas} | {hub_rate:,.0f} | {sub_rate:,.0f} | {hub_rate / sub_rate:.2f} | "
-            f"{per_msg} |")  # fmt: skip
+    return row(replicas, begin._replace(at=start), end, sub_rate)
+
+
+def drain(root: Path, pg: Postgres, replicas: int, n: int, nodes: int) -> tuple[str, str]:
+    """The drain-mode row, and what the broker had queued per replica."""
+    broker = Mosquitto(root / f"drain-{replicas}", extra="max_queued_messages 0\n")
+    broker.start()
+    url = pg.new_database()
+    hubs = [HubProc(root / f"drain{replicas}-{k}", broker, token=None, database=url)
+            for k in range(replicas)]  # fmt: skip
+    sub_cmd = sub_command(broker.port, n)
+    try:
+        for hub in hubs:
+            hub.start()  # each replica's persistent session joins the shared group
+        open_session(sub_cmd)
+        for hub in hubs:
+            hub.stop()  # SIGTERM: a clean disconnect, the sessions stay in the broker
+        publish(broker.port, n, nodes, 2, "agent")
+        t0 = time.time()
+        sub = subprocess.Popen(sub_cmd, stdout=subprocess.DEVNULL)
+        sub_end = exit_time(sub)
+        for hub in hubs:
+            hub.start(wait=False)
+        while not all(h.try_get("/api/v1/health") for h in hubs):
+            time.sleep(0.02)
+        begin = mark(hubs, pg)
+        end = until_committed(hubs, pg, n)
+        sub_rate = n / (sub_end.result(600) - t0)
+    finally:
+        for hub in hubs:
+            hub.stop()
+        broker.stop()
+    queued = ", ".join(f"{c:,}" for c in end.committed)
+    return row(replicas, begin, end, sub_rate), f"{replicas} replicas: {queued}"
 
 
 async def fill(url: str, n: int) -> None:
+    """``n`` nodes written as ingest writes them (write_batch), 20,000 per transaction:
+    2% failed, 2% drifted (one drift item), 1% not heard for an hour (stale)."""
     store = await PgStore.open(url)
     now = time.time()
     states = ("synced",) * 90 + ("progressing",) * 4 + ("failed", "drifted") * 2 + ("error",)
@@ -84,39 +179,61 @@ async def fill(url: str, n: int) -> None:
         for first in range(0, n, 20_000):
             batch = Batch()
             for i in range(first, min(first + 20_000, n)):
-                state, node = states[i % len(states)], f"node-{i:07d}"
+                state, node, branch = states[i % len(states)], f"node-{i:07d}", branches[i % 8]
                 item = {"target": "systemd", "subject": f"app{i % 7}.service", "kind": "modified"}
                 drift = [{**item, "detail": ""}] if state == "drifted" else []
-                doc = {"schema": 1, "node": node, "seq": 1, "state": state,
-                       "branch": branches[i % 8], "labels": {"site": f"s{i % 40}"},
-                       "drift": drift, "applied": "a" * 40, "desired": "a" * 40}  # fmt: skip
+                version = "0.2.0" if branch == "canary" else "0.1.0"
+                doc = {"schema": 1, "node": node, "seq": 1, "state": state, "branch": branch,
+                       "labels": {"site": f"s{i % 40}"}, "drift": drift, "applied": "a" * 40,
+                       "desired": "a" * 40, "version": version}  # fmt: skip
                 heard = now - 3600 if i % 100 == 7 else now
-                batch.statuses.append(StatusRow(node, doc["branch"], state, 1, "a" * 40, "a" * 40,
-                                                len(drift), 30.0, heard, 90.0, now,
-                                                json.dumps(doc), True))  # fmt: skip
+                # Heartbeat 600 s (stale after 30 min): a 1,000,000-node fill outlasts the
+                # default 90 s, and the fresh nodes must stay fresh while being read.
+                batch.statuses.append(StatusRow(node, branch, state, 1, "a" * 40, "a" * 40,
+                                                len(drift), 600.0, heard, 90.0, now,
+                                                json.dumps(doc), True, version))  # fmt: skip
             await store.write_batch(batch)
     finally:
         await store.close()
 
 
+READS = ("/api/v1/summary", "/api/v1/drift", "/api/v1/nodes?state=failed&limit=100")
+
+
+def timings(hub: HubProc) -> list[str]:
+    """Median and p95 of 20 requests per path, as table cells."""
+    cells = []
+    for path in READS:
+        lat = sorted(timed_get(hub.url + path)[0] for _ in range(20))
+        cells.append(f"{statistics.median(lat):.0f} / {lat[int(len(lat) * 0.95) - 1]:.0f} ms")
+    return cells
+
+
 def latency(root: Path, pg: Postgres, broker: Mosquitto, fleet: int) -> list[str]:
+    """Reads right after a hub (re)start, and again once VACUUM ANALYZE ran (as
+    autovacuum does soon after many rows changed)."""
     url = pg.new_database()
+    database = url.rsplit("/", 1)[1]
     t = time.perf_counter()
     asyncio.run(fill(url, fleet))
     fill_s = time.perf_counter() - t
-    pg.psql("VACUUM ANALYZE nodes", url.rsplit("/", 1)[1])  # what autovacuum does soon after
+    pg.psql("VACUUM ANALYZE nodes", database)  # after the fill, as autovacuum would
     hub = HubProc(root / f"fleet{fleet}", broker, token=None, database=url)
-    hub.start()
+    t = time.perf_counter()
+    hub.start(wait=False)
+    hub.wait_ready(timeout=600)
+    start_s = time.perf_counter() - t
     try:
         assert json.loads(timed_get(hub.url + "/api/v1/summary")[1])["nodes"] == fleet
-        rows = []
-        for path in ("/api/v1/summary", "/api/v1/drift", "/api/v1/nodes?state=failed&limit=100"):
-            lat = sorted(timed_get(hub.url + path)[0] for _ in range(20))
-            rows.append(f"| {path} at {fleet:,} nodes | {statistics.median(lat):.0f} ms | "
-                        f"{lat[int(len(lat) * 0.95) - 1]:.0f} ms |")  # fmt: skip
+        started = timings(hub)
+        pg.psql("VACUUM ANALYZE nodes", database)
+        vacuumed = timings(hub)
     finally:
         hub.stop()
-    return [*rows, f"| (database filled in {fill_s:.0f} s) | | |"]
+    rows = [f"| `{path}` at {fleet:,} nodes | {a} | {b} |"
+            for path, a, b in zip(READS, started, vacuumed, strict=True)]  # fmt: skip
+    return [*rows, f"| ({fleet:,} nodes: filled in {fill_s:.0f} s, hub ready in "
+            f"{start_s:.1f} s) | | |"]  # fmt: skip
 
 
 def failover(root: Path, pg: Postgres, broker: Mosquitto, runs: int) -> list[float]:
@@ -149,35 +266,55 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--fleet", type=int, action="append", help="default 100000")
     parser.add_argument("--failovers", type=int, default=3)
+    parser.add_argument("--part", action="append", choices=PARTS, help="default: all")
     args = parser.parse_args()
+    parts = args.part or PARTS
+    n = args.messages - args.messages % 2  # two publishers
+    out: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         pg = Postgres.create()
         broker = Mosquitto(root / "mosquitto", extra="max_queued_messages 0\n")
         broker.start()
-        load = os.getloadavg()[0]
         try:
-            ingest_rows = [ingest(root, pg, r, args.messages, args.nodes) for r in (1, 2, 3)]
-            latency_rows = [row for n in args.fleet or [100_000]
-                            for row in latency(root, pg, broker, n)]  # fmt: skip
-            times = failover(root, pg, broker, args.failovers)
+            for part in parts:
+                out += [f"\n### {HEADINGS[part].format(n=n, nodes=args.nodes)}\n",
+                        f"(load average {os.getloadavg()[0]:.1f} before)\n"]  # fmt: skip
+                if part in ("live", "drain"):
+                    out += [INGEST_HEAD, "|---:|---:|---:|---:|---:|---|---:|"]
+                    runs = [(live if part == "live" else drain)(root, pg, r, n, args.nodes)
+                            for r in (1, 2, 3)]  # fmt: skip
+                    out += [r if isinstance(r, str) else r[0] for r in runs]
+                    if part == "drain":
+                        out.append("\nmessages committed per replica (all, start-up "
+                                   "included): " + "; ".join(r[1] for r in runs))  # fmt: skip
+                elif part == "reads":
+                    out += ["| request (one replica) | after a hub start: median / p95 | "
+                            "vacuumed: median / p95 |", "|---|---:|---:|"]  # fmt: skip
+                    for fleet in args.fleet or [100_000]:
+                        out += latency(root, pg, broker, fleet)
+                else:
+                    times = failover(root, pg, broker, args.failovers)
+                    out.append(", ".join(f"{t:.1f} s" for t in times))
         finally:
             broker.stop()
             pg.stop()
             shutil.rmtree(pg.directory, ignore_errors=True)
-    print(f"### Ingest on PostgreSQL: {args.messages:,} QoS1 statuses, {args.nodes:,} nodes, "
-          "live\n")  # fmt: skip
-    print("| replicas | committed msg/s | mosquitto_sub msg/s | ratio | CPU µs/msg per replica |")
-    print("|---:|---:|---:|---:|---|")
-    print("\n".join(ingest_rows))
-    print("\n### Reads (one replica)\n\n| request | median | p95 |\n|---|---:|---:|")
-    print("\n".join(latency_rows))
-    print(
-        f"\n### Failover (kill -9 of the leader until the other says leader), {len(times)} runs\n"
-    )
-    print(", ".join(f"{t:.1f} s" for t in times))
-    print(f"\nload average {load:.1f} before, {os.getloadavg()[0]:.1f} after "
-          f"({os.cpu_count()} CPUs)")  # fmt: skip
+    print("\n".join(out))
+    print(f"\nload average {os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)")
+
+
+PARTS = ("live", "drain", "reads", "failover")
+HEADINGS = {
+    "live": "Ingest, live: {n:,} QoS1 statuses for {nodes:,} nodes",
+    "drain": "Ingest, drain: {n:,} QoS1 statuses for {nodes:,} nodes queued, then drained",
+    "reads": "Reads at fleet scale",
+    "failover": "Failover (kill -9 of the leader until the other says leader)",
+}
+INGEST_HEAD = (
+    "| replicas | committed msg/s | mosquitto_sub msg/s | ratio | messages per replica | "
+    "CPU µs per committed message, per replica | PostgreSQL CPU µs per message |"
+)
 
 
 if __name__ == "__main__":

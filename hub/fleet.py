@@ -8,6 +8,7 @@ here are the API contract in docs/design.md ("Hub"), typed in :mod:`hub.shapes`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -70,14 +71,18 @@ class Fleet:
         }  # fmt: skip
         unstaged = _bucket()
         total = 0
-        for count in await self._store.state_counts(now):
+        # Both scans at once: on PostgreSQL each takes its own pooled connection.
+        state_counts, version_counts = await asyncio.gather(
+            self._store.state_counts(now), self._store.version_counts()
+        )
+        for count in state_counts:
             total += count.nodes
             states[count.state] = states.get(count.state, 0) + count.nodes
             name = self._stage_name(count.branch)
             bucket: Bucket = stages[name] if name is not None else unstaged
             bucket["nodes"] += count.nodes
             bucket["states"][count.state] = bucket["states"].get(count.state, 0) + count.nodes
-        for vc in await self._store.version_counts():
+        for vc in version_counts:
             name = self._stage_name(vc.branch)
             if name is not None:
                 versions = stages[name]["versions"]

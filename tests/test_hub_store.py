@@ -149,10 +149,29 @@ async def test_postgres_schema_migrated_once_and_newer_schema_refused(
     await store.close()
     database = pg_database.rsplit("/", 1)[1]
     count = postgres.psql("SELECT count(*) FROM schema_version", database).strip()
-    assert count == str(PG_SCHEMA_VERSION) == "3"
+    assert count == str(PG_SCHEMA_VERSION) == "4"
     postgres.psql("INSERT INTO schema_version VALUES (99)", database)
     with pytest.raises(StoreError, match="newer"):
         await PgStore.open(pg_database)
+
+
+async def test_postgres_restale_rewrites_only_rows_whose_deadline_moves(
+    postgres: Postgres, pg_database: str
+) -> None:
+    store = await PgStore.open(pg_database)
+    now = time.time()
+    await store.write_batch(Batch(statuses=[row("n1", 1, "synced", now),
+                                            row("n2", 1, "synced", now - 120)]))  # fmt: skip
+    database = pg_database.rsplit("/", 1)[1]
+    written = postgres.psql("SELECT node, xmin FROM nodes ORDER BY node", database)
+    try:
+        await store.restale(90.0)  # the window the rows were written with: nothing moves
+        assert postgres.psql("SELECT node, xmin FROM nodes ORDER BY node", database) == written
+        await store.restale(150.0)  # n2, heard 120 s ago, is fresh again
+        assert {(c.state, c.nodes) for c in await store.state_counts(now)} == {("synced", 2)}
+        assert postgres.psql("SELECT node, xmin FROM nodes ORDER BY node", database) != written
+    finally:
+        await store.close()
 
 
 async def test_postgres_unreachable_is_a_clear_error(postgres: Postgres) -> None:

@@ -17,7 +17,9 @@ from hub.errors import StoreError
 from hub.states import (
     EFFECTIVE_STATE_SQL,
     OVERRIDE_FILTERS_SQL,
+    OVERRIDES,
     REPORTED_SQL,
+    UNREPORTED,
     stale_window_sql,
 )
 from hub.store.interface import IngestStore, NodeQueries
@@ -75,6 +77,7 @@ FROM unnest($1::text[], $2::bigint[], $3::float8[], $4::text[], $5::text[], $6::
 ORDER BY n
 ON CONFLICT DO NOTHING
 """
+_OVERRIDDEN = frozenset(state for state, _cond in OVERRIDES)
 _NODE_COLUMNS = (
     f"node, branch, {EFFECTIVE_STATE_SQL}, state, applied, desired, "
     "doc -> 'labels', drift_count, online, last_heard, observed_at, seq, agent_version"
@@ -109,9 +112,13 @@ class PgNodes(PgDb, IngestStore, NodeQueries):
         return {r[0]: r[1] for r in rows}
 
     async def restale(self, stale_after: float) -> None:
+        # Only rows whose deadline moves: a restart with the same stale_after writes
+        # nothing, instead of a new version of every row (dead tuples, and index-only
+        # scans back to reading the table until autovacuum has run).
         window = stale_window_sql("$1::float8", "heartbeat", "greatest")
         await self._write(
-            f"UPDATE nodes SET stale_at = last_heard + {window}",  # noqa: S608
+            f"UPDATE nodes SET stale_at = last_heard + {window} "  # noqa: S608
+            f"WHERE stale_at <> last_heard + {window}",
             (stale_after,),
             "updating stale deadlines",
         )
@@ -249,6 +256,11 @@ def _node_filter(
     if state is not None:
         clauses.append(f"{EFFECTIVE_STATE_SQL} = :state")
         params["state"] = state
+        if state not in _OVERRIDDEN:
+            # Not an override: the node reported it. Said again in a form the
+            # nodes_by_state index serves, already in the listing's order.
+            clauses.append("(state = :state OR state IS NULL)" if state == UNREPORTED
+                           else "state = :state")  # fmt: skip
     for i, (key, value) in enumerate((labels or {}).items()):
         clauses.append(f"doc -> 'labels' ->> :lk{i}::text = :lv{i}")
         params[f"lk{i}"] = key
