@@ -146,8 +146,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # The node list filtered by a reported state, in its order (``COLLATE "C"``:
         # the primary key follows the database's collation), counted from the index
         # alone; the included columns are what the effective-state rule reads.
-        'CREATE INDEX nodes_by_state ON nodes(state, node COLLATE "C") '
-        "INCLUDE (online, stale_at)",
+        'CREATE INDEX nodes_by_state ON nodes(state, node COLLATE "C") INCLUDE (online, stale_at)',
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
