@@ -191,9 +191,8 @@ def drain(root: Path, pg: Postgres, replicas: int, n: int, nodes: int) -> tuple[
         for hub in hubs:
             hub.stop()
         broker.stop()
-    return row(
-        replicas, begin, end, sub_rate
-    ), f"{replicas}: last API up {spread:.2f} s after the first"
+    note = f"{replicas}: last API up {spread:.2f} s after the first"
+    return row(replicas, begin, end, sub_rate), note
 
 
 async def fill(url: str, n: int) -> None:
