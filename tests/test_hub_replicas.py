@@ -16,14 +16,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from common import wire
+from hub.errors import StoreError
 from hub.leader import LeaseLeadership, NotLeader
 from hub.notify.config import MQTT_SINK
 from hub.notify.deliver import Deliverer
 from hub.store.outbox import OutboxItem
 from hub.store.pg import PgStore
+from hub.store.pglease import WAIT
 from tests.testbed.fleetrepo import FleetRepo
 from tests.testbed.gitserver import GitDaemon, GitRemote
 from tests.testbed.hubproc import HubProc, Publisher, event_doc, status_doc
@@ -191,6 +194,27 @@ async def test_the_fencing_token_refuses_a_leader_whose_lease_lapsed(pg_database
     finally:
         await store.close()
         await asyncio.sleep(0)
+
+
+async def test_a_lease_claim_without_answer_gives_up_and_the_next_one_starts_afresh(
+    pg_database: str,
+) -> None:
+    """A claim stuck behind a row lock stands for one on a dead connection (a partition:
+    tests/test_hub_partition.py): it fails after WAIT seconds, not the pool's minute,
+    and the next one, on a new connection, takes the lease."""
+    store = await PgStore.open(pg_database)
+    blocker = await asyncpg.connect(pg_database)
+    try:
+        leader = LeaseLeadership(store, "http://a", lambda: None)
+        async with blocker.transaction():
+            await blocker.execute("SELECT * FROM leader_lease FOR UPDATE")
+            with pytest.raises(StoreError, match=f"did not answer within {WAIT:g} s"):
+                await store.claim(leader.holder, "http://a", 6.0)
+        await leader.renew()
+        assert leader.is_leader()
+    finally:
+        await blocker.close()
+        await store.close()
 
 
 async def test_notifications_go_out_from_the_leader_only_and_once(pg_database: str) -> None:
