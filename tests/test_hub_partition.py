@@ -52,9 +52,6 @@ class Roles:
         end = time.monotonic() + seconds
         wait_until(lambda: self.sample() and time.monotonic() > end, seconds + 5, "the watch")
 
-    def first(self, since: float, replica: int, role: str) -> float:
-        return next(s[0] for s in self.samples if s[0] >= since and s[replica] == role)
-
     def details(self) -> str:
         logs = f"A:\n{self.a.log_text()}\nB:\n{self.b.log_text()}"
         return f"last samples: {self.samples[-5:]}\n{logs}"
@@ -123,7 +120,9 @@ def test_a_leader_cut_off_from_postgresql_steps_down_before_another_leads(
             for i in range(20):  # some land on A, whose ingest now hangs
                 publisher.status(status_doc(f"n{i:02}", 1))
             took_over = roles.wait(("standby", "leader"), FAILOVER, "B to take over from A")
-            stepped_down = roles.first(cut, 1, "standby")
+            stepped_down = next(
+                t for t, a_role, _ in roles.samples if t >= cut and a_role == "standby"
+            )
             status, body = a.request(
                 "POST", "/api/v1/stages/beta/promote", token="s3cret-token",
                 body=json.dumps({"force": True, "reason": "while cut off"}).encode(),
