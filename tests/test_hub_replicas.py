@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,35 @@ def test_replicas_split_ingest_and_each_answers_for_the_whole_fleet(
     assert sum(committed) == 600 and all(c > 0 for c in committed), committed  # split
     leader = the_leader(hubs)
     assert _metric(leader, "edgefleet_hub_leader") == 1
+
+
+def test_every_replicas_live_stream_shows_the_whole_fleet(
+    hub_factory: Callable[..., HubProc], publisher: Publisher, pg_database: str
+) -> None:
+    """The shared subscription splits the statuses, yet one replica's stream reaches the
+    whole fleet: its own commits wake it, the others' show at its periodic refresh."""
+    watched, other = (hub_factory(database=pg_database) for _ in range(2))
+    with urllib.request.urlopen(f"{watched.url}/api/v1/stream", timeout=10) as stream:
+        assert _next_summary(stream)["nodes"] == 0
+        for i in range(100):
+            publisher.status(status_doc(f"n{i:03}", 1))
+        deadline = time.monotonic() + 20
+        while (seen := _next_summary(stream))["nodes"] != 100:
+            assert time.monotonic() < deadline, f"the stream stopped at {seen['nodes']} nodes"
+    shares = [_metric(h, "edgefleet_hub_messages_committed_total") for h in (watched, other)]
+    assert sum(shares) == 100 and 0 < shares[0] < 100, shares  # the other replica's too
+
+
+def _next_summary(stream: Any) -> dict[str, Any]:
+    """The next ``event: summary`` of a server-sent event stream."""
+    event = None
+    for raw in stream:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            event = line[len("event: ") :]
+        elif line.startswith("data: ") and event == "summary":
+            return dict(json.loads(line[len("data: ") :]))
+    raise AssertionError("the stream ended")
 
 
 def _metric(hub: HubProc, name: str) -> int:

@@ -142,6 +142,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (stage, node)
         )""",
     ),
+    (
+        # As SQLite's migration 8: the latest plan of each stage.
+        """CREATE TABLE latest_plans (
+            stage text PRIMARY KEY,
+            doc text NOT NULL,
+            at double precision NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
