@@ -216,7 +216,7 @@ class Reporter:
                     continue
                 await asyncio.sleep(self._backoff.failure(err.kind))
                 continue
-            self._backoff.success()
+            started = time.monotonic()
             try:
                 await self._serve(conn)
             finally:
@@ -225,9 +225,15 @@ class Reporter:
                 self._conn = None
             if self._closing:
                 return
+            lasted = time.monotonic() - started
+            delay = self._backoff.session_ended(lasted)
             log.warning(
-                "lost connection to broker %s:%s; reconnecting", self.cfg.host, self.cfg.port
-            )
+                "lost connection to broker %s:%s after %.1fs; reconnecting%s",
+                self.cfg.host, self.cfg.port, lasted,
+                f" in {delay:.1f}s (if this repeats: does another node use client id "
+                f"{self._client_id!r}?)" if delay else "",
+            )  # fmt: skip
+            await asyncio.sleep(delay)
 
     def _failed(self, reason: str) -> None:
         # Log transitions (and a changed reason, e.g. refused -> bad password), not retries.
@@ -240,10 +246,13 @@ class Reporter:
             log.debug("broker still unreachable at %s: %s", where, reason)
         self._down_reason = reason
 
+    @property
+    def _client_id(self) -> str:
+        return f"edgefleet-agent-{self.node}"
+
     async def _connect(self) -> _Connection:
-        client_id = f"edgefleet-agent-{self.node}"
         online = self._topics["online"]
-        self._conn = await open_connection(self.cfg, client_id, self._protocol, online, self)
+        self._conn = await open_connection(self.cfg, self._client_id, self._protocol, online, self)
         return self._conn
 
     async def _serve(self, conn: _Connection) -> None:

@@ -13,6 +13,9 @@ import enum
 import random
 from dataclasses import dataclass, field
 
+STABLE_SESSION = 10.0
+"""Default of :attr:`Backoff.stable`."""
+
 
 class ErrorKind(enum.Enum):
     TRANSIENT = "transient"
@@ -35,6 +38,8 @@ class Backoff:
     initial: float = 1.0
     maximum: float = 60.0
     jitter: float = 0.2
+    stable: float = STABLE_SESSION
+    """Seconds a connection must have been up for its loss to reconnect at once."""
     failures: int = 0
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
@@ -48,6 +53,17 @@ class Backoff:
 
     def success(self) -> None:
         self.failures = 0
+
+    def session_ended(self, lasted: float) -> float:
+        """Delay before reconnecting after a connection that was up for ``lasted``
+        seconds: none after a stable one (the failures start over), a failure's delay
+        after a short one. A broker that drops us right after connecting, or a second
+        client under the same id taking the session in turn, must not make two clients
+        reconnect in a tight loop."""
+        if lasted >= self.stable:
+            self.success()
+            return 0.0
+        return self.failure()
 
     @property
     def failing(self) -> bool:

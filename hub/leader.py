@@ -11,6 +11,12 @@ locally it stops considering itself leader ``ttl - margin`` after the start of i
 last successful renewal, before the database lets anyone else in; and before every
 side effect (moving a branch, recording the decision) :meth:`fence` asks the database
 whether its token still holds, so a decision taken before a stall is refused after it.
+
+Neither guard waits on the database for long: the local one needs no database at all,
+and the lease statements give up after a few seconds (:data:`hub.store.pglease.WAIT`).
+A claim answered late could not extend the role anyway (the term counts from its
+start), and a replica cut off by a partition claims afresh, on a new connection, as
+soon as the network heals.
 """
 
 from __future__ import annotations
@@ -60,6 +66,10 @@ class Leadership:
     async def fence(self) -> None:
         """Raise :class:`NotLeader` unless this replica may act now."""
 
+    async def refuse_if_standby(self) -> None:
+        """Raise :class:`NotLeader` at once on a standby, before an action reads the
+        store: a replica cut off from the database refuses instead of waiting on it."""
+
     async def request_refresh(self) -> None:
         """This replica re-read Git (a push webhook): a standby has the leader re-read it
         and announce, within one lease renewal."""
@@ -95,6 +105,10 @@ class LeaseLeadership(Leadership):
     def is_leader(self) -> bool:
         return self._token is not None and self._clock() < self._valid_until
 
+    async def refuse_if_standby(self) -> None:
+        if not self.is_leader():
+            raise NotLeader(await self._standby_reason())
+
     async def fence(self) -> None:
         token = self._token
         if not self.is_leader() or token is None:
@@ -116,10 +130,12 @@ class LeaseLeadership(Leadership):
             log.warning("cannot forward the Git refresh to the leader: %s", err)
 
     async def _standby_reason(self) -> str:
-        with contextlib.suppress(StoreError):
+        try:
             url = await self._lease.leader_url()
-            if url:
-                return f"this hub replica is a standby; send rollout actions to the leader at {url}"
+        except StoreError as err:
+            return f"this hub replica is a standby and cannot name the leader: {err}"
+        if url:
+            return f"this hub replica is a standby; send rollout actions to the leader at {url}"
         return "this hub replica is a standby and no leader holds the lease right now"
 
     async def run(self, stop: asyncio.Event) -> None:

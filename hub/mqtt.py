@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -142,11 +143,21 @@ class HubMqtt:
         self._loop = asyncio.get_running_loop()
         backoff = Backoff(initial=_BACKOFF_MIN, maximum=_BACKOFF_MAX, jitter=0.5)
         while not stop.is_set():
+            started = time.monotonic()
             problem = await self._session(stop)
             if stop.is_set():
                 break
-            if problem is None:  # the session was up: reconnect at once
-                backoff.success()
+            if problem is None:  # the session was up: at once, unless it was short-lived
+                lasted = time.monotonic() - started
+                delay = backoff.session_ended(lasted)
+                if delay:
+                    log.warning(
+                        "MQTT connection lasted only %.1fs; reconnecting in %.1fs (if this "
+                        "repeats: does another client use client_id %r?)",
+                        lasted, delay, self._cfg.client_id,
+                    )  # fmt: skip
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
                 continue
             fallback = fallback_protocol(self._cfg.protocol, self._protocol, problem.refusal)
             if fallback is not None:

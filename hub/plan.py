@@ -5,13 +5,16 @@ names the candidate (the source stage's head, or a ref / commit the operator giv
 resolved here with one ls-remote), sends ``plan`` to the stage's online nodes (all, or a
 stable sample) on their cmd topics, collects the answers from their plan topics until
 all answered or the timeout, and groups them by resource and action. Nothing is applied
-and no branch moves. The latest plan per stage is kept in memory.
+and no branch moves. The latest plan per stage is kept in the store, so every hub
+replica shows it whichever made it (answers come to every replica: plan topics are not
+shared, and a replica keeps only the answers to its own requests).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import math
 import secrets
@@ -27,9 +30,10 @@ from common.gittransport import GitError, GitRemote
 from common.plan import PlanAnswer, PlanRequest, parse_answer, valid_ref, valid_sha
 from common.status import ContractError
 from hub.config import HubConfig, Stage
-from hub.errors import HubError
+from hub.errors import HubError, StoreError
 from hub.states import OFFLINE, STALE
 from hub.store import NodeState
+from hub.store.plans import PlanRecords
 
 log = logging.getLogger(__name__)
 
@@ -201,14 +205,15 @@ class Planner:
         stage_nodes: StageNodes,
         publish: Publish,
         heads: Callable[[], Mapping[str, str]],
+        records: PlanRecords,
     ) -> None:
         self._cfg = cfg
         self._stage_nodes = stage_nodes
+        self._records = records
         self._publish = publish
         self._heads = heads
         self._remote = GitRemote(cfg.git) if cfg.git.url is not None else None
         self._waiting: dict[str, _Waiting] = {}
-        self.latest: dict[str, PlanJson] = {}
 
     def take(self, topic: str, payload: bytes) -> bool:
         """Handle ``payload`` if ``topic`` is a node's plan topic; False for other topics."""
@@ -269,7 +274,10 @@ class Planner:
             del self._waiting[request.id]
         result = aggregate(name, self._heads().get(stage.branch), sha, asked, waiting.answers)
         result["ref"] = ref
-        self.latest[name] = result
+        try:
+            await self._records.save_plan(name, json.dumps(result), result["at"])
+        except StoreError as err:  # the caller still gets its plan
+            log.warning("plan of %s not kept for other viewers: %s", name, err)
         log.info("plan of %s for %s: %d/%d answered, %d change group(s), %d refused",
                  sha[:12], name, result["answered"], result["asked"], len(result["changes"]),
                  len(result["refused"]))  # fmt: skip
@@ -308,6 +316,11 @@ class Planner:
             if sha is not None:
                 return sha, ref
         raise PlanRefused(f"the Git server has no ref {commit[:100]!r}")
+
+    async def latest(self) -> dict[str, PlanJson]:
+        """Each stage's latest plan, whichever replica made it."""
+        kept = await self._records.latest_plans()
+        return {stage: json.loads(doc) for stage, doc in kept.items()}
 
     def _ls_remote(self, names: list[str]) -> dict[str, str]:
         if self._remote is None:

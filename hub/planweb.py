@@ -62,7 +62,7 @@ async def run_plan(request: web.Request) -> web.Response:
 
 async def latest_plan(request: web.Request) -> web.Response:
     name = _stage_name(request)
-    result = request.app[PLANNER].latest.get(name)
+    result = (await request.app[PLANNER].latest()).get(name)
     if result is None:
         raise BadRequest(f"no plan of stage {name} yet", status=404)
     return web.json_response(result)
@@ -70,7 +70,7 @@ async def latest_plan(request: web.Request) -> web.Response:
 
 async def latest_plans(request: web.Request) -> web.Response:
     """Every stage's latest plan at once (the dashboard: no per-stage 404s)."""
-    return web.json_response({"plans": request.app[PLANNER].latest})
+    return web.json_response({"plans": await request.app[PLANNER].latest()})
 
 
 def add_plan_routes(app: web.Application, planner: Planner) -> None:

@@ -271,6 +271,7 @@ class Rollout:
     ) -> PromoteJson:
         """Manual promotion into stage ``name``; RolloutRefused says why it was not done."""
         stage = self._stage(name)
+        await self._leader.refuse_if_standby()
         gate = await self.evaluate(stage)
         if gate.candidate is None:
             raise RolloutRefused(gate.reason, gate.evidence())
@@ -380,6 +381,7 @@ class Rollout:
     ) -> RollbackJson:
         """Move ``name`` back (a forced push, old value checked) and pause it."""
         stage = self._stage(name)
+        await self._leader.refuse_if_standby()
         git = self._need_git()
         async with self._lock:
             fresh = await asyncio.to_thread(git.fetch, (stage.branch,))
@@ -424,6 +426,7 @@ class Rollout:
         self, name: str, who: str, reason: str, on_behalf: str | None = None
     ) -> ResumeJson:
         stage = self._stage(name)
+        await self._leader.refuse_if_standby()
         pause = (await self._store.pauses()).get(name)
         if pause is None:
             raise RolloutRefused(f"stage {name} is not paused")

@@ -79,7 +79,7 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
         return leader.is_leader() and mqtt.publish(topic, payload, qos, retain)
 
     gitwatch = GitWatch(cfg.git, [s.branch for s in cfg.stages], publish_ref)
-    planner = Planner(cfg, store.stage_nodes, mqtt.publish, lambda: gitwatch.heads)
+    planner = Planner(cfg, store.stage_nodes, mqtt.publish, lambda: gitwatch.heads, store)
     fleet = Fleet(cfg, store, heads=lambda: gitwatch.heads)
     updates = Updates(fleet)
     stage_git = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from common.backoff import Backoff, ErrorKind
+from common.backoff import STABLE_SESSION, Backoff, ErrorKind
 
 
 def test_transient_failures_double_to_the_cap_with_jitter() -> None:
@@ -32,3 +32,10 @@ def test_success_starts_over() -> None:
 def test_jitter_spreads_a_fleet() -> None:
     delays = {Backoff(rng=random.Random(seed)).failure() for seed in range(20)}
     assert len(delays) == 20 and all(0.8 <= d <= 1.2 for d in delays)
+
+
+def test_a_short_session_counts_as_a_failure_a_stable_one_starts_over() -> None:
+    backoff = Backoff(initial=1.0, maximum=60.0, jitter=0.0)
+    assert [backoff.session_ended(0.1) for _ in range(3)] == [1.0, 2.0, 4.0]
+    assert backoff.session_ended(STABLE_SESSION) == 0.0  # reconnect at once
+    assert not backoff.failing and backoff.session_ended(0.1) == 1.0

@@ -9,11 +9,15 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+import pytest
+
 from common import wire
 from hub.users import token_digest
 from tests.testbed.hubproc import REPO_ROOT, HubProc, Publisher, event_doc, status_doc
 from tests.testbed.mosquitto import Mosquitto
 from tests.testbed.mqtt import Watcher
+
+pytestmark = pytest.mark.both_backends  # every hub here runs on SQLite, then PostgreSQL
 
 
 def node_names(hub: HubProc) -> set[str]:

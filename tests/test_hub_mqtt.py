@@ -64,6 +64,23 @@ def test_tls_with_private_ca(hub_on: Callable[..., HubProc], mosquitto_tls: Mosq
         pub.close()
 
 
+def test_two_hubs_with_one_client_id_back_off_and_say_why(
+    hub_factory: Callable[..., HubProc],
+) -> None:
+    """mosquitto hands the session to the newest connection and drops the other without
+    a reason: each hub backs off (no tight reconnect loop between the two) and its log
+    names the likely cause."""
+    first = hub_factory(client_id="edgefleet-hub-twin")
+    second = hub_factory(client_id="edgefleet-hub-twin", start=False)
+    second.start(wait=False)
+    hint = "does another client use client_id 'edgefleet-hub-twin'?"
+    for hub in (first, second):
+        hub.wait_for(lambda h=hub: h.log_text().count(hint) >= 3, timeout=30)
+    # backing off from 0.5 s: a few reconnects each, not one per millisecond
+    connects = [h.log.read_text().count("MQTT connected") for h in (first, second)]
+    assert sum(connects) < 40, connects
+
+
 def test_mqtt_311_and_broker_restart(
     hub_factory: Callable[..., HubProc], mosquitto: Mosquitto
 ) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import sqlite3
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,8 @@ from tests.testbed.hubproc import HubProc, Publisher, status_doc
 from tests.testbed.mosquitto import Mosquitto, free_port
 from tests.testbed.mqtt import stop_client
 from tests.testbed.wait import wait_until
+
+pytestmark = pytest.mark.both_backends  # every hub here runs on SQLite, then PostgreSQL
 
 SECRET = "webhook-secret"
 
@@ -103,10 +106,13 @@ def notify_hub(hub_factory: Callable[..., HubProc], receiver: Receiver, **option
 
 
 def undelivered(hub: HubProc) -> int:
+    sql = "SELECT count(*) FROM notify_outbox WHERE sink = 'ops' AND delivered IS NULL"
+    if hub.database is not None and "://" in hub.database:  # PostgreSQL
+        done = subprocess.run(["psql", "-X", "-A", "-t", "-d", hub.database, "-c", sql],
+                              check=True, capture_output=True, text=True, timeout=30)  # fmt: skip
+        return int(done.stdout)
     with sqlite3.connect(hub.directory / "hub.db") as db:
-        row = db.execute(
-            "SELECT count(*) FROM notify_outbox WHERE sink = 'ops' AND delivered IS NULL"
-        ).fetchone()
+        row = db.execute(sql).fetchone()
     return int(row[0])
 
 

@@ -12,18 +12,22 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from common import wire
+from hub.errors import StoreError
 from hub.leader import LeaseLeadership, NotLeader
 from hub.notify.config import MQTT_SINK
 from hub.notify.deliver import Deliverer
 from hub.store.outbox import OutboxItem
 from hub.store.pg import PgStore
+from hub.store.pglease import WAIT
 from tests.testbed.fleetrepo import FleetRepo
 from tests.testbed.gitserver import GitDaemon, GitRemote
 from tests.testbed.hubproc import HubProc, Publisher, event_doc, status_doc
@@ -89,6 +93,35 @@ def test_replicas_split_ingest_and_each_answers_for_the_whole_fleet(
     assert sum(committed) == 600 and all(c > 0 for c in committed), committed  # split
     leader = the_leader(hubs)
     assert _metric(leader, "edgefleet_hub_leader") == 1
+
+
+def test_every_replicas_live_stream_shows_the_whole_fleet(
+    hub_factory: Callable[..., HubProc], publisher: Publisher, pg_database: str
+) -> None:
+    """The shared subscription splits the statuses, yet one replica's stream reaches the
+    whole fleet: its own commits wake it, the others' show at its periodic refresh."""
+    watched, other = (hub_factory(database=pg_database) for _ in range(2))
+    with urllib.request.urlopen(f"{watched.url}/api/v1/stream", timeout=10) as stream:
+        assert _next_summary(stream)["nodes"] == 0
+        for i in range(100):
+            publisher.status(status_doc(f"n{i:03}", 1))
+        deadline = time.monotonic() + 20
+        while (seen := _next_summary(stream))["nodes"] != 100:
+            assert time.monotonic() < deadline, f"the stream stopped at {seen['nodes']} nodes"
+    shares = [_metric(h, "edgefleet_hub_messages_committed_total") for h in (watched, other)]
+    assert sum(shares) == 100 and 0 < shares[0] < 100, shares  # the other replica's too
+
+
+def _next_summary(stream: Any) -> dict[str, Any]:
+    """The next ``event: summary`` of a server-sent event stream."""
+    event = None
+    for raw in stream:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            event = line[len("event: ") :]
+        elif line.startswith("data: ") and event == "summary":
+            return dict(json.loads(line[len("data: ") :]))
+    raise AssertionError("the stream ended")
 
 
 def _metric(hub: HubProc, name: str) -> int:
@@ -191,6 +224,27 @@ async def test_the_fencing_token_refuses_a_leader_whose_lease_lapsed(pg_database
     finally:
         await store.close()
         await asyncio.sleep(0)
+
+
+async def test_a_lease_claim_without_answer_gives_up_and_the_next_one_starts_afresh(
+    pg_database: str,
+) -> None:
+    """A claim stuck behind a row lock stands for one on a dead connection (a partition:
+    tests/test_hub_partition.py): it fails after WAIT seconds, not the pool's minute,
+    and the next one, on a new connection, takes the lease."""
+    store = await PgStore.open(pg_database)
+    blocker = await asyncpg.connect(pg_database)
+    try:
+        leader = LeaseLeadership(store, "http://a", lambda: None)
+        async with blocker.transaction():
+            await blocker.execute("SELECT * FROM leader_lease FOR UPDATE")
+            with pytest.raises(StoreError, match=f"did not answer within {WAIT:g} s"):
+                await store.claim(leader.holder, "http://a", 6.0)
+        await leader.renew()
+        assert leader.is_leader()
+    finally:
+        await blocker.close()
+        await store.close()
 
 
 async def test_notifications_go_out_from_the_leader_only_and_once(pg_database: str) -> None:

@@ -48,8 +48,8 @@ async def test_schema_migrated_once_and_newer_schema_refused(tmp_path: Path) -> 
     with contextlib.closing(sqlite3.connect(db)) as conn:
         # one schema_version row per migration (2: rollout audit, 3: event incarnation,
         # 4: audit on_behalf, notification outbox, state samples, 5: wave runs,
-        # 6: agent version column, 7: soak clocks)
-        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (7,)
+        # 6: agent version column, 7: soak clocks, 8: latest plans)
+        assert conn.execute("SELECT count(*) FROM schema_version").fetchone() == (8,)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         conn.execute("INSERT INTO schema_version VALUES (99)")
         conn.commit()
@@ -149,7 +149,7 @@ async def test_postgres_schema_migrated_once_and_newer_schema_refused(
     await store.close()
     database = pg_database.rsplit("/", 1)[1]
     count = postgres.psql("SELECT count(*) FROM schema_version", database).strip()
-    assert count == str(PG_SCHEMA_VERSION) == "4"
+    assert count == str(PG_SCHEMA_VERSION) == "5"
     postgres.psql("INSERT INTO schema_version VALUES (99)", database)
     with pytest.raises(StoreError, match="newer"):
         await PgStore.open(pg_database)
@@ -206,7 +206,7 @@ async def test_rollout_records_round_trip(any_store: HubStore) -> None:
 
 
 @pytest.mark.both_backends
-async def test_outbox_samples_and_waves_round_trip(any_store: HubStore) -> None:
+async def test_outbox_samples_waves_and_plans_round_trip(any_store: HubStore) -> None:
     store = any_store
     await store.outbox_add([OutboxItem("e1", "chat", "one", 1.0, 1.0),
                             OutboxItem("e2", "chat", "two", 2.0, 2.0),
@@ -235,6 +235,12 @@ async def test_outbox_samples_and_waves_round_trip(any_store: HubStore) -> None:
     await store.set_wave_members("beta", {"n1": "w1", "n2": "w2"})
     await store.set_wave_members("beta", {"n3": "w1"})
     assert await store.wave_members("beta") == {"n3": "w1"}
+
+    assert await store.latest_plans() == {}
+    await store.save_plan("beta", '{"to": "a"}', 1.0)
+    await store.save_plan("stable", '{"to": "b"}', 1.0)
+    await store.save_plan("beta", '{"to": "c"}', 2.0)  # a new plan replaces the stage's last
+    assert await store.latest_plans() == {"beta": '{"to": "c"}', "stable": '{"to": "b"}'}
 
 
 @pytest.mark.both_backends

@@ -17,6 +17,8 @@ from hub.store import NodeState
 from tests.test_hub_api import cli
 from tests.testbed.hubproc import HubProc, Publisher, status_doc
 
+pytestmark = pytest.mark.both_backends  # every hub here runs on SQLite, then PostgreSQL
+
 C = "c" * 40
 GATE = Gate(min_nodes=2, min_ready_ratio=1.0, max_failed=0, soak=0.0, agent_version="0.2.0")
 

@@ -4,6 +4,7 @@ against a real hub process (the fleet-wide story is tests/test_plan_e2e.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
@@ -22,7 +23,9 @@ from common.plan import (
 from common.status import ContractError
 from hub.plan import Sample, aggregate, pick, refusal_summary
 from hub.planview import markdown_plan, show_plan
-from tests.testbed.hubproc import HubProc
+from tests.testbed.hubproc import HubProc, Publisher, status_doc
+from tests.testbed.mosquitto import Mosquitto
+from tests.testbed.mqtt import Watcher
 
 SHA = "c" * 40
 
@@ -171,3 +174,44 @@ def test_plan_api_bad_requests(hub_factory: Callable[..., HubProc]) -> None:
     assert status == 200, data
     assert data == {**data, "asked": 0, "answered": 0, "to": SHA, "changes": []}  # type: ignore[dict-item]
     assert hub.get("/api/v1/stages/beta/plan")["to"] == SHA
+
+
+async def test_a_plan_made_on_one_replica_is_shown_by_every_replica(
+    hub_factory: Callable[..., HubProc], mosquitto: Mosquitto, pg_database: str
+) -> None:
+    """Two replicas on PostgreSQL: the nodes' answers come to every replica (plan topics
+    are not shared), the asking one collects them, and the other shows the plan kept
+    in the database."""
+    hubs = [hub_factory(database=pg_database) for _ in range(2)]
+    nodes = ("n1", "n2")
+    node_side = Watcher(mosquitto.port, [wire.cmd_topic(n) for n in nodes])
+    publisher = Publisher(mosquitto).connect(mosquitto)
+    try:
+        await node_side.ready()
+        for node in nodes:
+            publisher.status(status_doc(node, 1, branch="beta"))
+        for hub in hubs:
+            await asyncio.to_thread(
+                hub.wait_for, lambda h=hub: h.get("/api/v1/summary")["nodes"] == len(nodes)
+            )
+        body = json.dumps({"commit": SHA, "timeout": 9}).encode()
+        path = "/api/v1/stages/beta/plan"
+        asked = asyncio.create_task(
+            asyncio.to_thread(hubs[1].request, "POST", path, hubs[1].token, body)
+        )
+        for _ in nodes:
+            cmd = await node_side.next(10)
+            node = cmd.topic.split("/")[-2]
+            request = parse_request(json.loads(cmd.payload))
+            change = PlanChange("files", "/etc/motd", "configured")
+            answer = PlanAnswer(request.id, node, request.commit, (change,))
+            await node_side.publish(wire.plan_topic(node), answer.payload())
+        status, made = await asked
+        assert status == 200, made
+        assert (made["asked"], made["answered"], made["silent"]) == (2, 2, [])
+        assert made["changes"] == [{**made["changes"][0], "nodes": 2}]
+        shown = await asyncio.to_thread(hubs[0].get, "/api/v1/plans")
+        assert shown == {"plans": {"beta": made}}
+    finally:
+        publisher.close()
+        node_side.close()

@@ -121,6 +121,26 @@ async def test_status_retained_online_and_clean_close(
     assert not rep.connected
 
 
+async def test_two_agents_under_one_node_id_back_off_and_say_why(
+    mosquitto: Mosquitto, make: Callable[..., Reporter], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cloned disk image: two agents under one node id take the broker session from
+    each other; each backs off instead of reconnecting in a tight loop, and says why."""
+    caplog.set_level(logging.WARNING, logger="agent.report")
+    twins = [make(MqttConfig(url=mosquitto.url), state=f"state{i}") for i in range(2)]
+    for twin in twins:
+        await twin.start()
+
+    def hinted() -> list[str]:
+        return [
+            r.getMessage() for r in caplog.records if "another node use client id" in r.getMessage()
+        ]
+
+    await until(lambda: len(hinted()) >= 4, timeout=30)
+    lost = [r for r in caplog.records if "lost connection to broker" in r.getMessage()]
+    assert len(lost) < 30, len(lost)  # backing off from 1 s, not one per millisecond
+
+
 async def test_mqtt_311_works(
     mosquitto: Mosquitto,
     make: Callable[..., Reporter],
@@ -360,7 +380,8 @@ async def test_outage_status_and_every_event_arrive_once(
         session=True,
     )
     await watch.ready()
-    rep = make(MqttConfig(url=mosquitto.url))
+    # Its session counts as stable at once: the lost connection is retried at once.
+    rep = make(MqttConfig(url=mosquitto.url), backoff=Backoff(stable=0.0))
     await rep.start()
     assert await rep.wait_connected(10)
     rep.publish_status(NodeReport(node, "synced", branch="canary"))

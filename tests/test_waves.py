@@ -1,5 +1,5 @@
 """Waves inside a stage: membership (pure) and the wave engine against a real git daemon
-and a real SQLite store (node reports written as the ingest writes them)."""
+and a real store, SQLite then PostgreSQL (node reports written as the ingest writes them)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from hub.errors import ConfigError
 from hub.leader import Leadership, NotLeader
 from hub.promote import StageGit
 from hub.rollout import Rollout
-from hub.store import Batch, StatusRow, Store
+from hub.store import Batch, HubStore, StatusRow
 from hub.waveconf import Wave, name_bucket, wave_of, wave_ref
 from tests.test_rollout import daemon  # noqa: F401 (a fixture)
 from tests.testbed.fleetrepo import FleetRepo, git
 from tests.testbed.gitserver import GitDaemon
+
+pytestmark = pytest.mark.both_backends  # the wave engine runs on SQLite, then PostgreSQL
 
 WAVES = """
 [[stages]]
@@ -127,7 +129,7 @@ class Deposable(Leadership):
 class Fleet:
     """The hub side of one test: store, rollout, a clock the test moves."""
 
-    def __init__(self, cfg: HubConfig, store: Store, git: StageGit, heads: dict[str, str]):
+    def __init__(self, cfg: HubConfig, store: HubStore, git: StageGit, heads: dict[str, str]):
         self.cfg, self.git = cfg, git
         self.leader = Deposable()
         self.now = 1_000_000.0
@@ -166,22 +168,19 @@ class Fleet:
 async def fleet(  # type: ignore[misc]
     tmp_path: Path,
     daemon: tuple[FleetRepo, GitDaemon],  # noqa: F811
+    any_store: HubStore,
 ) -> Iterator[tuple[Fleet, FleetRepo, str, str]]:
     repo, server = daemon
     c0 = repo.commit({"common/files/etc/motd": "v0\n"}, branch="beta")
     repo.push("stable", c0)
     c1 = repo.commit({"common/files/etc/motd": "v1\n"}, branch="beta")
     cfg = _parse(WAVES, tmp_path, server.url())
-    store = await Store.open(tmp_path / "hub.db")
     git = StageGit(GitSettings(url=server.url()), tmp_path / "mirror.git")
-    f = Fleet(cfg, store, git, {"beta": c1, "stable": c0})
+    f = Fleet(cfg, any_store, git, {"beta": c1, "stable": c0})
     await f.report("p1", "synced", c0, "pilot")
     await f.report("r1", "synced", c0, "berlin")
     await f.report("r2", "synced", c0, "paris")
-    try:
-        yield f, repo, c0, c1
-    finally:
-        await store.close()
+    yield f, repo, c0, c1
 
 
 def wave_head(repo: FleetRepo, wave: str) -> str | None:

@@ -19,6 +19,7 @@ from hub.store.filelock import DatabaseLock
 from hub.store.interface import HubStore, IngestStore, NodeQueries, RolloutRecords, RolloutStore
 from hub.store.nodes import SqliteNodes
 from hub.store.outbox import SqliteOutbox
+from hub.store.plans import SqlitePlans
 from hub.store.rollouts import SqliteRollouts
 from hub.store.rows import (
     AuditEntry,
@@ -61,7 +62,9 @@ __all__ = [
 ]
 
 
-class Store(SqliteNodes, SqliteRollouts, SqliteOutbox, SqliteSamples, SqliteWaves, HubStore):
+class Store(
+    SqliteNodes, SqliteRollouts, SqliteOutbox, SqliteSamples, SqliteWaves, SqlitePlans, HubStore
+):
     """The SQLite store. Open with :meth:`open`; close with :meth:`close`.
 
     Open, it holds the database's :class:`DatabaseLock`: a second hub is refused."""

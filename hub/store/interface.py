@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from hub.store.outbox import NotifyOutbox
+from hub.store.plans import PlanRecords
 from hub.store.rows import (
     AuditEntry,
     AuditRow,
@@ -165,6 +166,7 @@ class HubStore(
     NotifyOutbox,
     SampleStore,
     WaveRecords,
+    PlanRecords,
     Protocol,
 ):
     """Everything, for the service that opens one store and hands it around."""

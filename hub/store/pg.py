@@ -9,12 +9,13 @@ from hub.store.pgdb import PgDb
 from hub.store.pglease import PgLease
 from hub.store.pgnodes import PgNodes
 from hub.store.pgoutbox import PgOutbox
+from hub.store.pgplans import PgPlans
 from hub.store.pgrollouts import PgRollouts
 from hub.store.pgsamples import PgSamples
 from hub.store.pgwaves import PgWaves
 
 
-class PgStore(PgNodes, PgRollouts, PgOutbox, PgSamples, PgWaves, PgLease, HubStore):
+class PgStore(PgNodes, PgRollouts, PgOutbox, PgSamples, PgWaves, PgPlans, PgLease, HubStore):
     """Open with :meth:`open`; close with :meth:`close`."""
 
     @classmethod

@@ -143,6 +143,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
     ),
     (
+        # As SQLite's migration 8: the latest plan of each stage.
+        """CREATE TABLE latest_plans (
+            stage text PRIMARY KEY,
+            doc text NOT NULL,
+            at double precision NOT NULL
+        )""",
+    ),
+    (
         # The node list filtered by a reported state, in its order (``COLLATE "C"``:
         # the primary key follows the database's collation), counted from the index
         # alone; the included columns are what the effective-state rule reads.

@@ -168,6 +168,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             since REAL NOT NULL
         )""",
     ),
+    (
+        # The latest plan of each stage (JSON), so any replica shows the one made.
+        """CREATE TABLE latest_plans (
+            stage TEXT PRIMARY KEY,
+            doc TEXT NOT NULL,
+            at REAL NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -2,8 +2,10 @@
 
 ``EdgeNet`` is a host bridge with the first address of a random 10.231.x.0/24;
 ``attach(container)`` moves one end of a new veth pair into the container's own network
-namespace and gives it the next free address. Traffic stays between the host and the
-namespaces a test created. Teardown deletes the bridge (and with it every host-side veth).
+namespace and gives it the next free address; ``netns(net)`` does the same for a new
+named namespace (a host process runs in it with ``ip netns exec``). Traffic stays between
+the host and the namespaces a test created. Teardown deletes the bridge (and with it
+every host-side veth).
 """
 
 from __future__ import annotations
@@ -21,12 +23,26 @@ import pytest
 from tests.testbed.mosquitto import Mosquitto, free_port
 from tests.testbed.nspawn import NspawnContainer
 
+Netns = int | str
+"""A network namespace: a process's (its pid) or a named one (``ip netns add``)."""
 
-def ip(*args: str, netns_pid: int | None = None) -> None:
-    prefix = ["nsenter", "-t", str(netns_pid), "-n"] if netns_pid else []
-    done = subprocess.run([*prefix, "ip", *args], capture_output=True, text=True, check=False)
+
+def inside(netns: Netns) -> list[str]:
+    """The command prefix that runs a program in ``netns``."""
+    if isinstance(netns, int):
+        return ["nsenter", "-t", str(netns), "-n"]
+    return ["ip", "netns", "exec", netns]
+
+
+def run(*command: str, netns: Netns | None = None) -> None:
+    prefix = inside(netns) if netns is not None else []
+    done = subprocess.run([*prefix, *command], capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+        raise RuntimeError(f"{' '.join(command)}: {done.stderr.strip()}")
+
+
+def ip(*args: str, netns: Netns | None = None) -> None:
+    run("ip", *args, netns=netns)
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
@@ -54,19 +70,20 @@ class EdgeNet:
         ip("addr", "add", f"{self.host_ip}/{self.subnet.prefixlen}", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
 
-    def attach(self, container: NspawnContainer) -> str:
-        """Wire the container's network namespace to the bridge; returns its address."""
+    def attach(self, target: NspawnContainer | str) -> str:
+        """Wire a container's network namespace, or a named one, to the bridge; returns
+        its address."""
+        netns: Netns = target if isinstance(target, str) else target.leader
         addr = str(self.subnet.network_address + self._next)
         self._next += 1
         host_end, inner = f"{self.bridge}h{self._next}", f"{self.bridge}c{self._next}"
         ip("link", "add", host_end, "type", "veth", "peer", "name", inner)
-        ip("link", "set", inner, "netns", str(container.leader))
+        ip("link", "set", inner, "netns", str(netns))
         ip("link", "set", host_end, "master", self.bridge)
         ip("link", "set", host_end, "up")
-        pid = container.leader
-        ip("addr", "add", f"{addr}/{self.subnet.prefixlen}", "dev", inner, netns_pid=pid)
-        ip("link", "set", inner, "up", netns_pid=pid)
-        ip("link", "set", "lo", "up", netns_pid=pid)
+        ip("addr", "add", f"{addr}/{self.subnet.prefixlen}", "dev", inner, netns=netns)
+        ip("link", "set", inner, "up", netns=netns)
+        ip("link", "set", "lo", "up", netns=netns)
         return addr
 
     def down(self) -> None:
@@ -85,6 +102,19 @@ def bridge_broker(directory: Path, net: EdgeNet) -> Iterator[tuple[Mosquitto, st
         yield broker, f"mqtt://{net.host_ip}:{port}"
     finally:
         broker.stop()
+
+
+@contextlib.contextmanager
+def netns(net: EdgeNet) -> Iterator[tuple[str, str]]:
+    """A new named network namespace wired to ``net``: yields its name and address.
+    Deleting it at the end also deletes its veth pair and any nft tables made in it."""
+    name = f"efn{secrets.token_hex(4)}"
+    ip("netns", "add", name)
+    try:
+        yield name, net.attach(name)
+    finally:
+        with contextlib.suppress(RuntimeError):
+            ip("netns", "del", name)
 
 
 @contextlib.contextmanager

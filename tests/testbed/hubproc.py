@@ -146,12 +146,17 @@ class HubProc:
     database_dir: Path | None = None
     """Where hub.db lives (default: ``directory``), e.g. a small tmpfs for a full disk."""
     port: int = field(default_factory=free_port)
+    listen_host: str = "127.0.0.1"
+    broker_url: str | None = None
+    """The broker as this hub reaches it (default: ``broker``'s loopback URL)."""
+    prefix: tuple[str, ...] = ()
+    """A command the hub runs under, e.g. ``ip netns exec NAME`` (a network namespace)."""
     client_id: str = field(default_factory=lambda: f"hub-test-{uuid.uuid4().hex[:8]}")
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.listen_host}:{self.port}"
 
     @property
     def config(self) -> Path:
@@ -168,7 +173,7 @@ class HubProc:
     def write_config(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         hub = [
-            f'listen = "127.0.0.1:{self.port}"',
+            f'listen = "{self.listen_host}:{self.port}"',
             f'database = "{self.database or (self.database_dir or self.directory) / "hub.db"}"',
             f"heartbeat = {self.heartbeat}",
         ]
@@ -184,9 +189,10 @@ class HubProc:
             if (self.git_url)
             else ""
         )
+        mqtt_url = self.broker_url or self.broker.url
         self.config.write_text(
             "[hub]\n" + "\n".join(hub) + "\n\n"
-            f'[mqtt]\nurl = "{self.broker.url}"\nclient_id = "{self.client_id}"\n'
+            f'[mqtt]\nurl = "{mqtt_url}"\nclient_id = "{self.client_id}"\n'
             f"{self.mqtt_extra}\n"
             + git + self.stages + "\n" + self.extra
         )  # fmt: skip
@@ -194,9 +200,10 @@ class HubProc:
     def start(self, wait: bool = True) -> None:
         self.write_config()
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        serve = [sys.executable, "-m", "hub.cli", "serve", "--config", str(self.config)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hub.cli", "serve", "--config", str(self.config)],
+                [*self.prefix, *serve],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.directory,
             )  # fmt: skip
         if wait:

@@ -2,11 +2,14 @@
 
 The cluster lives in a temp dir owned by ``postgres`` (initdb refuses to run as root),
 listens on loopback with a socket in that dir, and runs with ``fsync=off`` (tests only).
-``pg_database`` hands each test an empty database made from ``template0``.
+``pg_database`` hands each test an empty database made from ``template0``. A test that
+needs the server from a network namespace creates its own with ``also_on`` (a bridge
+address and the subnet trusted there), never the shared one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -29,9 +32,11 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 class Postgres:
     directory: Path
     port: int
+    also_on: tuple[str, str] | None = None
+    """Another address to listen on, and the subnet trusted there (``host ... trust``)."""
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", host: str = "127.0.0.1") -> str:
+        return f"postgresql://postgres@{host}:{self.port}/{database}"
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         return subprocess.run(
@@ -47,20 +52,24 @@ class Postgres:
         )  # fmt: skip
 
     @classmethod
-    def create(cls) -> Postgres:
+    def create(cls, also_on: tuple[str, str] | None = None) -> Postgres:
         """A new cluster in its own temp dir (owned by ``postgres``), started."""
         directory = Path(tempfile.mkdtemp(prefix="edgefleet-pg-"))
         shutil.chown(directory, "postgres", "postgres")
         os.chmod(directory, 0o700)
-        server = cls(directory, free_port())
+        server = cls(directory, free_port(), also_on)
         server.as_postgres(f"{PG_BIN}/initdb -D {directory}/data -A trust -U postgres")
+        if also_on is not None:
+            with (directory / "data" / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {also_on[1]} trust\n")
         server.start()
         return server
 
     def start(self) -> None:
         data = self.directory / "data"
+        listen = "127.0.0.1" + (f",{self.also_on[0]}" if self.also_on else "")
         options = (
-            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off "
+            f"-p {self.port} -k {self.directory} -c listen_addresses={listen} -c fsync=off "
             "-c max_connections=200"
         )
         self.as_postgres(
@@ -70,21 +79,30 @@ class Postgres:
     def stop(self) -> None:
         self.as_postgres(f"{PG_BIN}/pg_ctl -D {self.directory / 'data'} -m immediate stop")
 
-    def new_database(self) -> str:
-        """An empty database's URL."""
+    def new_database(self, host: str = "127.0.0.1") -> str:
+        """An empty database's URL (on ``host``, one of the addresses it listens on)."""
         name = f"t_{uuid.uuid4().hex[:12]}"
         self.psql(f"CREATE DATABASE {name} TEMPLATE template0")
-        return self.url(name)
+        return self.url(name, host)
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     if not (PG_BIN / "initdb").exists():
         pytest.fail("PostgreSQL 15 is missing: run ./dev test (it installs postgresql)")
-    server = Postgres.create()
-    yield server
-    server.stop()
-    shutil.rmtree(server.directory, ignore_errors=True)
+    with postgres_server() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def postgres_server(also_on: tuple[str, str] | None = None) -> Iterator[Postgres]:
+    """A started server, stopped and deleted at the end."""
+    server = Postgres.create(also_on)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.directory, ignore_errors=True)
 
 
 @pytest.fixture
