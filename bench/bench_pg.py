@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -134,28 +135,35 @@ def row(replicas: int, begin: Mark, end: Mark, sub_rate: float) -> str:
             f"{server:.0f} |")  # fmt: skip
 
 
-def live(root: Path, pg: Postgres, replicas: int, n: int, nodes: int) -> str:
-    # A broker per run: the stopped replicas' persistent sessions of an earlier run would
-    # stay in the shared group and take their share of the messages.
-    broker = Mosquitto(root / f"live-{replicas}", extra="max_queued_messages 0\n")
+@contextlib.contextmanager
+def replica_set(root: Path, pg: Postgres, name: str, replicas: int) -> Iterator[list[HubProc]]:
+    """``replicas`` hubs (not started) on a new database and a broker of their own (a
+    stopped replica's persistent session stays in the shared group and would take its
+    share of a later run's messages); all stopped on exit."""
+    broker = Mosquitto(root / f"{name}-mosquitto", extra="max_queued_messages 0\n")
     broker.start()
     url = pg.new_database()
-    hubs = [HubProc(root / f"live{replicas}-{k}", broker, token=None, database=url)
+    hubs = [HubProc(root / f"{name}-{k}", broker, token=None, database=url)
             for k in range(replicas)]  # fmt: skip
     try:
-        for hub in hubs:
-            hub.start()
-        sub = subprocess.Popen(sub_command(broker.port, n), stdout=subprocess.DEVNULL)
-        sub_end = exit_time(sub)
-        time.sleep(0.5)  # mosquitto_sub has no readiness signal
-        begin = mark(hubs, pg)
-        start, _end = publish(broker.port, n, nodes, 2, "agent")
-        end = until_committed(hubs, pg, n)
-        sub_rate = n / (sub_end.result(600) - start)
+        yield hubs
     finally:
         for hub in hubs:
             hub.stop()
         broker.stop()
+
+
+def live(root: Path, pg: Postgres, replicas: int, n: int, nodes: int) -> str:
+    with replica_set(root, pg, f"live{replicas}", replicas) as hubs:
+        for hub in hubs:
+            hub.start()
+        port = hubs[0].broker.port
+        sub_end = exit_time(subprocess.Popen(sub_command(port, n), stdout=subprocess.DEVNULL))
+        time.sleep(0.5)  # mosquitto_sub has no readiness signal
+        begin = mark(hubs, pg)
+        start, _end = publish(port, n, nodes, 2, "agent")
+        end = until_committed(hubs, pg, n)
+        sub_rate = n / (sub_end.result(600) - start)
     return row(replicas, begin._replace(at=start), end, sub_rate)
 
 
@@ -165,32 +173,23 @@ def drain(root: Path, pg: Postgres, replicas: int, n: int, nodes: int) -> tuple[
     Each replica's API answers before it connects to the broker: its CPU is counted
     from there, and the run's clock from the first replica's (the others' start-up
     is inside the time)."""
-    broker = Mosquitto(root / f"drain-{replicas}", extra="max_queued_messages 0\n")
-    broker.start()
-    url = pg.new_database()
-    hubs = [HubProc(root / f"drain{replicas}-{k}", broker, token=None, database=url)
-            for k in range(replicas)]  # fmt: skip
-    sub_cmd = sub_command(broker.port, n)
-    try:
+    with replica_set(root, pg, f"drain{replicas}", replicas) as hubs:
+        port = hubs[0].broker.port
+        sub_cmd = sub_command(port, n)
         for hub in hubs:
             hub.start()  # each replica's persistent session joins the shared group
         open_session(sub_cmd)
         for hub in hubs:
             hub.stop()  # SIGTERM: a clean disconnect, the sessions stay in the broker
-        publish(broker.port, n, nodes, 2, "agent")
+        publish(port, n, nodes, 2, "agent")
         t0 = time.time()
-        sub = subprocess.Popen(sub_cmd, stdout=subprocess.DEVNULL)
-        sub_end = exit_time(sub)
+        sub_end = exit_time(subprocess.Popen(sub_cmd, stdout=subprocess.DEVNULL))
         server = server_cpu(pg)  # from here: the replicas' start-up queries are counted too
         for hub in hubs:
             hub.start(wait=False)
         begin, spread = all_up(hubs, server)
         end = until_committed(hubs, pg, n)
         sub_rate = n / (sub_end.result(600) - t0)
-    finally:
-        for hub in hubs:
-            hub.stop()
-        broker.stop()
     note = f"{replicas}: last API up {spread:.2f} s after the first"
     return row(replicas, begin, end, sub_rate), note
 
@@ -263,15 +262,12 @@ def latency(root: Path, pg: Postgres, broker: Mosquitto, fleet: int) -> list[str
             f"{start_s:.1f} s) | | |"]  # fmt: skip
 
 
-def failover(root: Path, pg: Postgres, broker: Mosquitto, runs: int) -> list[float]:
+def failover(root: Path, pg: Postgres, runs: int) -> list[float]:
     times = []
     for run in range(runs):
-        url = pg.new_database()
-        hubs = [HubProc(root / f"failover{run}-{k}", broker, token=None, database=url)
-                for k in range(2)]  # fmt: skip
-        for hub in hubs:
-            hub.start()
-        try:
+        with replica_set(root, pg, f"failover{run}", 2) as hubs:
+            for hub in hubs:
+                hub.start()
             while not any(h.try_get("/api/v1/health").get("role") == "leader" for h in hubs):
                 time.sleep(0.05)
             leader = next(h for h in hubs if h.try_get("/api/v1/health").get("role") == "leader")
@@ -281,9 +277,6 @@ def failover(root: Path, pg: Postgres, broker: Mosquitto, runs: int) -> list[flo
             while other.try_get("/api/v1/health").get("role") != "leader":
                 time.sleep(0.05)
             times.append(time.perf_counter() - t)
-        finally:
-            for hub in hubs:
-                hub.stop()
     return times
 
 
@@ -320,7 +313,7 @@ def main() -> None:
                     for fleet in args.fleet or [100_000]:
                         out += latency(root, pg, broker, fleet)
                 else:
-                    times = failover(root, pg, broker, args.failovers)
+                    times = failover(root, pg, args.failovers)
                     out.append(", ".join(f"{t:.1f} s" for t in times))
         finally:
             broker.stop()
