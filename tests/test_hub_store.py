@@ -174,6 +174,24 @@ async def test_postgres_restale_rewrites_only_rows_whose_deadline_moves(
         await store.close()
 
 
+async def test_sqlite_restale_writes_only_rows_whose_deadline_moves(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "hub.db")
+    now = time.time()
+    await store.write_batch(Batch(statuses=[row("n1", 1, "synced", now),
+                                            row("n2", 1, "synced", now - 120)]))  # fmt: skip
+    # data_version moves when another connection changed the file
+    with contextlib.closing(sqlite3.connect(tmp_path / "hub.db")) as watcher:
+        before = watcher.execute("PRAGMA data_version").fetchone()
+        try:
+            await store.restale(90.0)  # the window the rows were written with
+            assert watcher.execute("PRAGMA data_version").fetchone() == before
+            await store.restale(150.0)  # n2, heard 120 s ago, is fresh again
+            assert {(c.state, c.nodes) for c in await store.state_counts(now)} == {("synced", 2)}
+            assert watcher.execute("PRAGMA data_version").fetchone() != before
+        finally:
+            await store.close()
+
+
 async def test_postgres_unreachable_is_a_clear_error(postgres: Postgres) -> None:
     url = f"postgresql://postgres:hunter2@127.0.0.1:{postgres.port}/no_such_db"
     with pytest.raises(StoreError, match="cannot open database") as err:

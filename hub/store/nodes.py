@@ -125,9 +125,12 @@ class SqliteNodes(Db, IngestStore, NodeQueries):
             return {row[0]: row[1] for row in await cur.fetchall()}
 
     async def restale(self, stale_after: float) -> None:
+        # Only rows whose deadline moves: a restart with the same stale_after writes nothing.
+        window = stale_window_sql("?1", "heartbeat")
         try:
             await self._w.execute(
-                f"UPDATE nodes SET stale_at = last_heard + {stale_window_sql('?', 'heartbeat')}",  # noqa: S608
+                f"UPDATE nodes SET stale_at = last_heard + {window} "  # noqa: S608
+                f"WHERE stale_at <> last_heard + {window}",
                 (stale_after,),
             )
         except sqlite3.Error as err:
