@@ -12,13 +12,15 @@ encrypts for the enrolled Berlin nodes only. A node whose reported recipient dif
 from the recorded one is flagged on stderr; nodes never enrolled are listed (selected on
 what they report) only with ``--unverified``.
 
-The table lives in the hub's database (hub/store/recipients.py); both commands run
-where the database is, without the server.
+The table lives in the hub's database: the SQLite file (hub/store/recipients.py) or
+PostgreSQL (hub/store/pgrecipients.py); both commands run where they reach it, without
+the server.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import sys
@@ -32,6 +34,23 @@ from hub.errors import RecipientsError
 
 RECIPIENT = re.compile(r"age1[02-9ac-hj-np-z]{58}")
 """An X25519 age recipient: bech32, human part ``age``."""
+
+
+@dataclass(frozen=True)
+class PgDatabase:
+    """A PostgreSQL hub's database, as ``[hub] database`` and ``database_ca_file`` say."""
+
+    url: str
+    ca_file: Path | None = None
+
+    def __str__(self) -> str:
+        from hub.store.pgurl import redact  # noqa: PLC0415 (client commands stay light)
+
+        return redact(self.url)
+
+
+HubDatabase = Path | PgDatabase
+"""Where recipients are kept: the SQLite file, or PostgreSQL."""
 
 
 @dataclass(frozen=True)
@@ -50,13 +69,20 @@ class Listing:
     """Mismatches and unverified nodes, for stderr."""
 
 
-def record(database: Path, entry: Enrolled) -> None:
+def record(database: HubDatabase, entry: Enrolled) -> None:
     """Remember what enrollment verified; a re-enrollment replaces the node's entry."""
     if RECIPIENT.fullmatch(entry.recipient) is None:
         raise RecipientsError(f"{entry.node}: {entry.recipient!r} is not an age recipient")
-    from hub.store.recipients import record_recipient  # noqa: PLC0415 (client commands stay light)
+    fields = (entry.node, entry.recipient, entry.branch, entry.labels)
+    # The store modules load only here: client commands stay light, asyncpg optional.
+    if isinstance(database, PgDatabase):
+        from hub.store import pgrecipients  # noqa: PLC0415
 
-    record_recipient(database, entry.node, entry.recipient, entry.branch, entry.labels)
+        asyncio.run(pgrecipients.record_recipient(database.url, database.ca_file, *fields))
+    else:
+        from hub.store.recipients import record_recipient  # noqa: PLC0415
+
+        record_recipient(database, *fields)
 
 
 def _labels(raw: str | None) -> dict[str, str]:
@@ -80,13 +106,20 @@ class Selector:
     unverified: bool
 
 
-def select(database: Path, want: Selector) -> Listing:
+def select(database: HubDatabase, want: Selector) -> Listing:
     """Recorded recipients of matching nodes; see the module docstring."""
-    if not database.exists():
-        raise RecipientsError(f"database {database} does not exist (no node enrolled yet)")
-    from hub.store.recipients import read_recipients  # noqa: PLC0415 (client commands stay light)
+    if isinstance(database, PgDatabase):
+        from hub.store import pgrecipients  # noqa: PLC0415 (as in record)
 
-    enrolled, reported = read_recipients(database)
+        enrolled, reported = asyncio.run(
+            pgrecipients.read_recipients(database.url, database.ca_file)
+        )
+    else:
+        if not database.exists():
+            raise RecipientsError(f"database {database} does not exist (no node enrolled yet)")
+        from hub.store.recipients import read_recipients  # noqa: PLC0415
+
+        enrolled, reported = read_recipients(database)
     out, warnings = [], []
     for node, recipient, branch, labels in sorted(enrolled):
         if not _matches(branch, _labels(labels), want):
@@ -110,14 +143,10 @@ def select(database: Path, want: Selector) -> Listing:
     return Listing(out, warnings)
 
 
-def recipients_database(cfg: HubConfig) -> Path:
-    """The hub's SQLite file, where recipients are kept; a PostgreSQL hub is refused
-    (the table has not moved there yet)."""
+def recipients_database(cfg: HubConfig) -> HubDatabase:
+    """The hub's database, where recipients are kept."""
     if cfg.hub.database_url is not None:
-        raise RecipientsError(
-            "age recipients (recorded by enroll, listed by recipients) are not supported "
-            "with PostgreSQL yet: [hub] database is a postgresql:// URL"
-        )
+        return PgDatabase(cfg.hub.database_url, cfg.hub.database_ca_file)
     return cfg.hub.database
 
 

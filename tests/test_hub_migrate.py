@@ -9,7 +9,11 @@ from pathlib import Path
 
 from hub.store import AuditRow, Batch, EventRow, HubStore, Pause, StatusRow, Store
 from hub.store.pg import PgStore
+from hub.store.pgrecipients import read_recipients
+from hub.store.recipients import record_recipient
 from tests.testbed.hubproc import REPO_ROOT
+
+AGE = "age1" + "q" * 58
 
 
 def migrate(*args: str) -> subprocess.CompletedProcess[str]:
@@ -34,6 +38,8 @@ async def fill(store: HubStore, now: float) -> None:
     await store.set_pause(Pause("beta", "halt", "b", now, "ops", "broken"))
     await store.record_head("beta", "a", now - 10)
     await store.record_head("beta", "b", now)
+    await store.set_gate_holding("stable", ("b", now - 60))  # a soak under way
+    await store.save_plan("stable", '{"to": "b"}', now)
 
 
 async def snapshot(store: HubStore, now: float) -> tuple[object, ...]:
@@ -47,6 +53,8 @@ async def snapshot(store: HubStore, now: float) -> tuple[object, ...]:
         await store.history(),
         await store.pauses(),
         await store.head_history("beta"),
+        await store.gate_holding(),
+        await store.latest_plans(),
     )
 
 
@@ -58,6 +66,7 @@ async def test_a_sqlite_hub_is_copied_whole_and_a_second_copy_is_refused(
     await fill(source, now)
     expected = await snapshot(source, now)
     await source.close()
+    record_recipient(tmp_path / "hub.db", "n1", AGE, "stable", {"site": "x"})
 
     done = migrate("--from", str(tmp_path / "hub.db"), "--to", pg_database)
     assert done.returncode == 0, done.stderr
@@ -66,6 +75,8 @@ async def test_a_sqlite_hub_is_copied_whole_and_a_second_copy_is_refused(
     target = await PgStore.open(pg_database)
     try:
         assert await snapshot(target, now) == expected
+        enrolled, _reported = await read_recipients(pg_database, None)
+        assert enrolled == [("n1", AGE, "stable", '{"site": "x"}')]
         # the next decision continues the audit ids
         audit = AuditRow(now, "resume", "beta", "ops", None, None, "done", False, "ok", "{}")
         assert await target.add_audit(audit) == 3
@@ -76,6 +87,14 @@ async def test_a_sqlite_hub_is_copied_whole_and_a_second_copy_is_refused(
     assert again.returncode == 1
     assert "already holds hub data (25001 nodes" in again.stderr
     assert "refusing to copy into a non-empty database" in again.stderr
+
+
+async def test_a_hub_that_never_enrolled_a_node_is_copied(tmp_path: Path, pg_database: str) -> None:
+    """The recipients table is made by the first enroll: a hub without it copies too."""
+    await (await Store.open(tmp_path / "hub.db")).close()
+    done = migrate("--from", str(tmp_path / "hub.db"), "--to", pg_database)
+    assert done.returncode == 0, done.stderr
+    assert "0 enrolled_recipients" in done.stdout
 
 
 def test_bad_arguments_are_clear_errors(tmp_path: Path, pg_database: str) -> None:

@@ -1,22 +1,26 @@
 """``edgefleet-hub recipients`` on a real hub database: recorded (enrolled) recipients are
 selected on the labels enrollment recorded, not on what nodes claim; a node reporting
 another recipient is flagged; unenrolled nodes only with --unverified. The output is fed
-to the real ``age -R``."""
+to the real ``age -R``. The hub database is a SQLite file, then a real PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from common.status import status_json
 from common.strict import parse_status
-from hub.recipients import Enrolled, RecipientsError, record
-from hub.store import Batch, StatusRow, Store
+from hub.errors import HubError
+from hub.recipients import Enrolled, HubDatabase, PgDatabase, RecipientsError, record
+from hub.store import Batch, HubStore, StatusRow
+from hub.store.factory import open_store
 
 
 def age_key(directory: Path, name: str) -> tuple[Path, str]:
@@ -28,7 +32,7 @@ def age_key(directory: Path, name: str) -> tuple[Path, str]:
     return path, recipient
 
 
-async def report(store: Store, node: str, labels: dict[str, str], recipient: str) -> None:
+async def report(store: HubStore, node: str, labels: dict[str, str], recipient: str) -> None:
     doc = {"node": node, "labels": labels, "branch": "stable", "state": "synced"}
     doc["recipient"] = recipient
     now = time.time()
@@ -49,10 +53,20 @@ def cli(fleet: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Path:
+def database(hub_database: Callable[[Path], str], tmp_path: Path) -> str:
+    """``[hub] database`` of this test's backend: a SQLite file or a PostgreSQL URL."""
+    return hub_database(tmp_path)
+
+
+def where(database: str) -> HubDatabase:
+    return PgDatabase(database) if "://" in database else Path(database)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, database: str) -> Path:
     path = tmp_path / "fleet.toml"
     path.write_text(
-        '[hub]\ndatabase = "hub.db"\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n'
+        f'[hub]\ndatabase = "{database}"\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n'
         '[git]\nurl = "file:///nonexistent"\n'
         '[[stages]]\nname = "stable"\nbranch = "stable"\n'
         '[[stages]]\nname = "canary"\nbranch = "canary"\n'
@@ -60,16 +74,19 @@ def fleet(tmp_path: Path) -> Path:
     return path
 
 
-async def test_recipients_trust_enrollment_not_reports(tmp_path: Path, fleet: Path) -> None:
-    db = tmp_path / "hub.db"
+@pytest.mark.both_backends
+async def test_recipients_trust_enrollment_not_reports(
+    tmp_path: Path, fleet: Path, database: str
+) -> None:
+    db = where(database)
     berlin_key, berlin = age_key(tmp_path, "berlin")
     _, paris = age_key(tmp_path, "paris")
     _, swapped = age_key(tmp_path, "swapped")
     _, rogue = age_key(tmp_path, "rogue")
-    store = await Store.open(db)
+    store = await open_store(Path(database), database if "://" in database else None)
     try:
-        record(db, Enrolled("b1", berlin, "stable", {"site": "berlin"}))
-        record(db, Enrolled("p1", paris, "stable", {"site": "paris"}))
+        await asyncio.to_thread(record, db, Enrolled("b1", berlin, "stable", {"site": "berlin"}))
+        await asyncio.to_thread(record, db, Enrolled("p1", paris, "stable", {"site": "paris"}))
         # p1 was compromised: it now claims Berlin and reports a key of its own choosing.
         await report(store, "p1", {"site": "berlin"}, swapped)
         await report(store, "b1", {"site": "berlin"}, berlin)
@@ -127,26 +144,21 @@ def test_the_hub_keeps_the_reported_recipient() -> None:
     assert "recipient" not in without, "old agents' statuses stay as they were"
 
 
-def test_postgresql_hub_is_refused_clearly(tmp_path: Path) -> None:
-    """Recipients live in the SQLite file only so far: on a PostgreSQL hub both the
-    ``recipients`` command and enroll (which records one) refuse before doing anything."""
+def test_a_postgresql_database_that_is_down_is_a_clear_error(tmp_path: Path) -> None:
+    """Nothing listens on port 1: both commands say which database (without its
+    password) and why, with no traceback."""
+    url = "postgresql://hub:hunter2@127.0.0.1:1/hub"
     fleet = tmp_path / "fleet.toml"
     fleet.write_text(
-        '[hub]\ndatabase = "postgresql://hub@127.0.0.1:1/hub"\n'
+        f'[hub]\ndatabase = "{url}"\n'
         '[mqtt]\nurl = "mqtt://127.0.0.1:1"\n[git]\nurl = "file:///nonexistent"\n'
         '[[stages]]\nname = "stable"\nbranch = "stable"\n'
     )
     listing = cli(fleet)
     assert listing.returncode == 1
-    assert "not supported with PostgreSQL yet" in listing.stderr
-    assert "Traceback" not in listing.stderr
-    signers = tmp_path / "allowed_signers"
-    signers.write_text("ops@example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA\n")
-    enroll = subprocess.run(
-        [sys.executable, "-m", "hub.cli", "enroll", "--config", str(fleet), "--stage", "stable",
-         "--path", "hosts/n1", "--allowed-signers", str(signers), "root@127.0.0.1"],
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
-    assert enroll.returncode == 1
-    assert "not supported with PostgreSQL yet" in enroll.stderr
-    assert "Traceback" not in enroll.stderr
+    assert "cannot open database postgresql://hub:***@127.0.0.1:1/hub" in listing.stderr
+    assert "Traceback" not in listing.stderr and "hunter2" not in listing.stderr
+    _, recipient = age_key(tmp_path, "n1")
+    with pytest.raises(HubError, match="cannot open database") as err:
+        record(PgDatabase(url), Enrolled("n1", recipient, "stable", {}))
+    assert "hunter2" not in str(err.value)

@@ -149,7 +149,7 @@ async def test_postgres_schema_migrated_once_and_newer_schema_refused(
     await store.close()
     database = pg_database.rsplit("/", 1)[1]
     count = postgres.psql("SELECT count(*) FROM schema_version", database).strip()
-    assert count == str(PG_SCHEMA_VERSION) == "5"
+    assert count == str(PG_SCHEMA_VERSION) == "6"
     postgres.psql("INSERT INTO schema_version VALUES (99)", database)
     with pytest.raises(StoreError, match="newer"):
         await PgStore.open(pg_database)

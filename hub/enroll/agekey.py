@@ -15,6 +15,7 @@ from hub.enroll import EnrollError, say
 from hub.enroll.agentconf import AgentToml
 from hub.enroll.options import Settings
 from hub.enroll.ssh import Remote
+from hub.errors import HubError
 from hub.recipients import RECIPIENT, Enrolled, record
 
 
@@ -29,6 +30,12 @@ async def enroll_recipient(remote: Remote, conf: AgentToml, settings: Settings) 
         say("age key", f"{recipient} (not recorded: no fleet.toml, so no hub database)")
         return recipient
     entry = Enrolled(conf.node, recipient, settings.branch, dict(settings.labels))
-    await asyncio.to_thread(record, settings.database, entry)
+    try:
+        await asyncio.to_thread(record, settings.database, entry)
+    except HubError as err:  # the database is down or refuses: enroll again later
+        raise EnrollError(
+            f"{settings.target}: age recipient {recipient} not recorded: {err} "
+            "(enroll again once the database answers: it is idempotent)"
+        ) from err
     say("age key", f"{recipient} recorded in {settings.database}")
     return recipient

@@ -15,7 +15,7 @@ from typing import Any
 
 from hub.config import DEFAULT_CONFIG_PATH, HubConfig, MqttSettings, load_config
 from hub.enroll import EnrollError
-from hub.recipients import recipients_database
+from hub.recipients import HubDatabase, recipients_database
 
 DESCRIPTION = """\
 Steps, each printed: connect (the host key is checked against known_hosts; with
@@ -68,7 +68,7 @@ class Settings:
     allowed_roots: tuple[str, ...]
     k3s: bool
     wait: float
-    database: Path | None = None
+    database: HubDatabase | None = None
     """The hub's database (fleet.toml [hub] database): where the node's age recipient is kept."""
 
 

@@ -21,7 +21,8 @@ import asyncpg
 
 from hub.errors import StoreError
 from hub.store import Store
-from hub.store.pgdb import DbErrors, PgDb, redact
+from hub.store.pgdb import DbErrors, PgDb
+from hub.store.pgurl import redact
 
 _CHUNK = 10_000
 Row = tuple[Any, ...]
@@ -33,6 +34,8 @@ class Table:
     columns: tuple[str, ...]
     order: str
     convert: Callable[[Row], Row] = tuple
+    created_on_use: bool = False
+    """Not part of the SQLite migrations (made when first written): may be absent."""
 
 
 def _forced_as_bool(row: Row) -> Row:
@@ -58,6 +61,10 @@ TABLES: Final = (
     Table("wave_runs", ("stage", "candidate", "origin", "wave", "moved_at", "holding_since",
                         "state", "reason"), "stage"),
     Table("wave_members", ("stage", "node", "wave"), "stage, node"),
+    Table("gate_holding", ("stage", "candidate", "since"), "stage"),
+    Table("latest_plans", ("stage", "doc", "at"), "stage"),
+    Table("enrolled_recipients", ("node", "recipient", "branch", "labels", "enrolled_at"),
+          "node", created_on_use=True),
 )  # fmt: skip
 
 
@@ -110,4 +117,6 @@ def _read(source: Path, table: Table) -> Iterator[list[Row]]:
             while rows := cur.fetchmany(_CHUNK):
                 yield [table.convert(r) for r in rows]
     except sqlite3.Error as err:
+        if table.created_on_use and "no such table" in str(err):
+            return  # nothing was ever written to it
         raise StoreError(f"reading {table.name} from {source} failed: {err}") from err

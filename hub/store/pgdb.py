@@ -18,6 +18,7 @@ import asyncpg
 
 from hub.errors import StoreError
 from hub.store.pgschema import migrate
+from hub.store.pgurl import redact
 
 POOL_SIZE = 8
 """Connections per hub: ingest holds one at a time, API reads and rollouts the rest."""
@@ -27,15 +28,6 @@ DbErrors = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 """What the driver raises for a failed statement or a lost connection."""
 BindErrors = (UnicodeEncodeError, OverflowError, ValueError, TypeError)
 """What the driver raises for a value it cannot send (e.g. a NUL character in text)."""
-
-
-def is_postgres_url(database: str) -> bool:
-    return database.startswith(("postgresql://", "postgres://"))
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def positional(sql: str, params: Mapping[str, object]) -> tuple[str, list[object]]:

@@ -156,6 +156,18 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # alone; the included columns are what the effective-state rule reads.
         'CREATE INDEX nodes_by_state ON nodes(state, node COLLATE "C") INCLUDE (online, stale_at)',
     ),
+    (
+        # Age recipients recorded by enroll (on SQLite the enroll command creates the
+        # table on first use): node, what keygen printed, the stage branch and labels
+        # (JSON) it was enrolled with.
+        """CREATE TABLE enrolled_recipients (
+            node text PRIMARY KEY,
+            recipient text NOT NULL,
+            branch text NOT NULL,
+            labels text NOT NULL,
+            enrolled_at double precision NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
