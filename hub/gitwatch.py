@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from common import wire
 from common.gittransport import GitError, GitRemote
@@ -25,8 +25,17 @@ Publish = Callable[[str, bytes, int, bool], bool]
 
 
 class GitWatch:
-    def __init__(self, cfg: GitSettings, branches: Sequence[str], publish: Publish) -> None:
+    def __init__(
+        self,
+        cfg: GitSettings,
+        branches: Sequence[str],
+        publish: Publish,
+        may_announce: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
+        """``may_announce``: asked before the announcements of a poll; of several hub
+        replicas only the leader, its fencing token confirmed, announces."""
         self._cfg = cfg
+        self._may_announce = may_announce
         self._remote = GitRemote(cfg) if cfg.url is not None else None
         self._branches = tuple(branches)
         self._publish = publish
@@ -54,8 +63,12 @@ class GitWatch:
             if self.heads.get(branch) != sha:
                 log.info("stage branch %s is at %s", branch, sha[:12])
         self.heads = heads
-        self.announce()
+        if self._unannounced() and (self._may_announce is None or await self._may_announce()):
+            self.announce()
         return heads
+
+    def _unannounced(self) -> bool:
+        return any(self._announced.get(branch) != sha for branch, sha in self.heads.items())
 
     async def refresh(self) -> dict[str, str]:
         """``poll_once`` serialised with every other refresh (interval poll, push webhook), so

@@ -70,6 +70,18 @@ class Leadership:
         """Raise :class:`NotLeader` at once on a standby, before an action reads the
         store: a replica cut off from the database refuses instead of waiting on it."""
 
+    async def may_act(self) -> bool:
+        """Whether this replica leads now, its fencing token confirmed (a standby answers
+        False without asking the database): for side effects that are skipped, not
+        refused, on a standby (ref announcements)."""
+        if not self.is_leader():
+            return False
+        try:
+            await self.fence()
+        except NotLeader:
+            return False
+        return True
+
     async def request_refresh(self) -> None:
         """This replica re-read Git (a push webhook): a standby has the leader re-read it
         and announce, within one lease renewal."""

@@ -78,7 +78,7 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
         # Ref notifications are the leader's: two replicas must not race on retained refs.
         return leader.is_leader() and mqtt.publish(topic, payload, qos, retain)
 
-    gitwatch = GitWatch(cfg.git, [s.branch for s in cfg.stages], publish_ref)
+    gitwatch = GitWatch(cfg.git, [s.branch for s in cfg.stages], publish_ref, leader.may_act)
     planner = Planner(cfg, store.stage_nodes, mqtt.publish, lambda: gitwatch.heads, store)
     fleet = Fleet(cfg, store, heads=lambda: gitwatch.heads)
     updates = Updates(fleet)
@@ -91,7 +91,7 @@ async def _serve(cfg: HubConfig, store: HubStore, stop: asyncio.Event) -> None:
     rollout = Rollout(
         cfg, store, stage_git, lambda: gitwatch.heads, gitwatch.moved, audited=notifier.audited,
         leader=leader,
-        wave_store=store, announce=functools.partial(announce_wave, mqtt.publish),
+        wave_store=store, announce=functools.partial(announce_wave, publish_ref),
     )  # fmt: skip
     rollout.planner = planner.plan
 

@@ -136,6 +136,8 @@ class Waves:
     async def start(self, stage: Stage, origin: str | None, candidate: str) -> None:
         """A promotion into ``stage``: fix each node's wave, move the first non-empty
         wave's ref (or the branch when every wave is empty)."""
+        if self._fence is not None:
+            await self._fence()  # the wave announcements below are the leader's too
         members = await self._members(stage)
         await self._store.set_wave_members(stage.name, members)
         run = WaveRun(stage.name, candidate, origin, -1, self._clock(), None, ROLLING, "")

@@ -78,6 +78,34 @@ def test_unreachable_repository_is_logged_not_fatal(
     assert hub.log_text().count("ls-remote") == 1  # logged once, on the transition
 
 
+async def test_a_poll_announces_only_when_allowed_and_only_what_is_new(
+    fleet_repo: FleetRepo,
+) -> None:
+    """The hub passes its leader check: a standby, or a leader whose fencing token the
+    database no longer confirms, announces nothing; the question is asked only when a
+    head is new."""
+    published: list[str] = []
+    asked: list[bool] = []
+    allowed = False
+
+    async def may_announce() -> bool:
+        asked.append(allowed)
+        return allowed
+
+    def publish(topic: str, payload: bytes, qos: int, retain: bool) -> bool:
+        published.append(wire.parse_ref_payload(payload) or "")
+        return True
+
+    first = fleet_repo.commit({"common/files/etc/a": "1"}, branch="stable")
+    watch = GitWatch(GitSettings(url=fleet_repo.url), ("stable",), publish, may_announce)
+    assert await watch.poll_once() == {"stable": first}
+    assert (published, asked) == ([], [False])  # known, not announced
+    allowed = True
+    await watch.poll_once()
+    await watch.poll_once()  # nothing new: not even asked
+    assert (published, asked) == ([first], [False, True])
+
+
 def _watch(settings: GitSettings, branches: tuple[str, ...] = ("stable",)) -> GitWatch:
     return GitWatch(settings, branches, lambda topic, payload, qos, retain: True)
 

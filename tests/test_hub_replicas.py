@@ -221,6 +221,18 @@ async def test_the_fencing_token_refuses_a_leader_whose_lease_lapsed(pg_database
         await frozen.renew()
         assert not frozen.is_leader()
         await other.fence()
+        assert await other.may_act()
+
+        async def frozen_leads() -> bool:
+            await frozen.renew()
+            return frozen.is_leader()
+
+        # The same for what is skipped rather than refused (ref announcements).
+        await until(frozen_leads, 10, "the lease to pass back to the stalled replica")
+        await until(other_leads, 10, "the lease to lapse and pass to the other replica")
+        assert frozen.is_leader()
+        assert not await frozen.may_act()
+        assert not frozen.is_leader()
     finally:
         await store.close()
         await asyncio.sleep(0)
