@@ -95,6 +95,21 @@ def test_replicas_split_ingest_and_each_answers_for_the_whole_fleet(
     assert _metric(leader, "edgefleet_hub_leader") == 1
 
 
+def test_replicas_without_the_shared_subscription_each_ingest_all_and_store_it_once(
+    hub_factory: Callable[..., HubProc], publisher: Publisher, pg_database: str
+) -> None:
+    """``shared = false`` (what mosquitto needs to lose nothing at its own restart): every
+    replica ingests every message; the store keeps each status and event once."""
+    hubs = [hub_factory(database=pg_database, mqtt_extra="shared = false") for _ in range(2)]
+    for i in range(100):
+        publisher.status(status_doc(f"n{i:03}", 1))
+        publisher.event(event_doc(f"n{i:03}", 1))
+    for hub in hubs:
+        hub.wait_for(lambda h=hub: _metric(h, "edgefleet_hub_messages_committed_total") == 200)
+        assert hub.get("/api/v1/summary")["nodes"] == 100
+        assert len(hub.get("/api/v1/events?limit=1000")["events"]) == 100
+
+
 def test_every_replicas_live_stream_shows_the_whole_fleet(
     hub_factory: Callable[..., HubProc], publisher: Publisher, pg_database: str
 ) -> None:
