@@ -58,14 +58,16 @@ NO_ASYNCPG = "import sys; sys.modules['asyncpg'] = None\n"
 """Run first in a Python without the postgres extra: importing asyncpg then fails."""
 
 
-def pg_fleet(tmp_path: Path, url: str) -> Path:
-    fleet = tmp_path / "fleet.toml"
-    fleet.write_text(
-        f'[hub]\ndatabase = "{url}"\n'
-        '[mqtt]\nurl = "mqtt://127.0.0.1:1"\n[git]\nurl = "file:///nonexistent"\n'
+def write_fleet(tmp_path: Path, database: str) -> Path:
+    """fleet.toml with ``[hub] database`` (a SQLite file or a URL), stages stable and canary."""
+    path = tmp_path / "fleet.toml"
+    path.write_text(
+        f'[hub]\ndatabase = "{database}"\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n'
+        '[git]\nurl = "file:///nonexistent"\n'
         '[[stages]]\nname = "stable"\nbranch = "stable"\n'
+        '[[stages]]\nname = "canary"\nbranch = "canary"\n'
     )
-    return fleet
+    return path
 
 
 @pytest.fixture
@@ -80,14 +82,7 @@ def where(database: str) -> HubDatabase:
 
 @pytest.fixture
 def fleet(tmp_path: Path, database: str) -> Path:
-    path = tmp_path / "fleet.toml"
-    path.write_text(
-        f'[hub]\ndatabase = "{database}"\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n'
-        '[git]\nurl = "file:///nonexistent"\n'
-        '[[stages]]\nname = "stable"\nbranch = "stable"\n'
-        '[[stages]]\nname = "canary"\nbranch = "canary"\n'
-    )
-    return path
+    return write_fleet(tmp_path, database)
 
 
 @pytest.mark.both_backends
@@ -164,7 +159,7 @@ def test_a_postgresql_database_that_is_down_is_a_clear_error(tmp_path: Path) -> 
     """Nothing listens on port 1: both commands say which database (without its
     password) and why, with no traceback."""
     url = "postgresql://hub:hunter2@127.0.0.1:1/hub"
-    listing = cli(pg_fleet(tmp_path, url))
+    listing = cli(write_fleet(tmp_path, url))
     assert listing.returncode == 1
     assert "cannot open database postgresql://hub:***@127.0.0.1:1/hub" in listing.stderr
     assert "Traceback" not in listing.stderr and "hunter2" not in listing.stderr
@@ -194,7 +189,7 @@ def test_without_the_postgres_extra_sqlite_works_and_postgresql_says_what_is_mis
     assert (done.returncode, done.stdout.split()) == (0, [recipient]), done.stderr
 
     hub_cli = NO_ASYNCPG + "from hub.cli import main\nsys.exit(main())\n"
-    listing = cli(pg_fleet(tmp_path, "postgresql://hub@127.0.0.1:1/hub"), python=("-c", hub_cli))
+    listing = cli(write_fleet(tmp_path, "postgresql://hub@127.0.0.1:1/hub"), python=("-c", hub_cli))
     assert (listing.returncode, listing.stderr.strip()) == (
         1,
         "edgefleet-hub: [hub] database postgresql://hub@127.0.0.1:1/hub is PostgreSQL, but "
