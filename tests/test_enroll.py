@@ -9,6 +9,7 @@ repository lives inside the container's overlay at /srv/ef-enroll (file:// for t
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 
 from hub.cli import build_parser
 from hub.enroll import EnrollError, options, steps
-from hub.recipients import Selector, select
+from hub.recipients import PgDatabase, Selector, select
 from tests.testbed.debpkg import deb_field
 from tests.testbed.edgenet import EdgeNet
 from tests.testbed.fleetrepo import FleetRepo, SigningKey
@@ -177,6 +178,13 @@ async def _enroll(argv: list[str]) -> int:
     return await steps.enroll(options.settings(_parse(argv)))
 
 
+def _install_args(site: Site, deb: Path, *extra: str, known_hosts: Path) -> list[str]:
+    """A full enrollment: the package, the broker to have reload its users, a label."""
+    pid = site.broker.proc.pid if site.broker.proc else 0
+    return site.args("--package", str(deb), "--broker-pid", str(pid),
+                     "--label", 'site=Zürich "HQ"', *extra, known_hosts=known_hosts)  # fmt: skip
+
+
 def _known_hosts(site: Site, tmp_path: Path, key: str | None = None) -> Path:
     path = tmp_path / "known_hosts"
     path.write_text(f"{site.ip} {key or site.host_pub}\n")
@@ -255,16 +263,7 @@ async def test_first_and_second_enrollment(
         {f"common/files{DEMO_ROOT}/motd": "enrolled by the hub\n"}, branch="canary", sign=site.key
     )
     known = tmp_path / "known_hosts"
-    argv = site.args(
-        "--accept-new",
-        "--package",
-        str(edgefleet_deb),
-        "--broker-pid",
-        str(site.broker.proc.pid if site.broker.proc else 0),
-        "--label",
-        'site=Zürich "HQ"',
-        known_hosts=known,
-    )
+    argv = _install_args(site, edgefleet_deb, "--accept-new", known_hosts=known)
 
     # -- first enrollment: TOFU, install, credentials, config, start, first status ------
     assert await _enroll(argv) == 0
@@ -309,3 +308,46 @@ async def test_first_and_second_enrollment(
     assert toml.stat().st_mtime_ns == toml_mtime
     assert ct.show("edgefleet-agent", "MainPID")["MainPID"] == pid
     assert known.read_text() == f"{site.ip} {site.host_pub}\n"
+
+
+@pytest.mark.timeout(300)
+async def test_a_postgresql_hub_records_the_recipient_once_its_database_answers(
+    site: Site,
+    tmp_path: Path,
+    edgefleet_deb: Path,
+    pg_database: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``[hub] database`` a postgresql:// URL. Down, enroll stops after the agent runs its
+    new configuration (a new label here) with one line saying so; once it answers, the
+    same enrollment records the recipient there, selected on the new label."""
+    argv = _install_args(site, edgefleet_deb, "--label", "db=pg",
+                         known_hosts=_known_hosts(site, tmp_path))  # fmt: skip
+    config = argv.index(str(site.fleet_toml))
+
+    def on(url: str) -> None:
+        fleet = tmp_path / "fleet.toml"
+        fleet.write_text(site.fleet_toml.read_text().replace(f"{site.work}/hub.db", url))
+        argv[config] = str(fleet)
+
+    down = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/hub"
+    on(down)
+    with pytest.raises(EnrollError) as err:
+        await _enroll(argv)
+    assert "age recipient age1" in str(err.value)
+    assert "not recorded: cannot open database postgresql://postgres:***@127.0.0.1" in str(
+        err.value
+    )
+    assert "enroll again once the database answers" in str(err.value)
+    assert "hunter2" not in str(err.value)
+    assert "agent        restarted with the new configuration" in capsys.readouterr().out
+
+    on(pg_database)
+    assert await _enroll(argv) == 0
+    out = capsys.readouterr().out
+    status = json.loads(out[out.index("{") :])
+    assert status["labels"] == {"site": 'Zürich "HQ"', "db": "pg"}, "restarted by the first run"
+    assert f"age key      {status['recipient']} recorded in {pg_database}" in out
+    want = Selector("canary", {"db": "pg"}, False)
+    enrolled = await asyncio.to_thread(select, PgDatabase(pg_database), want)
+    assert enrolled.recipients == [status["recipient"]]

@@ -42,14 +42,32 @@ async def report(store: HubStore, node: str, labels: dict[str, str], recipient: 
     await store.write_batch(Batch(statuses=[row]))
 
 
-def cli(fleet: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    fleet: Path, *args: str, python: tuple[str, ...] = ("-m", "hub.cli")
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hub.cli", "recipients", "--config", str(fleet), *args],
+        [sys.executable, *python, "recipients", "--config", str(fleet), *args],
         capture_output=True,
         text=True,
         check=False,
         timeout=60,
     )
+
+
+NO_ASYNCPG = "import sys; sys.modules['asyncpg'] = None\n"
+"""Run first in a Python without the postgres extra: importing asyncpg then fails."""
+
+
+def write_fleet(tmp_path: Path, database: str) -> Path:
+    """fleet.toml with ``[hub] database`` (a SQLite file or a URL), stages stable and canary."""
+    path = tmp_path / "fleet.toml"
+    path.write_text(
+        f'[hub]\ndatabase = "{database}"\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n'
+        '[git]\nurl = "file:///nonexistent"\n'
+        '[[stages]]\nname = "stable"\nbranch = "stable"\n'
+        '[[stages]]\nname = "canary"\nbranch = "canary"\n'
+    )
+    return path
 
 
 @pytest.fixture
@@ -64,14 +82,7 @@ def where(database: str) -> HubDatabase:
 
 @pytest.fixture
 def fleet(tmp_path: Path, database: str) -> Path:
-    path = tmp_path / "fleet.toml"
-    path.write_text(
-        f'[hub]\ndatabase = "{database}"\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n'
-        '[git]\nurl = "file:///nonexistent"\n'
-        '[[stages]]\nname = "stable"\nbranch = "stable"\n'
-        '[[stages]]\nname = "canary"\nbranch = "canary"\n'
-    )
-    return path
+    return write_fleet(tmp_path, database)
 
 
 @pytest.mark.both_backends
@@ -148,13 +159,7 @@ def test_a_postgresql_database_that_is_down_is_a_clear_error(tmp_path: Path) -> 
     """Nothing listens on port 1: both commands say which database (without its
     password) and why, with no traceback."""
     url = "postgresql://hub:hunter2@127.0.0.1:1/hub"
-    fleet = tmp_path / "fleet.toml"
-    fleet.write_text(
-        f'[hub]\ndatabase = "{url}"\n'
-        '[mqtt]\nurl = "mqtt://127.0.0.1:1"\n[git]\nurl = "file:///nonexistent"\n'
-        '[[stages]]\nname = "stable"\nbranch = "stable"\n'
-    )
-    listing = cli(fleet)
+    listing = cli(write_fleet(tmp_path, url))
     assert listing.returncode == 1
     assert "cannot open database postgresql://hub:***@127.0.0.1:1/hub" in listing.stderr
     assert "Traceback" not in listing.stderr and "hunter2" not in listing.stderr
@@ -162,3 +167,32 @@ def test_a_postgresql_database_that_is_down_is_a_clear_error(tmp_path: Path) -> 
     with pytest.raises(HubError, match="cannot open database") as err:
         record(PgDatabase(url), Enrolled("n1", recipient, "stable", {}))
     assert "hunter2" not in str(err.value)
+
+
+def test_without_the_postgres_extra_sqlite_works_and_postgresql_says_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    """A .deb without the extra: recording and listing on SQLite never load asyncpg; a
+    postgresql:// hub gets one line naming the extra instead of a traceback."""
+    _, recipient = age_key(tmp_path, "n1")
+    on_sqlite = NO_ASYNCPG + (
+        "from pathlib import Path\n"
+        "from hub.recipients import Enrolled, Selector, record, select\n"
+        "db = Path(sys.argv[1])\n"
+        "record(db, Enrolled('n1', sys.argv[2], 'stable', {}))\n"
+        "print(*select(db, Selector(None, {}, False)).recipients)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", on_sqlite, str(tmp_path / "hub.db"), recipient],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout.split()) == (0, [recipient]), done.stderr
+
+    hub_cli = NO_ASYNCPG + "from hub.cli import main\nsys.exit(main())\n"
+    listing = cli(write_fleet(tmp_path, "postgresql://hub@127.0.0.1:1/hub"), python=("-c", hub_cli))
+    assert (listing.returncode, listing.stderr.strip()) == (
+        1,
+        "edgefleet-hub: [hub] database postgresql://hub@127.0.0.1:1/hub is PostgreSQL, but "
+        "its driver is not installed: install the postgres extra "
+        "(pip install 'asyncpg>=0.29' in edgefleet's venv)",
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from common import wire
 from hub.enroll import EnrollError, say
-from hub.enroll.agekey import enroll_recipient
+from hub.enroll.agekey import node_recipient, record_recipient
 from hub.enroll.agentconf import AgentToml, checked_text
 from hub.enroll.options import Settings
 from hub.enroll.ssh import Remote, connect
@@ -81,10 +81,11 @@ class Enrollment:
             changed = await self._install(remote)
             password, creds_changed = await self._credentials(remote, conf)
             changed |= await self._write_files(remote, conf, agent_toml, password)
-            await enroll_recipient(remote, conf, s)
+            recipient = await node_recipient(remote, conf, s)
             watch = await StatusWatch.open(s.hub_mqtt, conf.node) if s.wait > 0 else None
             try:
                 restarted = await self._start(remote, changed or creds_changed)
+                await record_recipient(recipient, conf, s)
                 if watch is None:
                     return None
                 return await watch.first(accept_retained=not restarted, within=s.wait)

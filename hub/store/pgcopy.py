@@ -1,11 +1,11 @@
 """``edgefleet-hub migrate``: copy a SQLite hub's database into PostgreSQL.
 
-Nodes, events, audit, pauses, stage heads, the notification outbox, state samples and
-wave runs go over in one PostgreSQL transaction, so an interrupted copy leaves the
-target empty and can simply be run again. A target that already holds hub data is
-refused: merging two fleets' histories is not a copy. The source is first brought to
-the current schema (as the upgraded hub would at start). Enrolled age recipients stay
-behind (not supported with PostgreSQL yet).
+Nodes, events, audit, pauses, stage heads, soak clocks, the notification outbox, state
+samples, wave runs, latest plans and enrolled age recipients go over in one PostgreSQL
+transaction, so an interrupted copy leaves the target empty and can simply be run
+again. A target that already holds hub data is refused: merging two fleets' histories
+is not a copy. The source is first brought to the current schema (as the upgraded hub
+would at start).
 """
 
 from __future__ import annotations
