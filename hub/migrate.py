@@ -32,7 +32,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("migrate", "--to", f"{args.target!r} is not a postgresql:// URL")
     if not args.source.is_file():
         raise ConfigError("migrate", "--from", f"{args.source}: no such SQLite database")
-    from hub.store.pgcopy import copy_to_postgres  # noqa: PLC0415
+    from hub.store.pgurl import postgres_driver  # noqa: PLC0415
+
+    with postgres_driver(args.target):
+        from hub.store.pgcopy import copy_to_postgres  # noqa: PLC0415
 
     copied = asyncio.run(copy_to_postgres(args.source, args.target, args.ca_file))
     print("copied " + ", ".join(f"{n} {table}" for table, n in copied.items()))

@@ -24,8 +24,7 @@ import asyncio
 import json
 import re
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,20 +53,6 @@ HubDatabase = Path | PgDatabase
 """Where recipients are kept: the SQLite file, or PostgreSQL."""
 
 
-@contextmanager
-def _driver(database: PgDatabase) -> Iterator[None]:
-    """asyncpg is the optional ``postgres`` extra: a host without it gets one line."""
-    try:
-        yield
-    except ModuleNotFoundError as err:
-        if err.name != "asyncpg":
-            raise
-        raise RecipientsError(
-            f"[hub] database {database} is PostgreSQL, but its driver is not installed: "
-            "install the postgres extra (pip install 'asyncpg>=0.29' in edgefleet's venv)"
-        ) from err
-
-
 @dataclass(frozen=True)
 class Enrolled:
     node: str
@@ -91,7 +76,9 @@ def record(database: HubDatabase, entry: Enrolled) -> None:
     fields = (entry.node, entry.recipient, entry.branch, entry.labels)
     # The store modules load only here: client commands stay light, asyncpg optional.
     if isinstance(database, PgDatabase):
-        with _driver(database):
+        from hub.store.pgurl import postgres_driver  # noqa: PLC0415
+
+        with postgres_driver(database.url):
             from hub.store import pgrecipients  # noqa: PLC0415
 
         asyncio.run(pgrecipients.record_recipient(database.url, database.ca_file, *fields))
@@ -125,8 +112,10 @@ class Selector:
 def select(database: HubDatabase, want: Selector) -> Listing:
     """Recorded recipients of matching nodes; see the module docstring."""
     if isinstance(database, PgDatabase):
-        with _driver(database):
-            from hub.store import pgrecipients  # noqa: PLC0415 (as in record)
+        from hub.store.pgurl import postgres_driver  # noqa: PLC0415 (as in record)
+
+        with postgres_driver(database.url):
+            from hub.store import pgrecipients  # noqa: PLC0415
 
         enrolled, reported = asyncio.run(
             pgrecipients.read_recipients(database.url, database.ca_file)

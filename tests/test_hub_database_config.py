@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 from hub.config import HubConfig, parse_config
+from tests.testbed.hubproc import REPO_ROOT
 
 
 def parse(text: str, path: Path = Path("/etc/edgefleet/fleet.toml")) -> HubConfig:
@@ -36,3 +40,27 @@ def test_an_explicit_shared_setting_wins() -> None:
 def test_state_dir_can_be_set() -> None:
     cfg = parse('[hub]\ndatabase = "postgresql://db/x"\nstate_dir = "/srv/hub"\n')
     assert cfg.hub.state_dir == Path("/srv/hub")
+
+
+def test_serve_and_migrate_without_the_postgres_extra_say_what_is_missing(tmp_path: Path) -> None:
+    """A .deb without the extra, pointed at PostgreSQL: one line, no traceback."""
+    url = "postgresql://hub:hunter2@127.0.0.1:1/hub"
+    (tmp_path / "fleet.toml").write_text(
+        f'[hub]\ndatabase = "{url}"\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n'
+        '[[stages]]\nname = "stable"\n'
+    )
+    (tmp_path / "hub.db").touch()
+    no_asyncpg = (
+        "import sys; sys.modules['asyncpg'] = None\nfrom hub.cli import main\nsys.exit(main())"
+    )
+    expected = (
+        "edgefleet-hub: [hub] database postgresql://hub:***@127.0.0.1:1/hub is PostgreSQL, "
+        "but its driver is not installed: install the postgres extra "
+        "(pip install 'asyncpg>=0.29' in edgefleet's venv)"
+    )
+    for args in (["serve", "--config", "fleet.toml"], ["migrate", "--from", "hub.db", "--to", url]):
+        done = subprocess.run(
+            [sys.executable, "-c", no_asyncpg, *args], cwd=tmp_path, env={**os.environ,
+             "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert (done.returncode, done.stderr.strip()) == (1, expected), args

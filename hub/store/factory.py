@@ -6,6 +6,7 @@ from pathlib import Path
 
 from hub.store import Store
 from hub.store.interface import HubStore
+from hub.store.pgurl import postgres_driver
 
 
 async def open_store(
@@ -16,6 +17,7 @@ async def open_store(
     asyncpg is imported only here, so a SQLite hub runs without the ``postgres`` extra."""
     if url is None:
         return await Store.open(database)
-    from hub.store.pg import PgStore  # noqa: PLC0415
+    with postgres_driver(url):
+        from hub.store.pg import PgStore  # noqa: PLC0415
 
     return await PgStore.open(url, ca_file)
